@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what weft's build, tests and demo need on a Debian machine, idempotently (root).
+set -euo pipefail
+
+packages=(etcd-server etcd-client protobuf-compiler iproute2 iperf3 openssl procps)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "deps: cargo not found; install the Rust toolchain (rustup) first" >&2; exit 1; }

@@ -1,0 +1,189 @@
+//! Subnet allocation with flannel's rules: reuse our lease, else the previous subnet, else a random free one.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use rand::seq::SliceRandom;
+
+use crate::config::NetworkConfig;
+
+/// How many free subnets, counted from SubnetMin, the random pick chooses among (flannel's figure).
+const RANDOM_POOL: usize = 100;
+
+/// A lease already in etcd, as the allocator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingLease {
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+}
+
+/// What the allocator decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// A lease in etcd already carries our public IP: take it over.
+    Reuse(Ipv4Net),
+    /// The subnet from the previous subnet.env is free: claim it again.
+    Previous(Ipv4Net),
+    /// A free subnet picked at random.
+    Fresh(Ipv4Net),
+}
+
+impl Choice {
+    pub fn subnet(&self) -> Ipv4Net {
+        match *self {
+            Choice::Reuse(s) | Choice::Previous(s) | Choice::Fresh(s) => s,
+        }
+    }
+}
+
+/// The network has no free subnet left.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("network {network} is exhausted: all {count} /{subnet_len} subnets between {min} and {max} are leased; widen Network or SubnetMin/SubnetMax, or delete stale leases (weft leases)")]
+pub struct Exhausted {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
+    pub count: u64,
+    pub min: Ipv4Addr,
+    pub max: Ipv4Addr,
+}
+
+/// Picks the subnet for a host with public IP `me`, given the leases in etcd and the subnet of the
+/// previous subnet.env, if any.
+pub fn choose_subnet(
+    cfg: &NetworkConfig,
+    existing: &[ExistingLease],
+    me: Ipv4Addr,
+    previous: Option<Ipv4Net>,
+    rng: &mut impl rand::Rng,
+) -> Result<Choice, Exhausted> {
+    if let Some(l) = existing
+        .iter()
+        .find(|l| l.public_ip == me && cfg.fits(&l.subnet))
+    {
+        return Ok(Choice::Reuse(l.subnet));
+    }
+    let taken: HashSet<Ipv4Net> = existing.iter().map(|l| l.subnet).collect();
+    if let Some(prev) = previous {
+        if cfg.fits(&prev) && !taken.contains(&prev) {
+            return Ok(Choice::Previous(prev));
+        }
+    }
+    let size = 1u64 << (32 - cfg.subnet_len);
+    let mut free = Vec::with_capacity(RANDOM_POOL);
+    let mut addr = u64::from(u32::from(cfg.subnet_min));
+    let max = u64::from(u32::from(cfg.subnet_max));
+    while addr <= max && free.len() < RANDOM_POOL {
+        let net = Ipv4Net::new(Ipv4Addr::from(addr as u32), cfg.subnet_len)
+            .expect("subnet_len was validated");
+        if !taken.contains(&net) {
+            free.push(net);
+        }
+        addr += size;
+    }
+    free.choose(rng)
+        .map(|n| Choice::Fresh(*n))
+        .ok_or(Exhausted {
+            network: cfg.network,
+            subnet_len: cfg.subnet_len,
+            count: cfg.subnet_count(),
+            min: cfg.subnet_min,
+            max: cfg.subnet_max,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn cfg(json: &str) -> NetworkConfig {
+        NetworkConfig::parse(json).unwrap()
+    }
+
+    fn lease(s: &str, ip: [u8; 4]) -> ExistingLease {
+        ExistingLease {
+            subnet: s.parse().unwrap(),
+            public_ip: Ipv4Addr::from(ip),
+        }
+    }
+
+    fn rng() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn reuses_the_lease_carrying_our_ip() {
+        let c = cfg(r#"{"Network":"10.5.0.0/16"}"#);
+        let ex = [
+            lease("10.5.3.0/24", [1, 1, 1, 1]),
+            lease("10.5.9.0/24", [2, 2, 2, 2]),
+        ];
+        let got = choose_subnet(&c, &ex, Ipv4Addr::new(2, 2, 2, 2), None, &mut rng()).unwrap();
+        assert_eq!(got, Choice::Reuse("10.5.9.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn ignores_our_lease_when_it_no_longer_fits_the_config() {
+        let c = cfg(r#"{"Network":"10.5.0.0/16","SubnetLen":25}"#);
+        let ex = [lease("10.5.9.0/24", [2, 2, 2, 2])];
+        let got = choose_subnet(&c, &ex, Ipv4Addr::new(2, 2, 2, 2), None, &mut rng()).unwrap();
+        assert!(matches!(got, Choice::Fresh(n) if n.prefix_len() == 25));
+    }
+
+    #[test]
+    fn previous_subnet_if_free() {
+        let c = cfg(r#"{"Network":"10.5.0.0/16"}"#);
+        let prev = "10.5.77.0/24".parse().unwrap();
+        let got =
+            choose_subnet(&c, &[], Ipv4Addr::new(1, 1, 1, 1), Some(prev), &mut rng()).unwrap();
+        assert_eq!(got, Choice::Previous(prev));
+        let ex = [lease("10.5.77.0/24", [9, 9, 9, 9])];
+        let got =
+            choose_subnet(&c, &ex, Ipv4Addr::new(1, 1, 1, 1), Some(prev), &mut rng()).unwrap();
+        assert!(matches!(got, Choice::Fresh(n) if n != prev));
+    }
+
+    #[test]
+    fn fresh_is_free_aligned_and_in_range() {
+        let c = cfg(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.10.0","SubnetMax":"10.5.12.0"}"#);
+        let ex = [
+            lease("10.5.10.0/24", [9, 9, 9, 9]),
+            lease("10.5.11.0/24", [8, 8, 8, 8]),
+        ];
+        for seed in 0..20 {
+            let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+            let got = choose_subnet(&c, &ex, Ipv4Addr::new(1, 1, 1, 1), None, &mut r).unwrap();
+            assert_eq!(got, Choice::Fresh("10.5.12.0/24".parse().unwrap()));
+        }
+    }
+
+    #[test]
+    fn never_picks_the_first_subnet_by_default() {
+        let c = cfg(r#"{"Network":"10.5.0.0/24"}"#);
+        let mut seen = HashSet::new();
+        for seed in 0..50 {
+            let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+            seen.insert(
+                choose_subnet(&c, &[], Ipv4Addr::new(1, 1, 1, 1), None, &mut r)
+                    .unwrap()
+                    .subnet(),
+            );
+        }
+        assert!(!seen.contains(&"10.5.0.0/26".parse().unwrap()));
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn exhausted_is_an_error_naming_the_network() {
+        let c = cfg(r#"{"Network":"10.5.0.0/24"}"#);
+        let ex = [
+            lease("10.5.0.64/26", [1, 0, 0, 1]),
+            lease("10.5.0.128/26", [1, 0, 0, 2]),
+            lease("10.5.0.192/26", [1, 0, 0, 3]),
+        ];
+        let e = choose_subnet(&c, &ex, Ipv4Addr::new(1, 0, 0, 4), None, &mut rng()).unwrap_err();
+        assert_eq!(e.count, 3);
+        assert!(e.to_string().contains("10.5.0.0/24 is exhausted"));
+    }
+}

@@ -1,0 +1,467 @@
+//! flannel's network config (`<prefix>/config`): parsing, defaults and validation, with no I/O.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Default UDP port of the kernel's VXLAN devices as flannel configures them.
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// Default UDP port of flannel's udp backend.
+pub const DEFAULT_UDP_PORT: u16 = 8285;
+/// Bytes a VXLAN encapsulation adds: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// Bytes flannel's udp encapsulation adds: outer IPv4 (20) + UDP (8).
+pub const UDP_OVERHEAD: u32 = 28;
+
+/// A validated network config with flannel's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+    pub backend: Backend,
+}
+
+/// The encapsulation a network uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Vxlan(VxlanOptions),
+    Udp(UdpOptions),
+}
+
+/// Options of the `vxlan` backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanOptions {
+    pub vni: u32,
+    /// UDP port; 0 in the JSON means the kernel default 8472.
+    pub port: u16,
+    /// Overrides the underlay MTU used to derive the overlay MTU.
+    pub mtu: Option<u32>,
+    pub gbp: bool,
+    pub learning: bool,
+    pub direct_routing: bool,
+}
+
+/// Options of the `udp` backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpOptions {
+    pub port: u16,
+}
+
+/// Why a network config was refused; each message names the field and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("network config is not valid JSON: {0}")]
+    Json(String),
+    #[error("field {field}: {problem}")]
+    Field {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+fn field(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field,
+        problem: problem.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawConfig {
+    network: Option<String>,
+    #[serde(rename = "EnableIPv4")]
+    enable_ipv4: Option<bool>,
+    #[serde(rename = "EnableIPv6")]
+    enable_ipv6: Option<bool>,
+    subnet_len: Option<u32>,
+    subnet_min: Option<String>,
+    subnet_max: Option<String>,
+    backend: Option<Value>,
+}
+
+impl Backend {
+    /// The `BackendType` string written in leases.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Backend::Vxlan(_) => "vxlan",
+            Backend::Udp(_) => "udp",
+        }
+    }
+
+    /// The UDP port the backend listens on and sends to.
+    pub fn port(&self) -> u16 {
+        match self {
+            Backend::Vxlan(v) if v.port == 0 => DEFAULT_VXLAN_PORT,
+            Backend::Vxlan(v) => v.port,
+            Backend::Udp(u) => u.port,
+        }
+    }
+
+    /// The overlay MTU for an underlay of `underlay_mtu` bytes (flannel's FLANNEL_MTU).
+    pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
+        match self {
+            Backend::Vxlan(v) => v.mtu.unwrap_or(underlay_mtu).saturating_sub(VXLAN_OVERHEAD),
+            Backend::Udp(_) => underlay_mtu.saturating_sub(UDP_OVERHEAD),
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// Parses and validates flannel's JSON network config, filling in flannel's defaults.
+    pub fn parse(json: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
+        if raw.enable_ipv6 == Some(true) {
+            return Err(field(
+                "EnableIPv6",
+                "IPv6 overlays are not supported by weft yet; remove EnableIPv6 or set it to false",
+            ));
+        }
+        if raw.enable_ipv4 == Some(false) {
+            return Err(field(
+                "EnableIPv4",
+                "weft needs an IPv4 overlay; remove EnableIPv4 or set it to true",
+            ));
+        }
+        let network = parse_network(raw.network.as_deref())?;
+        let ones = network.prefix_len();
+        let subnet_len = match raw.subnet_len {
+            Some(0) | None => {
+                if ones > 28 {
+                    return Err(field(
+                        "Network",
+                        format!("{network} is too small: the smallest useful Network is a /28"),
+                    ));
+                } else if ones <= 22 {
+                    24
+                } else {
+                    ones + 2
+                }
+            }
+            Some(len) => {
+                if len > 30 {
+                    return Err(field(
+                        "SubnetLen",
+                        format!("{len} is too long: it must be at most 30 so each host has room for a bridge and containers"),
+                    ));
+                }
+                if len < u32::from(ones) + 2 {
+                    return Err(field(
+                        "SubnetLen",
+                        format!(
+                            "{len} is too short for Network {network}: it must be at least {} so the Network holds four or more subnets",
+                            ones + 2
+                        ),
+                    ));
+                }
+                len as u8
+            }
+        };
+        let size = 1u32 << (32 - subnet_len);
+        let net_start = u32::from(network.network());
+        let net_end = u32::from(network.broadcast());
+        let subnet_min = match raw.subnet_min.as_deref() {
+            None | Some("") => Ipv4Addr::from(net_start + size),
+            Some(s) => parse_bound("SubnetMin", s, &network, subnet_len)?,
+        };
+        let subnet_max = match raw.subnet_max.as_deref() {
+            None | Some("") => Ipv4Addr::from(net_end - size + 1),
+            Some(s) => parse_bound("SubnetMax", s, &network, subnet_len)?,
+        };
+        if subnet_min > subnet_max {
+            return Err(field(
+                "SubnetMin",
+                format!("{subnet_min} is above SubnetMax {subnet_max}: no subnet could be leased"),
+            ));
+        }
+        let backend = parse_backend(raw.backend.as_ref())?;
+        Ok(NetworkConfig {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            backend,
+        })
+    }
+
+    /// True if `subnet` is a subnet this config would lease (inside SubnetMin..=SubnetMax, right length).
+    pub fn fits(&self, subnet: &Ipv4Net) -> bool {
+        subnet.prefix_len() == self.subnet_len
+            && subnet.network() == subnet.addr()
+            && subnet.addr() >= self.subnet_min
+            && subnet.addr() <= self.subnet_max
+    }
+
+    /// The number of subnets between SubnetMin and SubnetMax.
+    pub fn subnet_count(&self) -> u64 {
+        let size = 1u64 << (32 - self.subnet_len);
+        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / size + 1
+    }
+}
+
+fn parse_network(s: Option<&str>) -> Result<Ipv4Net, ConfigError> {
+    let s = s.ok_or_else(|| {
+        field(
+            "Network",
+            "missing: give the overlay's address range, e.g. \"Network\": \"10.5.0.0/16\"",
+        )
+    })?;
+    let net: Ipv4Net = s.parse().map_err(|_| {
+        field(
+            "Network",
+            format!("{s:?} is not an IPv4 network in CIDR form such as 10.5.0.0/16"),
+        )
+    })?;
+    if net.network() != net.addr() {
+        return Err(field(
+            "Network",
+            format!("{s} has host bits set; did you mean {}?", net.trunc()),
+        ));
+    }
+    Ok(net)
+}
+
+fn parse_bound(
+    name: &'static str,
+    s: &str,
+    network: &Ipv4Net,
+    subnet_len: u8,
+) -> Result<Ipv4Addr, ConfigError> {
+    let addr: Ipv4Addr = s
+        .parse()
+        .map_err(|_| field(name, format!("{s:?} is not an IPv4 address")))?;
+    if !network.contains(&addr) {
+        return Err(field(
+            name,
+            format!("{addr} is not inside Network {network}"),
+        ));
+    }
+    let mask = u32::MAX << (32 - subnet_len);
+    if u32::from(addr) & mask != u32::from(addr) {
+        return Err(field(
+            name,
+            format!(
+                "{addr} is not on a /{subnet_len} (SubnetLen) boundary; did you mean {}?",
+                Ipv4Addr::from(u32::from(addr) & mask)
+            ),
+        ));
+    }
+    Ok(addr)
+}
+
+fn opt_u64(
+    obj: &serde_json::Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<u64>, ConfigError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| field(key_field(key), format!("{v} is not a non-negative integer"))),
+    }
+}
+
+fn opt_bool(obj: &serde_json::Map<String, Value>, key: &'static str) -> Result<bool, ConfigError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(field(key_field(key), format!("{v} is not true or false"))),
+    }
+}
+
+fn key_field(key: &'static str) -> &'static str {
+    match key {
+        "VNI" => "Backend.VNI",
+        "Port" => "Backend.Port",
+        "MTU" => "Backend.MTU",
+        "GBP" => "Backend.GBP",
+        "Learning" => "Backend.Learning",
+        "DirectRouting" => "Backend.DirectRouting",
+        _ => "Backend",
+    }
+}
+
+fn port(obj: &serde_json::Map<String, Value>) -> Result<Option<u16>, ConfigError> {
+    match opt_u64(obj, "Port")? {
+        None => Ok(None),
+        Some(p) => u16::try_from(p)
+            .map(Some)
+            .map_err(|_| field("Backend.Port", format!("{p} is not a UDP port (0-65535)"))),
+    }
+}
+
+fn parse_backend(v: Option<&Value>) -> Result<Backend, ConfigError> {
+    let empty = serde_json::Map::new();
+    let obj = match v {
+        // flannel's code treats a missing Backend as udp.
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(field(
+                "Backend",
+                format!("{other} is not an object such as {{\"Type\": \"vxlan\"}}"),
+            ))
+        }
+    };
+    let ty = match obj.get("Type") {
+        None | Some(Value::Null) => "udp",
+        Some(Value::String(s)) => s.as_str(),
+        Some(other) => {
+            return Err(field(
+                "Backend.Type",
+                format!("{other} is not a string; use \"vxlan\" or \"udp\""),
+            ))
+        }
+    };
+    match ty {
+        "vxlan" => {
+            let vni = opt_u64(obj, "VNI")?.unwrap_or(1);
+            if !(1..=0xFF_FFFF).contains(&vni) {
+                return Err(field(
+                    "Backend.VNI",
+                    format!("{vni} is outside 1..=16777215 (VXLAN's 24-bit network identifier)"),
+                ));
+            }
+            let mtu = match opt_u64(obj, "MTU")? {
+                None | Some(0) => None,
+                Some(m) if (576..=65535).contains(&m) => Some(m as u32),
+                Some(m) => {
+                    return Err(field(
+                        "Backend.MTU",
+                        format!("{m} is outside 576..=65535 (the underlay MTU in bytes)"),
+                    ))
+                }
+            };
+            Ok(Backend::Vxlan(VxlanOptions {
+                vni: vni as u32,
+                port: port(obj)?.unwrap_or(0),
+                mtu,
+                gbp: opt_bool(obj, "GBP")?,
+                learning: opt_bool(obj, "Learning")?,
+                direct_routing: opt_bool(obj, "DirectRouting")?,
+            }))
+        }
+        "udp" => Ok(Backend::Udp(UdpOptions {
+            port: match port(obj)? {
+                None | Some(0) => DEFAULT_UDP_PORT,
+                Some(p) => p,
+            },
+        })),
+        other => Err(field(
+            "Backend.Type",
+            format!("{other:?} is not supported by weft; use \"vxlan\" or \"udp\""),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(json: &str) -> NetworkConfig {
+        NetworkConfig::parse(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    fn err(json: &str) -> String {
+        NetworkConfig::parse(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_for_a_slash_16() {
+        let c = ok(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 5, 1, 0));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 5, 255, 0));
+        assert_eq!(c.subnet_count(), 255);
+        assert_eq!(
+            c.backend,
+            Backend::Vxlan(VxlanOptions {
+                vni: 1,
+                port: 0,
+                mtu: None,
+                gbp: false,
+                learning: false,
+                direct_routing: false
+            })
+        );
+        assert_eq!(c.backend.port(), 8472);
+        assert_eq!(c.backend.overlay_mtu(1500), 1450);
+    }
+
+    #[test]
+    fn small_networks_split_in_four() {
+        let c = ok(r#"{"Network":"10.5.0.0/24"}"#);
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 5, 0, 64));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 5, 0, 192));
+        let c = ok(r#"{"Network":"10.5.0.0/22"}"#);
+        assert_eq!(c.subnet_len, 24);
+    }
+
+    #[test]
+    fn missing_backend_is_udp_like_flannel() {
+        let c = ok(r#"{"Network":"10.5.0.0/16"}"#);
+        assert_eq!(c.backend, Backend::Udp(UdpOptions { port: 8285 }));
+        assert_eq!(c.backend.overlay_mtu(1500), 1472);
+        assert_eq!(c.backend.type_name(), "udp");
+    }
+
+    #[test]
+    fn explicit_options_are_kept() {
+        let c = ok(
+            r#"{"Network":"10.6.0.0/16","SubnetLen":26,"SubnetMin":"10.6.4.0","SubnetMax":"10.6.8.0",
+                "Backend":{"Type":"vxlan","VNI":42,"Port":4789,"MTU":9000}}"#,
+        );
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 6, 4, 0));
+        assert_eq!(c.backend.port(), 4789);
+        assert_eq!(c.backend.overlay_mtu(1500), 8950);
+        assert!(c.fits(&"10.6.4.64/26".parse().unwrap()));
+        assert!(!c.fits(&"10.6.8.64/26".parse().unwrap()));
+        assert!(!c.fits(&"10.6.4.0/24".parse().unwrap()));
+        let u = ok(r#"{"Network":"10.6.0.0/16","Backend":{"Type":"udp","Port":9999}}"#);
+        assert_eq!(u.backend.port(), 9999);
+    }
+
+    #[test]
+    fn invalid_configs_name_field_and_rule() {
+        assert!(err("{").contains("not valid JSON"));
+        assert!(err("{}").contains("field Network: missing"));
+        assert!(err(r#"{"Network":"banana"}"#).contains("field Network"));
+        assert!(err(r#"{"Network":"10.5.1.0/16"}"#).contains("did you mean 10.5.0.0/16"));
+        assert!(err(r#"{"Network":"10.5.0.0/29"}"#).contains("smallest useful Network is a /28"));
+        assert!(err(r#"{"Network":"10.5.0.0/16","SubnetLen":31}"#).contains("field SubnetLen"));
+        assert!(err(r#"{"Network":"10.5.0.0/16","SubnetLen":17}"#).contains("at least 18"));
+        assert!(err(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.6.0.0"}"#)
+            .contains("field SubnetMin: 10.6.0.0 is not inside Network"));
+        assert!(err(r#"{"Network":"10.5.0.0/16","SubnetMax":"10.5.3.7"}"#)
+            .contains("field SubnetMax: 10.5.3.7 is not on a /24"));
+        assert!(
+            err(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.9.0","SubnetMax":"10.5.3.0"}"#)
+                .contains("above SubnetMax")
+        );
+        assert!(
+            err(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#)
+                .contains("field Backend.Type: \"host-gw\" is not supported")
+        );
+        assert!(
+            err(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#)
+                .contains("field Backend.VNI")
+        );
+        assert!(
+            err(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#)
+                .contains("field Backend.Port")
+        );
+        assert!(
+            err(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","GBP":"yes"}}"#)
+                .contains("field Backend.GBP")
+        );
+        assert!(err(r#"{"Network":"10.5.0.0/16","EnableIPv6":true}"#).contains("field EnableIPv6"));
+    }
+}

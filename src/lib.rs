@@ -1,0 +1,13 @@
+//! weft: a flannel-compatible overlay network for container hosts.
+
+pub mod alloc;
+pub mod backoff;
+pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod iface;
+pub mod lease;
+pub mod metrics;
+pub mod routes;
+pub mod store;
+pub mod subnet_env;

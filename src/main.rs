@@ -1,0 +1,412 @@
+//! The `weft` command line: the daemon (`run`), network config, leases, status and dockerd options.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use weft::config::NetworkConfig;
+use weft::daemon::{self, RunOptions};
+use weft::store::{EtcdOptions, Store, DEFAULT_PREFIX};
+use weft::subnet_env::{docker_opts, DockerOptsStyle, SubnetEnv};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "weft",
+    version,
+    about = "A flannel-compatible overlay network for container hosts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the per-host daemon: lease a subnet, write subnet.env, track peers.
+    Run(RunArgs),
+    /// Read or write the network config in etcd.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// List every subnet lease in etcd.
+    Leases(EtcdArgs),
+    /// Show this host's lease and peers, from the running daemon.
+    Status(HealthzArgs),
+    /// Turn subnet.env into dockerd options, as flannel's mk-docker-opts.sh does.
+    DockerOpts(DockerOptsArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a network config (flannel's JSON) and write it to <prefix>/config.
+    Set {
+        /// The JSON config; read from --file or standard input when absent.
+        json: Option<String>,
+        /// Read the JSON from this file ("-" for standard input).
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Print the network config stored in etcd.
+    Get(EtcdArgs),
+}
+
+#[derive(Args, Clone)]
+struct EtcdArgs {
+    /// Comma-separated etcd endpoints.
+    #[arg(
+        long,
+        env = "WEFT_ETCD_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    etcd_endpoints: Vec<String>,
+    /// etcd key prefix of the network (flannel's default, so flannel hosts can share it).
+    #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = DEFAULT_PREFIX)]
+    etcd_prefix: String,
+    /// CA certificate that signed etcd's server certificate (PEM).
+    #[arg(long, env = "WEFT_ETCD_CAFILE")]
+    etcd_cafile: Option<String>,
+    /// Client certificate for etcd (PEM).
+    #[arg(long, env = "WEFT_ETCD_CERTFILE")]
+    etcd_certfile: Option<String>,
+    /// Client key for etcd (PEM).
+    #[arg(long, env = "WEFT_ETCD_KEYFILE")]
+    etcd_keyfile: Option<String>,
+    /// etcd user name.
+    #[arg(long, env = "WEFT_ETCD_USERNAME")]
+    etcd_username: Option<String>,
+    /// etcd password.
+    #[arg(long, env = "WEFT_ETCD_PASSWORD", hide_env_values = true)]
+    etcd_password: Option<String>,
+}
+
+impl EtcdArgs {
+    fn options(&self) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            cafile: self.etcd_cafile.clone(),
+            certfile: self.etcd_certfile.clone(),
+            keyfile: self.etcd_keyfile.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct HealthzArgs {
+    /// Address of the daemon's /healthz, /readyz, /metrics and /status endpoints.
+    #[arg(long, env = "WEFT_HEALTHZ_IP", default_value = "127.0.0.1")]
+    healthz_ip: IpAddr,
+    /// Port of those endpoints (0 turns them off).
+    #[arg(long, env = "WEFT_HEALTHZ_PORT", default_value_t = 8471)]
+    healthz_port: u16,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    #[command(flatten)]
+    healthz: HealthzArgs,
+    /// Underlay interface: a name, an IPv4 address or a regex over names; repeatable, first match wins.
+    /// Default: the interface of the default route.
+    #[arg(long, env = "WEFT_IFACE", value_delimiter = ',')]
+    iface: Vec<String>,
+    /// The IP other hosts send overlay traffic to (default: the underlay interface's address).
+    #[arg(long, env = "WEFT_PUBLIC_IP")]
+    public_ip: Option<Ipv4Addr>,
+    /// Where to write flannel's subnet.env for dockerd.
+    #[arg(
+        long,
+        env = "WEFT_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    subnet_file: PathBuf,
+    /// Renew the lease this long before it expires (minutes, or with a unit: 90s, 5m, 1h).
+    #[arg(long, env = "WEFT_SUBNET_LEASE_RENEW_MARGIN", default_value = "60", value_parser = parse_minutes)]
+    subnet_lease_renew_margin: Duration,
+    /// Lifetime of the subnet lease in etcd (seconds, or with a unit: 90s, 5m, 24h).
+    #[arg(long, env = "WEFT_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_seconds)]
+    subnet_lease_ttl: Duration,
+    /// Set FLANNEL_IPMASQ=true: weft masquerades traffic leaving the overlay (dockerd then must not).
+    #[arg(long, env = "WEFT_IP_MASQ")]
+    ip_masq: bool,
+}
+
+#[derive(Args)]
+struct DockerOptsArgs {
+    /// The subnet.env to read (mk-docker-opts.sh -f).
+    #[arg(
+        short = 'f',
+        long = "subnet-file",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    subnet_file: PathBuf,
+    /// The file to write ("-" for standard output) (mk-docker-opts.sh -d).
+    #[arg(short = 'd', long = "dest", default_value = "/run/docker_opts.env")]
+    dest: PathBuf,
+    /// Name of the combined variable (mk-docker-opts.sh -k).
+    #[arg(short = 'k', long = "key", default_value = "DOCKER_OPTS")]
+    key: String,
+    /// Write the combined variable only, unless -i is also given (mk-docker-opts.sh -c).
+    #[arg(short = 'c', long)]
+    combined: bool,
+    /// Write one variable per option (mk-docker-opts.sh -i).
+    #[arg(short = 'i', long)]
+    individual: bool,
+    /// Leave --ip-masq out (mk-docker-opts.sh -m).
+    #[arg(short = 'm', long)]
+    no_ipmasq: bool,
+}
+
+fn parse_duration(s: &str, bare: u64) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        _ => (s, bare),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 90s, 5m or 24h"))?;
+    Ok(Duration::from_secs(n * mult))
+}
+
+fn parse_minutes(s: &str) -> Result<Duration, String> {
+    parse_duration(s, 60)
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    parse_duration(s, 1)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.cmd)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Cmd) -> Result<(), String> {
+    match cmd {
+        Cmd::Run(a) => {
+            let healthz = (a.healthz.healthz_port != 0)
+                .then(|| SocketAddr::new(a.healthz.healthz_ip, a.healthz.healthz_port));
+            let opts = RunOptions {
+                etcd: a.etcd.options(),
+                iface: a.iface,
+                public_ip: a.public_ip,
+                subnet_file: a.subnet_file,
+                lease_ttl: a.subnet_lease_ttl,
+                renew_margin: a.subnet_lease_renew_margin,
+                healthz,
+                ip_masq: a.ip_masq,
+            };
+            daemon::run(opts).await.map_err(|e| e.to_string())
+        }
+        Cmd::Config(ConfigCmd::Set { json, file, etcd }) => {
+            let text = match (json, file) {
+                (Some(j), None) => j,
+                (None, Some(f)) if f.as_os_str() != "-" => std::fs::read_to_string(&f)
+                    .map_err(|e| format!("cannot read {}: {e}", f.display()))?,
+                (None, _) => std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| format!("cannot read the config from standard input: {e}"))?,
+                (Some(_), Some(_)) => {
+                    return Err(
+                        "give the JSON either as an argument or with --file, not both".into(),
+                    )
+                }
+            };
+            let cfg = NetworkConfig::parse(&text)
+                .map_err(|e| format!("refusing the network config: {e}"))?;
+            let store = Store::connect(&etcd.options())
+                .await
+                .map_err(|e| e.to_string())?;
+            store
+                .put_config(text.trim())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "wrote {}: Network {} split into /{} subnets ({} to {}, {} in all), backend {} on UDP port {}",
+                store.config_key(),
+                cfg.network,
+                cfg.subnet_len,
+                cfg.subnet_min,
+                cfg.subnet_max,
+                cfg.subnet_count(),
+                cfg.backend.type_name(),
+                cfg.backend.port()
+            );
+            Ok(())
+        }
+        Cmd::Config(ConfigCmd::Get(etcd)) => {
+            let store = Store::connect(&etcd.options())
+                .await
+                .map_err(|e| e.to_string())?;
+            match store.get_config().await.map_err(|e| e.to_string())? {
+                Some(text) => {
+                    println!("{text}");
+                    Ok(())
+                }
+                None => Err(format!(
+                    "no network config at {}; set one with `weft config set`",
+                    store.config_key()
+                )),
+            }
+        }
+        Cmd::Leases(etcd) => list_leases(&etcd).await,
+        Cmd::Status(h) => {
+            let addr = SocketAddr::new(h.healthz_ip, h.healthz_port);
+            let (code, body) = weft::http::get(addr, "/status").await?;
+            if code != 200 {
+                return Err(format!("the daemon at {addr} answered {code}: {body}"));
+            }
+            print_status(&body)
+        }
+        Cmd::DockerOpts(a) => {
+            let text = std::fs::read_to_string(&a.subnet_file).map_err(|e| {
+                format!(
+                    "cannot read {}: {e}; is weft running and is -f right?",
+                    a.subnet_file.display()
+                )
+            })?;
+            let env = SubnetEnv::parse(&text).map_err(|e| {
+                format!("{} is not a valid subnet.env: {e}", a.subnet_file.display())
+            })?;
+            let out = docker_opts(
+                &env,
+                &DockerOptsStyle {
+                    key: a.key,
+                    combined: a.combined,
+                    individual: a.individual,
+                    no_ipmasq: a.no_ipmasq,
+                },
+            );
+            if a.dest.as_os_str() == "-" {
+                print!("{out}");
+                Ok(())
+            } else {
+                daemon::write_atomically(&a.dest, &out)
+                    .map_err(|e| format!("cannot write {}: {e}", a.dest.display()))
+            }
+        }
+    }
+}
+
+async fn list_leases(etcd: &EtcdArgs) -> Result<(), String> {
+    let store = Store::connect(&etcd.options())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (leases, _) = store.list_leases().await.map_err(|e| e.to_string())?;
+    println!(
+        "{:<20} {:<16} {:<8} {:<18} TIME LEFT",
+        "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC"
+    );
+    for l in leases {
+        let left = if l.etcd_lease == 0 {
+            "reserved".to_string()
+        } else {
+            match store.time_to_live(l.etcd_lease).await {
+                Ok(t) if t > 0 => format!("{}h{:02}m{:02}s", t / 3600, t / 60 % 60, t % 60),
+                Ok(_) => "expired".into(),
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        match l.attrs {
+            Ok(a) => {
+                let mac = a
+                    .vxlan_data()
+                    .map(|d| d.vtep_mac.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let backend = if a.backend_type.is_empty() {
+                    "udp"
+                } else {
+                    a.backend_type.as_str()
+                };
+                println!(
+                    "{:<20} {:<16} {:<8} {:<18} {left}",
+                    l.subnet.to_string(),
+                    a.public_ip.to_string(),
+                    backend,
+                    mac
+                );
+            }
+            Err(e) => println!("{:<20} (unreadable: {e}) {left}", l.subnet.to_string()),
+        }
+    }
+    Ok(())
+}
+
+fn print_status(body: &str) -> Result<(), String> {
+    let v: serde_json::Value = serde_json::from_str(body)
+        .map_err(|e| format!("the daemon sent unreadable status: {e}"))?;
+    let lease = &v["lease"];
+    if lease.is_null() {
+        println!("no lease yet (waiting for etcd or the network config)");
+    } else {
+        println!(
+            "this host: subnet {} of network {} via {} ({}), backend {}, MTU {}",
+            lease["subnet"].as_str().unwrap_or("?"),
+            lease["network"].as_str().unwrap_or("?"),
+            lease["public_ip"].as_str().unwrap_or("?"),
+            lease["iface"].as_str().unwrap_or("?"),
+            lease["backend"].as_str().unwrap_or("?"),
+            lease["mtu"]
+        );
+    }
+    println!(
+        "ready: {}, etcd connected: {}",
+        v["ready"].as_bool().unwrap_or(false),
+        v["etcd_connected"].as_bool().unwrap_or(false)
+    );
+    let peers = v["peers"].as_array().cloned().unwrap_or_default();
+    println!("peers: {}", peers.len());
+    for p in peers {
+        let b = &p["backend"];
+        let mac = b["vtep_mac"].as_str().unwrap_or("-");
+        println!(
+            "  {:<20} via {:<16} {:<6} {mac}",
+            p["subnet"].as_str().unwrap_or("?"),
+            p["public_ip"].as_str().unwrap_or("?"),
+            b["type"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}

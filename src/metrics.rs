@@ -1,0 +1,253 @@
+//! Counters shared with the data plane and their Prometheus text rendering.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why an inbound or outbound packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Shorter than its headers claim, or not parseable.
+    Truncated = 0,
+    /// VXLAN packet for a VNI that is not ours.
+    BadVni,
+    /// Underlay source is not the public IP of a current peer.
+    UnknownSender,
+    /// Inner source address outside the sending peer's subnet.
+    SpoofedSource,
+    /// Inner destination outside our subnet.
+    NotForUs,
+    /// No lease covers the destination.
+    NoRoute,
+    /// The peer uses a backend this host cannot speak.
+    UnsupportedPeer,
+    /// The kernel refused to send or deliver the packet.
+    IoError,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 8] = [
+        DropReason::Truncated,
+        DropReason::BadVni,
+        DropReason::UnknownSender,
+        DropReason::SpoofedSource,
+        DropReason::NotForUs,
+        DropReason::NoRoute,
+        DropReason::UnsupportedPeer,
+        DropReason::IoError,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::BadVni => "bad_vni",
+            DropReason::UnknownSender => "unknown_sender",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::NotForUs => "not_for_us",
+            DropReason::NoRoute => "no_route",
+            DropReason::UnsupportedPeer => "unsupported_peer",
+            DropReason::IoError => "io_error",
+        }
+    }
+}
+
+/// One worker's counters; only that worker writes them (relaxed atomics), `/metrics` sums them.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl WorkerCounters {
+    #[inline]
+    pub fn drop(&self, reason: DropReason) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn tx(&self, bytes: usize) {
+        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn rx(&self, bytes: usize) {
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// Summed counters of all workers.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CounterTotals {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub drops: [u64; DropReason::ALL.len()],
+}
+
+impl CounterTotals {
+    pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerCounters>) -> Self {
+        let mut t = CounterTotals::default();
+        for w in workers {
+            t.tx_packets += w.tx_packets.load(Ordering::Relaxed);
+            t.tx_bytes += w.tx_bytes.load(Ordering::Relaxed);
+            t.rx_packets += w.rx_packets.load(Ordering::Relaxed);
+            t.rx_bytes += w.rx_bytes.load(Ordering::Relaxed);
+            for (d, s) in t.drops.iter_mut().zip(&w.drops) {
+                *d += s.load(Ordering::Relaxed);
+            }
+        }
+        t
+    }
+}
+
+/// What `/metrics` reports.
+#[derive(Debug, Default, Clone)]
+pub struct MetricsView {
+    pub lease_held: bool,
+    pub lease_ttl_seconds: Option<i64>,
+    pub etcd_connected: bool,
+    pub ready: bool,
+    pub peers: usize,
+    pub routes: usize,
+    pub lease_renewals: u64,
+    pub watch_events: u64,
+    pub watch_restarts: u64,
+    pub counters: CounterTotals,
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// Renders the view in the Prometheus text exposition format.
+pub fn render(v: &MetricsView) -> String {
+    let mut o = String::new();
+    let b = |x: bool| u8::from(x);
+    metric(
+        &mut o,
+        "weft_lease_held",
+        "gauge",
+        "1 while this host holds its subnet lease",
+        b(v.lease_held),
+    );
+    if let Some(ttl) = v.lease_ttl_seconds {
+        metric(
+            &mut o,
+            "weft_lease_ttl_seconds",
+            "gauge",
+            "Seconds left on the subnet lease at the last renewal",
+            ttl,
+        );
+    }
+    metric(
+        &mut o,
+        "weft_etcd_connected",
+        "gauge",
+        "1 while the last etcd request succeeded",
+        b(v.etcd_connected),
+    );
+    metric(
+        &mut o,
+        "weft_ready",
+        "gauge",
+        "1 once subnet.env is written and the data plane is up",
+        b(v.ready),
+    );
+    metric(
+        &mut o,
+        "weft_peers",
+        "gauge",
+        "Other hosts with a lease in the network",
+        v.peers,
+    );
+    metric(
+        &mut o,
+        "weft_routes",
+        "gauge",
+        "Entries in the route table",
+        v.routes,
+    );
+    metric(
+        &mut o,
+        "weft_lease_renewals_total",
+        "counter",
+        "Successful lease renewals",
+        v.lease_renewals,
+    );
+    metric(
+        &mut o,
+        "weft_watch_events_total",
+        "counter",
+        "Lease events applied from the etcd watch",
+        v.watch_events,
+    );
+    metric(
+        &mut o,
+        "weft_watch_restarts_total",
+        "counter",
+        "Times the etcd watch was re-established",
+        v.watch_restarts,
+    );
+    let c = &v.counters;
+    let _ = writeln!(o, "# HELP weft_packets_total Packets carried by the data plane\n# TYPE weft_packets_total counter");
+    let _ = writeln!(o, "weft_packets_total{{direction=\"tx\"}} {}", c.tx_packets);
+    let _ = writeln!(o, "weft_packets_total{{direction=\"rx\"}} {}", c.rx_packets);
+    let _ = writeln!(o, "# HELP weft_bytes_total Bytes carried by the data plane (inner packets)\n# TYPE weft_bytes_total counter");
+    let _ = writeln!(o, "weft_bytes_total{{direction=\"tx\"}} {}", c.tx_bytes);
+    let _ = writeln!(o, "weft_bytes_total{{direction=\"rx\"}} {}", c.rx_bytes);
+    let _ = writeln!(
+        o,
+        "# HELP weft_drops_total Packets dropped, by reason\n# TYPE weft_drops_total counter"
+    );
+    for r in DropReason::ALL {
+        let _ = writeln!(
+            o,
+            "weft_drops_total{{reason=\"{}\"}} {}",
+            r.label(),
+            c.drops[r as usize]
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_workers_and_renders_prometheus_text() {
+        let w1 = WorkerCounters::default();
+        let w2 = WorkerCounters::default();
+        w1.tx(100);
+        w2.tx(50);
+        w2.rx(7);
+        w1.drop(DropReason::BadVni);
+        w2.drop(DropReason::BadVni);
+        w2.drop(DropReason::SpoofedSource);
+        let view = MetricsView {
+            lease_held: true,
+            peers: 2,
+            routes: 2,
+            counters: CounterTotals::sum([&w1, &w2]),
+            ..Default::default()
+        };
+        let text = render(&view);
+        assert!(text.contains("weft_lease_held 1\n"));
+        assert!(text.contains("weft_peers 2\n"));
+        assert!(text.contains("weft_packets_total{direction=\"tx\"} 2\n"));
+        assert!(text.contains("weft_bytes_total{direction=\"tx\"} 150\n"));
+        assert!(text.contains("weft_drops_total{reason=\"bad_vni\"} 2\n"));
+        assert!(text.contains("weft_drops_total{reason=\"spoofed_source\"} 1\n"));
+        assert!(text.contains("weft_drops_total{reason=\"truncated\"} 0\n"));
+        assert!(!text.contains("weft_lease_ttl_seconds"));
+    }
+}

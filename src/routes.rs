@@ -1,0 +1,303 @@
+//! The route table subnet -> peer: longest-prefix-match snapshots read without locks, swapped in by the watch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::lease::{LeaseAttrs, MacAddr};
+
+/// How a peer is reached, from its lease's BackendType and BackendData.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum PeerBackend {
+    Vxlan {
+        vni: u32,
+        vtep_mac: MacAddr,
+    },
+    Udp,
+    /// A backend weft cannot talk to (host-gw, wireguard, ...) or malformed backend data.
+    Other,
+}
+
+/// One remote host: the subnet it leased and where to send that subnet's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Peer {
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    pub backend: PeerBackend,
+}
+
+impl Peer {
+    /// The peer described by a lease.
+    pub fn from_lease(subnet: Ipv4Net, attrs: &LeaseAttrs) -> Self {
+        let backend = match attrs.backend_type.as_str() {
+            "vxlan" => match attrs.vxlan_data() {
+                Some(d) => PeerBackend::Vxlan {
+                    vni: d.vni,
+                    vtep_mac: d.vtep_mac,
+                },
+                None => PeerBackend::Other,
+            },
+            // flannel's own udp backend writes no BackendType.
+            "udp" | "" => PeerBackend::Udp,
+            _ => PeerBackend::Other,
+        };
+        Peer {
+            subnet,
+            public_ip: attrs.public_ip,
+            backend,
+        }
+    }
+}
+
+/// A multiplicative hasher for the u32 keys of the LPM maps (keys are masked addresses, not attacker-chosen
+/// beyond the leases in etcd, which are trusted).
+#[derive(Default, Clone, Copy)]
+pub struct U32Hasher(u64);
+
+impl Hasher for U32Hasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = (u64::from(v) ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        self.0 ^= self.0 >> 29;
+    }
+}
+
+type U32Map<V> = HashMap<u32, V, BuildHasherDefault<U32Hasher>>;
+
+/// An immutable longest-prefix-match table. Lookup probes one hash map per distinct prefix length,
+/// longest first; a flannel network has one length, so a lookup is one probe.
+#[derive(Debug, Default)]
+pub struct RouteSnapshot {
+    peers: Vec<Peer>,
+    /// (prefix length, netmask, masked address -> index into `peers`), longest prefix first.
+    levels: Vec<(u8, u32, U32Map<u32>)>,
+}
+
+impl RouteSnapshot {
+    /// Builds a snapshot from peers; a later peer for the same subnet replaces an earlier one.
+    pub fn new(peers: impl IntoIterator<Item = Peer>) -> Self {
+        let mut by_subnet: BTreeMap<Ipv4Net, Peer> = BTreeMap::new();
+        for p in peers {
+            by_subnet.insert(p.subnet.trunc(), p);
+        }
+        let peers: Vec<Peer> = by_subnet.into_values().collect();
+        let mut levels: Vec<(u8, u32, U32Map<u32>)> = Vec::new();
+        for (i, p) in peers.iter().enumerate() {
+            let len = p.subnet.prefix_len();
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            let level = match levels.iter_mut().position(|l| l.0 == len) {
+                Some(pos) => &mut levels[pos],
+                None => {
+                    levels.push((len, mask, U32Map::default()));
+                    levels.last_mut().expect("just pushed")
+                }
+            };
+            level.2.insert(u32::from(p.subnet.network()), i as u32);
+        }
+        levels.sort_by_key(|l| std::cmp::Reverse(l.0));
+        RouteSnapshot { peers, levels }
+    }
+
+    /// The peer whose subnet is the longest prefix containing `dst`.
+    #[inline]
+    pub fn lookup(&self, dst: Ipv4Addr) -> Option<&Peer> {
+        let a = u32::from(dst);
+        for (_, mask, map) in &self.levels {
+            if let Some(&i) = map.get(&(a & mask)) {
+                return Some(&self.peers[i as usize]);
+            }
+        }
+        None
+    }
+
+    /// The peer that holds exactly `subnet`.
+    pub fn get(&self, subnet: &Ipv4Net) -> Option<&Peer> {
+        self.lookup(subnet.network())
+            .filter(|p| p.subnet == *subnet)
+    }
+
+    /// The peer with this public IP, if any.
+    pub fn by_public_ip(&self, ip: Ipv4Addr) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.public_ip == ip)
+    }
+
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+}
+
+/// The shared route table: readers `load()` a snapshot without locking; the control plane applies
+/// changes under a mutex of its own and publishes a fresh snapshot, never pausing readers.
+#[derive(Default)]
+pub struct RouteTable {
+    current: ArcSwap<RouteSnapshot>,
+    master: Mutex<BTreeMap<Ipv4Net, Peer>>,
+}
+
+impl RouteTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current snapshot (lock-free).
+    #[inline]
+    pub fn load(&self) -> Arc<RouteSnapshot> {
+        self.current.load_full()
+    }
+
+    /// Adds or replaces the peer for its subnet. Returns true if anything changed.
+    pub fn upsert(&self, peer: Peer) -> bool {
+        let mut m = self.master.lock().expect("route table lock poisoned");
+        if m.get(&peer.subnet) == Some(&peer) {
+            return false;
+        }
+        m.insert(peer.subnet, peer);
+        self.publish(&m);
+        true
+    }
+
+    /// Removes the peer for `subnet`. Returns the removed peer.
+    pub fn remove(&self, subnet: &Ipv4Net) -> Option<Peer> {
+        let mut m = self.master.lock().expect("route table lock poisoned");
+        let old = m.remove(subnet)?;
+        self.publish(&m);
+        Some(old)
+    }
+
+    /// Replaces the whole table (after a re-list); returns (added or changed, removed) counts.
+    pub fn replace_all(&self, peers: impl IntoIterator<Item = Peer>) -> (usize, usize) {
+        let mut m = self.master.lock().expect("route table lock poisoned");
+        let new: BTreeMap<Ipv4Net, Peer> = peers.into_iter().map(|p| (p.subnet, p)).collect();
+        let changed = new.iter().filter(|(k, v)| m.get(k) != Some(v)).count();
+        let removed = m.keys().filter(|k| !new.contains_key(k)).count();
+        *m = new;
+        self.publish(&m);
+        (changed, removed)
+    }
+
+    fn publish(&self, m: &BTreeMap<Ipv4Net, Peer>) {
+        self.current
+            .store(Arc::new(RouteSnapshot::new(m.values().copied())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(s: &str, ip: [u8; 4]) -> Peer {
+        Peer {
+            subnet: s.parse().unwrap(),
+            public_ip: Ipv4Addr::from(ip),
+            backend: PeerBackend::Udp,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let t = RouteSnapshot::new([
+            peer("10.0.0.0/8", [1, 0, 0, 1]),
+            peer("10.5.0.0/16", [1, 0, 0, 2]),
+            peer("10.5.7.0/24", [1, 0, 0, 3]),
+            peer("0.0.0.0/0", [1, 0, 0, 4]),
+        ]);
+        let ip = |a: &str| t.lookup(a.parse().unwrap()).unwrap().public_ip.octets()[3];
+        assert_eq!(ip("10.5.7.200"), 3);
+        assert_eq!(ip("10.5.8.1"), 2);
+        assert_eq!(ip("10.6.0.1"), 1);
+        assert_eq!(ip("192.168.1.1"), 4);
+    }
+
+    #[test]
+    fn miss_and_exact_get() {
+        let t = RouteSnapshot::new([peer("10.5.7.0/24", [1, 0, 0, 3])]);
+        assert!(t.lookup("10.5.8.1".parse().unwrap()).is_none());
+        assert!(t.get(&"10.5.7.0/24".parse().unwrap()).is_some());
+        assert!(t.get(&"10.5.7.0/25".parse().unwrap()).is_none());
+        assert_eq!(
+            t.by_public_ip(Ipv4Addr::new(1, 0, 0, 3))
+                .unwrap()
+                .subnet
+                .prefix_len(),
+            24
+        );
+    }
+
+    #[test]
+    fn many_routes() {
+        let peers = (0..65536u32).map(|i| Peer {
+            subnet: Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).unwrap(),
+            public_ip: Ipv4Addr::from(i),
+            backend: PeerBackend::Udp,
+        });
+        let t = RouteSnapshot::new(peers);
+        assert_eq!(t.len(), 65536);
+        for i in [0u32, 1, 255, 4096, 65535] {
+            let dst = Ipv4Addr::from(0x0a00_0000 | (i << 8) | 77);
+            assert_eq!(t.lookup(dst).unwrap().public_ip, Ipv4Addr::from(i));
+        }
+    }
+
+    #[test]
+    fn table_updates_publish_new_snapshots_and_old_ones_stay_valid() {
+        let t = RouteTable::new();
+        let before = t.load();
+        assert!(t.upsert(peer("10.5.1.0/24", [1, 1, 1, 1])));
+        assert!(
+            !t.upsert(peer("10.5.1.0/24", [1, 1, 1, 1])),
+            "same peer is no change"
+        );
+        assert!(t.upsert(peer("10.5.2.0/24", [2, 2, 2, 2])));
+        assert!(before.is_empty());
+        assert_eq!(t.load().len(), 2);
+        assert!(t.remove(&"10.5.1.0/24".parse().unwrap()).is_some());
+        assert!(t.remove(&"10.5.1.0/24".parse().unwrap()).is_none());
+        assert_eq!(t.load().len(), 1);
+        let (changed, removed) = t.replace_all([peer("10.5.3.0/24", [3, 3, 3, 3])]);
+        assert_eq!((changed, removed), (1, 1));
+        assert!(t.load().lookup("10.5.3.9".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn peer_from_leases() {
+        let v = LeaseAttrs::vxlan(
+            Ipv4Addr::new(1, 2, 3, 4),
+            1,
+            "c6:d2:32:6f:8f:44".parse().unwrap(),
+        );
+        let p = Peer::from_lease("10.5.1.0/24".parse().unwrap(), &v);
+        assert!(matches!(p.backend, PeerBackend::Vxlan { vni: 1, .. }));
+        let f = LeaseAttrs::from_json(br#"{"PublicIP":"1.2.3.4"}"#).unwrap();
+        assert_eq!(
+            Peer::from_lease("10.5.1.0/24".parse().unwrap(), &f).backend,
+            PeerBackend::Udp
+        );
+        let h =
+            LeaseAttrs::from_json(br#"{"PublicIP":"1.2.3.4","BackendType":"host-gw"}"#).unwrap();
+        assert_eq!(
+            Peer::from_lease("10.5.1.0/24".parse().unwrap(), &h).backend,
+            PeerBackend::Other
+        );
+    }
+}

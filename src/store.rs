@@ -1,0 +1,364 @@
+//! etcd access in flannel's schema: network config, subnet leases (created in transactions), keep-alive, watch.
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use ipnet::Ipv4Net;
+
+use crate::lease::{parse_subnet_key, subnet_key, LeaseAttrs};
+
+/// Default etcd key prefix, as flannel's.
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+/// How long one unary etcd request may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach etcd: flanneld's `--etcd-*` flags.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub cafile: Option<String>,
+    pub certfile: Option<String>,
+    pub keyfile: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// What went wrong talking to etcd; messages say what was being done and where.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot read {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bad etcd settings: {0}")]
+    Settings(String),
+    #[error("etcd at {endpoints} did not answer within {secs}s while {doing}; is etcd running and is --etcd-endpoints right?", secs = REQUEST_TIMEOUT.as_secs())]
+    Timeout { endpoints: String, doing: String },
+    #[error("etcd at {endpoints} failed while {doing}: {reason}")]
+    Etcd {
+        endpoints: String,
+        doing: String,
+        reason: String,
+    },
+}
+
+/// A lease as stored in etcd.
+#[derive(Debug, Clone)]
+pub struct StoredLease {
+    pub subnet: Ipv4Net,
+    /// The parsed value, or why it could not be parsed.
+    pub attrs: Result<LeaseAttrs, String>,
+    /// The etcd lease the key is attached to (0 = none: a reservation).
+    pub etcd_lease: i64,
+    pub mod_revision: i64,
+}
+
+/// etcd in flannel's layout under one prefix.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    prefix: String,
+    endpoints: String,
+}
+
+impl Store {
+    /// Builds a client; the connection itself is made lazily by the first request.
+    pub async fn connect(opts: &EtcdOptions) -> Result<Self, StoreError> {
+        let endpoints = opts.endpoints.join(",");
+        if opts.endpoints.is_empty() {
+            return Err(StoreError::Settings(
+                "no etcd endpoint given; set --etcd-endpoints".into(),
+            ));
+        }
+        let mut co = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
+        let tls_wanted = opts.cafile.is_some() || opts.certfile.is_some() || opts.keyfile.is_some();
+        if tls_wanted {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &opts.cafile {
+                tls =
+                    tls.ca_certificate(Certificate::from_pem(read("CA file (--etcd-cafile)", ca)?));
+            }
+            match (&opts.certfile, &opts.keyfile) {
+                (Some(c), Some(k)) => {
+                    tls = tls.identity(Identity::from_pem(
+                        read("client certificate (--etcd-certfile)", c)?,
+                        read("client key (--etcd-keyfile)", k)?,
+                    ))
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(StoreError::Settings(
+                        "--etcd-certfile and --etcd-keyfile must be given together".into(),
+                    ))
+                }
+            }
+            co = co.with_tls(tls);
+        }
+        if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
+            co = co.with_user(u.clone(), p.clone());
+        }
+        let mut eps = Vec::new();
+        for e in &opts.endpoints {
+            if tls_wanted && e.starts_with("http://") {
+                return Err(StoreError::Settings(format!(
+                    "endpoint {e} is plain http but TLS files were given; use https://"
+                )));
+            }
+            eps.push(e.clone());
+        }
+        let prefix = opts.prefix.trim_end_matches('/').to_string();
+        let client = timed(&endpoints, "connecting", Client::connect(eps, Some(co))).await?;
+        Ok(Store {
+            client,
+            prefix,
+            endpoints,
+        })
+    }
+
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    pub fn config_key(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    pub fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    pub fn lease_key(&self, subnet: &Ipv4Net) -> String {
+        format!("{}{}", self.subnets_prefix(), subnet_key(subnet))
+    }
+
+    /// The network config's JSON text, or None if the key does not exist.
+    pub async fn get_config(&self) -> Result<Option<String>, StoreError> {
+        let key = self.config_key();
+        let mut kv = self.client.kv_client();
+        let resp = timed(
+            &self.endpoints,
+            "reading the network config",
+            kv.get(key, None),
+        )
+        .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// Writes the network config's JSON text.
+    pub async fn put_config(&self, json: &str) -> Result<(), StoreError> {
+        let mut kv = self.client.kv_client();
+        timed(
+            &self.endpoints,
+            "writing the network config",
+            kv.put(self.config_key(), json, None),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Every lease under `<prefix>/subnets/` and the revision of that snapshot.
+    pub async fn list_leases(&self) -> Result<(Vec<StoredLease>, i64), StoreError> {
+        let mut kv = self.client.kv_client();
+        let resp = timed(
+            &self.endpoints,
+            "listing subnet leases",
+            kv.get(self.subnets_prefix(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let leases = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.stored_lease(kv.key(), kv.value(), kv.lease(), kv.mod_revision()))
+            .collect();
+        Ok((leases, rev))
+    }
+
+    /// The lease for one subnet, if its key exists.
+    pub async fn get_lease(&self, subnet: &Ipv4Net) -> Result<Option<StoredLease>, StoreError> {
+        let mut kv = self.client.kv_client();
+        let resp = timed(
+            &self.endpoints,
+            "reading our subnet lease",
+            kv.get(self.lease_key(subnet), None),
+        )
+        .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .and_then(|kv| self.stored_lease(kv.key(), kv.value(), kv.lease(), kv.mod_revision())))
+    }
+
+    /// Parses a key/value under the subnets prefix; None for keys that are not lease keys.
+    pub fn stored_lease(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+        rev: i64,
+    ) -> Option<StoredLease> {
+        let subnet = self.subnet_of_key(key)?;
+        Some(StoredLease {
+            subnet,
+            attrs: LeaseAttrs::from_json(value),
+            etcd_lease: lease,
+            mod_revision: rev,
+        })
+    }
+
+    /// The subnet a key under the subnets prefix names.
+    pub fn subnet_of_key(&self, key: &[u8]) -> Option<Ipv4Net> {
+        let key = std::str::from_utf8(key).ok()?;
+        parse_subnet_key(key.strip_prefix(&self.subnets_prefix())?)
+    }
+
+    /// Grants an etcd lease (TTL) for a subnet key.
+    pub async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
+        let mut lc = self.client.lease_client();
+        let resp = timed(
+            &self.endpoints,
+            "granting an etcd lease",
+            lc.grant(ttl.as_secs().max(1) as i64, None),
+        )
+        .await?;
+        Ok(resp.id())
+    }
+
+    /// Revokes an etcd lease (deleting keys attached to it).
+    pub async fn revoke(&self, id: i64) -> Result<(), StoreError> {
+        let mut lc = self.client.lease_client();
+        timed(&self.endpoints, "revoking an etcd lease", lc.revoke(id)).await?;
+        Ok(())
+    }
+
+    /// Writes the lease for `subnet` attached to etcd lease `id`, but only if the key does not exist
+    /// (`expect_rev == 0`) or was last modified at `expect_rev`. Returns false if another host won.
+    pub async fn put_lease_if(
+        &self,
+        subnet: &Ipv4Net,
+        attrs: &LeaseAttrs,
+        id: i64,
+        expect_rev: i64,
+    ) -> Result<bool, StoreError> {
+        let key = self.lease_key(subnet);
+        let cmp = if expect_rev == 0 {
+            Compare::version(key.clone(), CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(key.clone(), CompareOp::Equal, expect_rev)
+        };
+        let txn = Txn::new().when([cmp]).and_then([TxnOp::put(
+            key,
+            attrs.to_json(),
+            Some(PutOptions::new().with_lease(id)),
+        )]);
+        let mut kv = self.client.kv_client();
+        let resp = timed(&self.endpoints, "writing our subnet lease", kv.txn(txn)).await?;
+        Ok(resp.succeeded())
+    }
+
+    /// Renews etcd lease `id` once; returns the TTL left (0 or less: the lease has expired).
+    pub async fn keep_alive(&self, id: i64) -> Result<i64, StoreError> {
+        let mut lc = self.client.lease_client();
+        let ep = &self.endpoints;
+        timed(ep, "renewing our subnet lease", async move {
+            let (mut keeper, mut stream) = lc.keep_alive(id).await?;
+            keeper.keep_alive().await?;
+            Ok(stream.message().await?.map(|r| r.ttl()).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Seconds left on etcd lease `id` (negative: expired or not found).
+    pub async fn time_to_live(&self, id: i64) -> Result<i64, StoreError> {
+        let mut lc = self.client.lease_client();
+        let resp = timed(
+            &self.endpoints,
+            "reading lease TTLs",
+            lc.time_to_live(id, None),
+        )
+        .await?;
+        Ok(resp.ttl())
+    }
+
+    /// Watches the subnets prefix from revision `from_rev` (inclusive).
+    pub async fn watch_leases(&self, from_rev: i64) -> Result<WatchStream, StoreError> {
+        let mut wc = self.client.watch_client();
+        timed(
+            &self.endpoints,
+            "starting the lease watch",
+            wc.watch(
+                self.subnets_prefix(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(from_rev)
+                        .with_progress_notify(),
+                ),
+            ),
+        )
+        .await
+    }
+
+    /// Whether `attrs` names this host (`public_ip`).
+    pub fn is_ours(attrs: &Result<LeaseAttrs, String>, public_ip: Ipv4Addr) -> bool {
+        matches!(attrs, Ok(a) if a.public_ip == public_ip)
+    }
+}
+
+fn read(what: &'static str, path: &str) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|source| StoreError::File {
+        what,
+        path: path.to_string(),
+        source,
+    })
+}
+
+async fn timed<T>(
+    endpoints: &str,
+    doing: &str,
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(StoreError::Etcd {
+            endpoints: endpoints.to_string(),
+            doing: doing.to_string(),
+            reason: short_reason(&e),
+        }),
+        Err(_) => Err(StoreError::Timeout {
+            endpoints: endpoints.to_string(),
+            doing: doing.to_string(),
+        }),
+    }
+}
+
+/// A one-line reason for an etcd client error: the gRPC message and the innermost cause.
+fn short_reason(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let mut innermost: Option<&dyn std::error::Error> = std::error::Error::source(status);
+            while let Some(next) = innermost.and_then(|c| c.source()) {
+                innermost = Some(next);
+            }
+            match innermost {
+                Some(c) => format!("{} ({c})", status.message()),
+                None => status.message().to_string(),
+            }
+        }
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,449 @@
+//! Test fixtures: a real etcd server and real weft daemons, each stopped and removed on drop.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A plain HTTP/1.0 GET against 127.0.0.1; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// Paths of client TLS material for an etcd started with TLS.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A real etcd server on a free loopback port with a temporary data dir.
+pub struct Etcd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub client_port: u16,
+    peer_port: u16,
+    tls: Option<TlsFiles>,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        Self::start_with(false)
+    }
+
+    /// etcd that requires client certificates signed by a CA made for this test.
+    pub fn start_tls() -> Etcd {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Etcd {
+        let dir = tempfile::Builder::new()
+            .prefix("weft-etcd-")
+            .tempdir()
+            .expect("tempdir");
+        let tls = tls.then(|| make_certs(dir.path()));
+        let mut e = Etcd {
+            child: None,
+            dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+            tls,
+        };
+        e.spawn();
+        e
+    }
+
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    fn spawn(&mut self) {
+        let data = self.dir.path().join("data");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("etcd log");
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name=t")
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={}", self.endpoint()))
+            .arg(format!("--advertise-client-urls={}", self.endpoint()))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=t={peer}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        if let Some(t) = &self.tls {
+            let d = self.dir.path();
+            cmd.arg(format!("--cert-file={}", d.join("server.pem").display()))
+                .arg(format!("--key-file={}", d.join("server-key.pem").display()))
+                .arg(format!("--trusted-ca-file={}", t.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
+            .spawn()
+            .expect("start etcd (install Debian's etcd-server: the README's test command does)");
+        self.child = Some(child);
+        wait_for("etcd to answer", Duration::from_secs(20), || {
+            self.etcdctl(&["endpoint", "health"])
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+
+    /// Runs etcdctl against this server.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .arg("--dial-timeout=2s")
+            .arg("--command-timeout=3s");
+        if let Some(t) = &self.tls {
+            cmd.arg(format!("--cacert={}", t.ca.display()))
+                .arg(format!("--cert={}", t.cert.display()))
+                .arg(format!("--key={}", t.key.display()));
+        }
+        cmd.args(args).output().expect("run etcdctl")
+    }
+
+    /// The value of a key, if present.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let out = self.etcdctl(&["get", key, "--print-value-only"]);
+        assert!(
+            out.status.success(),
+            "etcdctl get failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!v.is_empty()).then_some(v)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Flags that point weft at this server.
+    pub fn weft_args(&self) -> Vec<String> {
+        let mut v = vec![format!("--etcd-endpoints={}", self.endpoint())];
+        if let Some(t) = &self.tls {
+            v.push(format!("--etcd-cafile={}", t.ca.display()));
+            v.push(format!("--etcd-certfile={}", t.cert.display()));
+            v.push(format!("--etcd-keyfile={}", t.key.display()));
+        }
+        v
+    }
+
+    /// Writes a network config through `weft config set`.
+    pub fn set_config(&self, json: &str) {
+        let out = weft(&self.weft_args(), &["config", "set", json]);
+        assert!(
+            out.status.success(),
+            "weft config set failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn make_certs(dir: &Path) -> TlsFiles {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=weft-test-ca",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, cn) in [("server", "127.0.0.1"), ("client", "weft-client")] {
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{name}-key.pem"),
+            "-out",
+            &format!("{name}.csr"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+    }
+    TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("client.pem"),
+        key: dir.join("client-key.pem"),
+    }
+}
+
+/// Runs the weft binary to completion with `common` flags after the subcommand words in `args`.
+pub fn weft(common: &[String], args: &[&str]) -> Output {
+    // Subcommand words first, then the shared flags (`config set JSON --etcd-endpoints ...`).
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .args(common)
+        .env_remove("WEFT_LOG")
+        .output()
+        .expect("run weft")
+}
+
+/// A running `weft run` daemon with its own subnet file and health port.
+pub struct Weft {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub public_ip: String,
+    pub healthz_port: u16,
+    args: Vec<String>,
+}
+
+impl Weft {
+    /// Starts a daemon for host `public_ip` (any loopback-range string; no traffic is sent to it).
+    pub fn start(etcd: &Etcd, public_ip: &str, extra: &[&str]) -> Weft {
+        let dir = tempfile::Builder::new()
+            .prefix("weft-host-")
+            .tempdir()
+            .expect("tempdir");
+        let mut args = etcd.weft_args();
+        args.extend(["--iface=lo".to_string(), format!("--public-ip={public_ip}")]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut w = Weft {
+            child: None,
+            dir,
+            public_ip: public_ip.to_string(),
+            healthz_port: free_port(),
+            args,
+        };
+        w.spawn();
+        w
+    }
+
+    pub fn subnet_file(&self) -> PathBuf {
+        self.dir.path().join("subnet.env")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("weft.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("weft.log"))
+            .expect("weft log");
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .arg("run")
+            .args(&self.args)
+            .arg(format!("--subnet-file={}", self.subnet_file().display()))
+            .arg(format!("--healthz-port={}", self.healthz_port))
+            .env("WEFT_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start weft run");
+        self.child = Some(child);
+    }
+
+    /// The daemon's /status JSON, if it answers.
+    pub fn status(&self) -> Option<Value> {
+        let (code, body) = http_get(self.healthz_port, "/status")?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    /// Our leased subnet as the daemon reports it.
+    pub fn subnet(&self) -> Option<String> {
+        self.status()?["lease"]["subnet"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// Waits until the daemon holds a lease and returns its subnet.
+    pub fn wait_subnet(&self) -> String {
+        wait_for(
+            &format!(
+                "daemon {} to lease a subnet\n{}",
+                self.public_ip,
+                self.log()
+            ),
+            Duration::from_secs(30),
+            || self.subnet(),
+        )
+    }
+
+    /// The peers' subnets in the daemon's route table, sorted.
+    pub fn peer_subnets(&self) -> Option<Vec<String>> {
+        let st = self.status()?;
+        let mut v: Vec<String> = st["peers"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["subnet"].as_str().map(str::to_string))
+            .collect();
+        v.sort();
+        Some(v)
+    }
+
+    /// Waits until the route table holds exactly `want` (sorted subnets).
+    pub fn wait_peers(&self, want: &[String], timeout: Duration) {
+        let mut want = want.to_vec();
+        want.sort();
+        wait_for(
+            &format!("daemon {} to see peers {want:?}", self.public_ip),
+            timeout,
+            || (self.peer_subnets()? == want).then_some(()),
+        );
+    }
+
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Waits for the process to exit by itself and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut().expect("daemon was started");
+        let status = wait_for("the daemon to exit", timeout, || {
+            child.try_wait().ok().flatten()
+        });
+        self.child = None;
+        status.code()
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the process the hard way, as a crashed host would stop.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the daemon again with the same flags and subnet file.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.healthz_port = free_port();
+        self.spawn();
+    }
+}
+
+impl Drop for Weft {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

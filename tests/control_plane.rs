@@ -1,0 +1,363 @@
+//! Control-plane tests against a real etcd: leases, the peer route table, restarts, outages, config and TLS.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{http_get, wait_for, weft, Etcd, Weft};
+
+const VXLAN: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const T: Duration = Duration::from_secs(20);
+
+fn others(all: &[String], me: usize) -> Vec<String> {
+    all.iter()
+        .enumerate()
+        .filter(|(i, _)| *i != me)
+        .map(|(_, s)| s.clone())
+        .collect()
+}
+
+#[test]
+fn three_daemons_get_distinct_subnets_and_see_each_other() {
+    let etcd = Etcd::start();
+    etcd.set_config(VXLAN);
+    let hosts: Vec<Weft> = (1..=3)
+        .map(|i| Weft::start(&etcd, &format!("127.10.0.{i}"), &[]))
+        .collect();
+    let subnets: Vec<String> = hosts.iter().map(|h| h.wait_subnet()).collect();
+    assert_eq!(
+        subnets.iter().collect::<HashSet<_>>().len(),
+        3,
+        "{subnets:?}"
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        h.wait_peers(&others(&subnets, i), T);
+    }
+    // subnet.env in flannel's form, for dockerd.
+    let env = std::fs::read_to_string(hosts[0].subnet_file()).unwrap();
+    let dot1 = subnets[0].replace(".0/24", ".1/24");
+    assert_eq!(env, format!("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET={dot1}\nFLANNEL_MTU=65486\nFLANNEL_IPMASQ=false\n"));
+    // The lease value is flannel's JSON.
+    let key = format!(
+        "/coreos.com/network/subnets/{}",
+        subnets[0].replace('/', "-")
+    );
+    let v: serde_json::Value = serde_json::from_str(&etcd.get(&key).unwrap()).unwrap();
+    assert_eq!(v["PublicIP"], "127.10.0.1");
+    assert!(v["PublicIPv6"].is_null());
+    assert_eq!(v["BackendType"], "vxlan");
+    assert_eq!(v["BackendData"]["VNI"], 1);
+    assert_eq!(v["BackendData"]["VtepMAC"].as_str().unwrap().len(), 17);
+    // Peers carry the VTEP MAC from the lease.
+    let st = hosts[1].status().unwrap();
+    let p = st["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["subnet"] == subnets[0].as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(p["public_ip"], "127.10.0.1");
+    assert_eq!(p["backend"]["vtep_mac"], v["BackendData"]["VtepMAC"]);
+    // weft leases lists all three.
+    let out = weft(&etcd.weft_args(), &["leases"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for s in &subnets {
+        assert!(text.contains(s.as_str()), "{text}");
+    }
+    assert!(text.contains("23h59m"), "{text}");
+    // /metrics reports peers and the lease; /readyz is 200.
+    let (code, m) = http_get(hosts[2].healthz_port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        m.contains("weft_peers 2\n") && m.contains("weft_lease_held 1\n"),
+        "{m}"
+    );
+    assert_eq!(http_get(hosts[2].healthz_port, "/readyz").unwrap().0, 200);
+}
+
+#[test]
+fn twenty_daemons_started_at_once_get_twenty_distinct_subnets() {
+    let etcd = Etcd::start();
+    // A small network makes collisions likely: 30 subnets for 20 hosts.
+    etcd.set_config(r#"{"Network":"10.7.0.0/16","SubnetLen":24,"SubnetMin":"10.7.1.0","SubnetMax":"10.7.30.0","Backend":{"Type":"udp"}}"#);
+    let hosts: Vec<Weft> = (1..=20)
+        .map(|i| Weft::start(&etcd, &format!("127.11.0.{i}"), &[]))
+        .collect();
+    let subnets: Vec<String> = hosts.iter().map(|h| h.wait_subnet()).collect();
+    let distinct: HashSet<&String> = subnets.iter().collect();
+    assert_eq!(distinct.len(), 20, "{subnets:?}");
+    let out = etcd.etcdctl(&[
+        "get",
+        "/coreos.com/network/subnets/",
+        "--prefix",
+        "--keys-only",
+    ]);
+    let keys = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(keys, 20);
+    for (i, h) in hosts.iter().enumerate() {
+        h.wait_peers(&others(&subnets, i), T);
+    }
+}
+
+#[test]
+fn restarted_daemon_gets_the_same_subnet() {
+    let etcd = Etcd::start();
+    etcd.set_config(VXLAN);
+    let mut a = Weft::start(&etcd, "127.12.0.1", &[]);
+    let b = Weft::start(&etcd, "127.12.0.2", &[]);
+    let sa = a.wait_subnet();
+    let sb = b.wait_subnet();
+    let key = format!("/coreos.com/network/subnets/{}", sa.replace('/', "-"));
+    let mac = |v: String| {
+        serde_json::from_str::<serde_json::Value>(&v).unwrap()["BackendData"]["VtepMAC"].clone()
+    };
+    let mac_before = mac(etcd.get(&key).unwrap());
+    a.restart();
+    assert_eq!(a.wait_subnet(), sa);
+    assert_eq!(
+        mac(etcd.get(&key).unwrap()),
+        mac_before,
+        "VTEP MAC kept across restarts"
+    );
+    // Even without the old subnet.env, the lease carrying our public IP is reused.
+    a.stop();
+    std::fs::remove_file(a.subnet_file()).unwrap();
+    a.restart();
+    assert_eq!(a.wait_subnet(), sa);
+    a.wait_peers(std::slice::from_ref(&sb), T);
+    b.wait_peers(&[sa], T);
+}
+
+#[test]
+fn deleted_lease_leaves_peers_tables_and_a_live_host_reclaims_its_own() {
+    let etcd = Etcd::start();
+    etcd.set_config(VXLAN);
+    let a = Weft::start(&etcd, "127.13.0.1", &[]);
+    let b = Weft::start(&etcd, "127.13.0.2", &[]);
+    let mut c = Weft::start(&etcd, "127.13.0.3", &[]);
+    let (sa, sb, sc) = (a.wait_subnet(), b.wait_subnet(), c.wait_subnet());
+    a.wait_peers(&[sb.clone(), sc.clone()], T);
+    // Host C dies; the operator removes its lease: A and B drop its subnet.
+    c.kill();
+    let out = etcd.etcdctl(&[
+        "del",
+        &format!("/coreos.com/network/subnets/{}", sc.replace('/', "-")),
+    ]);
+    assert!(out.status.success());
+    a.wait_peers(std::slice::from_ref(&sb), T);
+    b.wait_peers(std::slice::from_ref(&sa), T);
+    // A live host whose key is deleted puts it back with the same subnet.
+    let key_b = format!("/coreos.com/network/subnets/{}", sb.replace('/', "-"));
+    assert!(etcd.etcdctl(&["del", &key_b]).status.success());
+    wait_for("B to re-create its lease", T, || etcd.get(&key_b));
+    assert_eq!(b.subnet().unwrap(), sb);
+    a.wait_peers(&[sb], T);
+}
+
+#[test]
+fn etcd_outage_keeps_daemons_and_subnets_and_watch_resumes() {
+    let mut etcd = Etcd::start();
+    etcd.set_config(VXLAN);
+    let mut hosts: Vec<Weft> = (1..=3)
+        .map(|i| Weft::start(&etcd, &format!("127.14.0.{i}"), &[]))
+        .collect();
+    let subnets: Vec<String> = hosts.iter().map(|h| h.wait_subnet()).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        h.wait_peers(&others(&subnets, i), T);
+    }
+    etcd.stop();
+    let down_since = std::time::Instant::now();
+    wait_for("a daemon to notice etcd is gone", T, || {
+        (hosts[0].status()?["etcd_connected"] == false).then_some(())
+    });
+    while down_since.elapsed() < Duration::from_secs(12) {
+        for h in hosts.iter_mut() {
+            assert!(h.running(), "daemon exited during the outage:\n{}", h.log());
+            assert_eq!(
+                h.status().unwrap()["ready"],
+                true,
+                "still serving during the outage"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    etcd.restart();
+    hosts.push(Weft::start(&etcd, "127.14.0.4", &[]));
+    let mut all = subnets.clone();
+    all.push(hosts[3].wait_subnet());
+    for (i, h) in hosts.iter_mut().enumerate() {
+        assert!(h.running());
+        h.wait_peers(&others(&all, i), Duration::from_secs(30));
+        assert_eq!(h.subnet().unwrap(), all[i]);
+        wait_for("etcd_connected again", T, || {
+            (h.status()?["etcd_connected"] == true).then_some(())
+        });
+    }
+    for (i, s) in subnets.iter().enumerate() {
+        let v = etcd
+            .get(&format!(
+                "/coreos.com/network/subnets/{}",
+                s.replace('/', "-")
+            ))
+            .unwrap();
+        assert!(v.contains(&format!("\"127.14.0.{}\"", i + 1)), "{v}");
+    }
+}
+
+#[test]
+fn subnet_taken_by_another_host_is_a_loud_exit() {
+    let etcd = Etcd::start();
+    etcd.set_config(VXLAN);
+    let mut a = Weft::start(&etcd, "127.15.0.1", &[]);
+    let sa = a.wait_subnet();
+    let key = format!("/coreos.com/network/subnets/{}", sa.replace('/', "-"));
+    let out = etcd.etcdctl(&["put", &key, r#"{"PublicIP":"127.15.0.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}"#]);
+    assert!(out.status.success());
+    let code = a.wait_exit(T);
+    assert_ne!(code, Some(0));
+    let log = a.log();
+    assert!(
+        log.contains(&format!("subnet {sa} was taken by host 127.15.0.99")),
+        "{log}"
+    );
+}
+
+#[test]
+fn daemon_waits_for_config_and_is_not_ready_before() {
+    let etcd = Etcd::start();
+    let a = Weft::start(&etcd, "127.16.0.1", &[]);
+    wait_for("the waiting message", T, || {
+        a.log()
+            .contains("waiting for the network config")
+            .then_some(())
+    });
+    assert_eq!(http_get(a.healthz_port, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(a.healthz_port, "/readyz").unwrap().0, 503);
+    assert!(!a.subnet_file().exists());
+    // Logged once, not every second.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        a.log().matches("waiting for the network config").count(),
+        1,
+        "{}",
+        a.log()
+    );
+    etcd.set_config(r#"{"Network":"10.8.0.0/16","Backend":{"Type":"udp"}}"#);
+    let s = a.wait_subnet();
+    assert!(s.starts_with("10.8."));
+    wait_for("/readyz 200", T, || {
+        (http_get(a.healthz_port, "/readyz")?.0 == 200).then_some(())
+    });
+    let env = std::fs::read_to_string(a.subnet_file()).unwrap();
+    assert!(
+        env.contains("FLANNEL_MTU=65508\n"),
+        "udp: lo's MTU - 28: {env}"
+    );
+}
+
+#[test]
+fn exhausted_network_is_a_clear_error() {
+    let etcd = Etcd::start();
+    // A /28 splits into four /30s; the first is skipped: room for three hosts.
+    etcd.set_config(r#"{"Network":"10.9.0.0/28","Backend":{"Type":"udp"}}"#);
+    let hosts: Vec<Weft> = (1..=3)
+        .map(|i| Weft::start(&etcd, &format!("127.17.0.{i}"), &[]))
+        .collect();
+    for h in &hosts {
+        h.wait_subnet();
+    }
+    let mut d = Weft::start(&etcd, "127.17.0.4", &[]);
+    assert_eq!(d.wait_exit(T), Some(1));
+    assert!(
+        d.log()
+            .contains("network 10.9.0.0/28 is exhausted: all 3 /30 subnets"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn config_cli_validates_and_round_trips() {
+    let etcd = Etcd::start();
+    let args = etcd.weft_args();
+    let bad = weft(
+        &args,
+        &[
+            "config",
+            "set",
+            r#"{"Network":"10.5.0.0/16","SubnetLen":31}"#,
+        ],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("field SubnetLen") && err.lines().count() == 1,
+        "{err}"
+    );
+    let missing = weft(&args, &["config", "get"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no network config"));
+    etcd.set_config(VXLAN);
+    let got = weft(&args, &["config", "get"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), VXLAN);
+    assert_eq!(etcd.get("/coreos.com/network/config").unwrap(), VXLAN);
+    // An unreachable etcd is one clear line and a non-zero exit.
+    let down = weft(
+        &["--etcd-endpoints=http://127.0.0.1:1".to_string()],
+        &["config", "get"],
+    );
+    assert!(!down.status.success());
+    assert!(String::from_utf8_lossy(&down.stderr).contains("etcd at http://127.0.0.1:1"));
+}
+
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    let etcd = Etcd::start_tls();
+    etcd.set_config(VXLAN);
+    let a = Weft::start(&etcd, "127.18.0.1", &[]);
+    let b = Weft::start(&etcd, "127.18.0.2", &[]);
+    let (sa, sb) = (a.wait_subnet(), b.wait_subnet());
+    a.wait_peers(&[sb], T);
+    b.wait_peers(&[sa], T);
+}
+
+#[test]
+fn docker_opts_from_subnet_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("subnet.env");
+    std::fs::write(&env, "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n").unwrap();
+    let dest = dir.path().join("docker_opts.env");
+    let out = weft(
+        &[],
+        &[
+            "docker-opts",
+            "-f",
+            env.to_str().unwrap(),
+            "-d",
+            dest.to_str().unwrap(),
+            "-c",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&dest).unwrap(),
+        "DOCKER_OPTS=\"--bip=10.5.72.1/24 --ip-masq=false --mtu=1450\"\n"
+    );
+    let missing = weft(
+        &[],
+        &["docker-opts", "-f", "/nonexistent/subnet.env", "-d", "-"],
+    );
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/subnet.env")
+    );
+}
