@@ -15,6 +15,7 @@ use tracing::{debug, error, info, warn};
 use crate::alloc::{choose_subnet, Choice, Exhausted, ExistingLease};
 use crate::backoff::{renew_after, Backoff};
 use crate::config::{Backend, NetworkConfig};
+use crate::dataplane::{DataPlane, DataPlaneConfig, DataPlaneError, Encap};
 use crate::iface::{self, IfaceError, Underlay};
 use crate::lease::{LeaseAttrs, MacAddr};
 use crate::metrics::{CounterTotals, MetricsView, WorkerCounters};
@@ -36,6 +37,18 @@ pub struct RunOptions {
     pub renew_margin: Duration,
     pub healthz: Option<SocketAddr>,
     pub ip_masq: bool,
+    pub dataplane: DataPlaneMode,
+    pub workers: usize,
+    pub tun_name: String,
+}
+
+/// Which data plane carries the overlay's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataPlaneMode {
+    /// weft's own packet loop on a tun device.
+    Userspace,
+    /// No forwarding: lease and publish only (flannel's "alloc" backend), e.g. when another tool forwards.
+    None,
 }
 
 /// Errors that stop the daemon; each is one plain line naming the problem and the fix.
@@ -49,6 +62,8 @@ pub enum DaemonError {
     Settings(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
     #[error("cannot serve /healthz on {addr}: {source}; pick another --healthz-ip/--healthz-port")]
     Healthz {
         addr: SocketAddr,
@@ -206,6 +221,15 @@ async fn control_plane(
     info!(network = %cfg.network, backend = cfg.backend.type_name(), "network config read");
     let previous = read_previous_subnet(&opts.subnet_file);
     let mut own = acquire(&store, &shared, &cfg, underlay, previous, opts.lease_ttl).await?;
+    let _dataplane = match opts.dataplane {
+        DataPlaneMode::Userspace => {
+            Some(start_userspace(opts, &cfg, &own, underlay, shared.clone()).await?)
+        }
+        DataPlaneMode::None => {
+            info!("data plane disabled (--dataplane none): leasing and publishing only");
+            None
+        }
+    };
     let env = SubnetEnv {
         network: cfg.network,
         subnet: own.subnet,
@@ -229,6 +253,36 @@ async fn control_plane(
     shared.ready.store(true, Ordering::Relaxed);
     notify_systemd_ready();
     keep_lease(&store, &shared, &mut own, opts, renew_every).await
+}
+
+async fn start_userspace(
+    opts: &RunOptions,
+    cfg: &NetworkConfig,
+    own: &OwnLease,
+    underlay: &Underlay,
+    shared: Arc<Shared>,
+) -> Result<DataPlane, DaemonError> {
+    if let Err(e) = crate::dataplane::enable_ip_forwarding() {
+        warn!("cannot enable net.ipv4.ip_forward ({e}); containers' traffic will not be forwarded until it is on");
+    }
+    let encap = match (&cfg.backend, own.attrs.vxlan_data()) {
+        (Backend::Vxlan(v), Some(d)) => Encap::Vxlan {
+            vni: v.vni,
+            mac: d.vtep_mac,
+        },
+        _ => Encap::Udp,
+    };
+    let dp = DataPlaneConfig {
+        encap,
+        port: cfg.backend.port(),
+        local_ip: underlay.local_ip,
+        own_subnet: own.subnet,
+        network: cfg.network,
+        mtu: own.mtu,
+        tun_name: opts.tun_name.clone(),
+        workers: opts.workers,
+    };
+    Ok(DataPlane::start(dp, shared).await?)
 }
 
 /// Reads `<prefix>/config` until it exists and is valid, saying so once per state.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use weft::config::NetworkConfig;
-use weft::daemon::{self, RunOptions};
+use weft::daemon::{self, DataPlaneMode, RunOptions};
 use weft::store::{EtcdOptions, Store, DEFAULT_PREFIX};
 use weft::subnet_env::{docker_opts, DockerOptsStyle, SubnetEnv};
 
@@ -140,6 +140,15 @@ struct RunArgs {
     /// Set FLANNEL_IPMASQ=true: weft masquerades traffic leaving the overlay (dockerd then must not).
     #[arg(long, env = "WEFT_IP_MASQ")]
     ip_masq: bool,
+    /// Which data plane forwards the overlay's packets.
+    #[arg(long, env = "WEFT_DATAPLANE", value_enum, default_value = "userspace")]
+    dataplane: DataPlaneMode,
+    /// Packet worker threads of the userspace data plane (default: one per core).
+    #[arg(long, env = "WEFT_WORKERS")]
+    workers: Option<usize>,
+    /// Name of the userspace data plane's tun device.
+    #[arg(long, env = "WEFT_TUN_NAME", default_value = "weft0")]
+    tun_name: String,
 }
 
 #[derive(Args)]
@@ -238,6 +247,13 @@ async fn dispatch(cmd: Cmd) -> Result<(), String> {
                 renew_margin: a.subnet_lease_renew_margin,
                 healthz,
                 ip_masq: a.ip_masq,
+                dataplane: a.dataplane,
+                workers: a.workers.unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                }),
+                tun_name: a.tun_name,
             };
             daemon::run(opts).await.map_err(|e| e.to_string())
         }

@@ -63,7 +63,7 @@ pub struct WorkerCounters {
 
 impl WorkerCounters {
     #[inline]
-    pub fn drop(&self, reason: DropReason) {
+    pub fn dropped(&self, reason: DropReason) {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -230,9 +230,9 @@ mod tests {
         w1.tx(100);
         w2.tx(50);
         w2.rx(7);
-        w1.drop(DropReason::BadVni);
-        w2.drop(DropReason::BadVni);
-        w2.drop(DropReason::SpoofedSource);
+        w1.dropped(DropReason::BadVni);
+        w2.dropped(DropReason::BadVni);
+        w2.dropped(DropReason::SpoofedSource);
         let view = MetricsView {
             lease_held: true,
             peers: 2,

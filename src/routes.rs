@@ -84,6 +84,8 @@ pub struct RouteSnapshot {
     peers: Vec<Peer>,
     /// (prefix length, netmask, masked address -> index into `peers`), longest prefix first.
     levels: Vec<(u8, u32, U32Map<u32>)>,
+    /// public IP -> index of the first peer with it.
+    by_ip: U32Map<u32>,
 }
 
 impl RouteSnapshot {
@@ -108,7 +110,15 @@ impl RouteSnapshot {
             level.2.insert(u32::from(p.subnet.network()), i as u32);
         }
         levels.sort_by_key(|l| std::cmp::Reverse(l.0));
-        RouteSnapshot { peers, levels }
+        let mut by_ip = U32Map::default();
+        for (i, p) in peers.iter().enumerate() {
+            by_ip.entry(u32::from(p.public_ip)).or_insert(i as u32);
+        }
+        RouteSnapshot {
+            peers,
+            levels,
+            by_ip,
+        }
     }
 
     /// The peer whose subnet is the longest prefix containing `dst`.
@@ -130,8 +140,11 @@ impl RouteSnapshot {
     }
 
     /// The peer with this public IP, if any.
+    #[inline]
     pub fn by_public_ip(&self, ip: Ipv4Addr) -> Option<&Peer> {
-        self.peers.iter().find(|p| p.public_ip == ip)
+        self.by_ip
+            .get(&u32::from(ip))
+            .map(|&i| &self.peers[i as usize])
     }
 
     pub fn peers(&self) -> &[Peer] {
@@ -160,10 +173,16 @@ impl RouteTable {
         Self::default()
     }
 
-    /// The current snapshot (lock-free).
+    /// The current snapshot (lock-free), owned.
     #[inline]
     pub fn load(&self) -> Arc<RouteSnapshot> {
         self.current.load_full()
+    }
+
+    /// The current snapshot for a short borrow on the hot path (lock-free, no reference-count traffic).
+    #[inline]
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<RouteSnapshot>> {
+        self.current.load()
     }
 
     /// Adds or replaces the peer for its subnet. Returns true if anything changed.

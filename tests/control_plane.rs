@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{http_get, wait_for, weft, Etcd, Weft};
+use common::{wait_for, weft, Etcd, Weft};
 
 const VXLAN: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const T: Duration = Duration::from_secs(20);
@@ -68,13 +68,13 @@ fn three_daemons_get_distinct_subnets_and_see_each_other() {
     }
     assert!(text.contains("23h59m"), "{text}");
     // /metrics reports peers and the lease; /readyz is 200.
-    let (code, m) = http_get(hosts[2].healthz_port, "/metrics").unwrap();
+    let (code, m) = hosts[2].get("/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(
         m.contains("weft_peers 2\n") && m.contains("weft_lease_held 1\n"),
         "{m}"
     );
-    assert_eq!(http_get(hosts[2].healthz_port, "/readyz").unwrap().0, 200);
+    assert_eq!(hosts[2].get("/readyz").unwrap().0, 200);
 }
 
 #[test]
@@ -236,8 +236,8 @@ fn daemon_waits_for_config_and_is_not_ready_before() {
             .contains("waiting for the network config")
             .then_some(())
     });
-    assert_eq!(http_get(a.healthz_port, "/healthz").unwrap().0, 200);
-    assert_eq!(http_get(a.healthz_port, "/readyz").unwrap().0, 503);
+    assert_eq!(a.get("/healthz").unwrap().0, 200);
+    assert_eq!(a.get("/readyz").unwrap().0, 503);
     assert!(!a.subnet_file().exists());
     // Logged once, not every second.
     std::thread::sleep(Duration::from_millis(2500));
@@ -251,7 +251,7 @@ fn daemon_waits_for_config_and_is_not_ready_before() {
     let s = a.wait_subnet();
     assert!(s.starts_with("10.8."));
     wait_for("/readyz 200", T, || {
-        (http_get(a.healthz_port, "/readyz")?.0 == 200).then_some(())
+        (a.get("/readyz")?.0 == 200).then_some(())
     });
     let env = std::fs::read_to_string(a.subnet_file()).unwrap();
     assert!(

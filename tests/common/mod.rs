@@ -9,6 +9,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod netns;
+
+/// A command for `program`, run inside network namespace `ns` when given.
+pub fn command_in(ns: Option<&str>, program: &str) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -58,6 +72,9 @@ pub struct Etcd {
     pub client_port: u16,
     peer_port: u16,
     tls: Option<TlsFiles>,
+    /// Network namespace and address it serves on (None: the test's own namespace, 127.0.0.1).
+    ns: Option<String>,
+    host: String,
 }
 
 impl Etcd {
@@ -82,6 +99,27 @@ impl Etcd {
             client_port: free_port(),
             peer_port: free_port(),
             tls,
+            ns: None,
+            host: "127.0.0.1".into(),
+        };
+        e.spawn();
+        e
+    }
+
+    /// etcd inside network namespace `ns`, serving on `ip:2379`.
+    pub fn start_in(ns: &str, ip: &str) -> Etcd {
+        let dir = tempfile::Builder::new()
+            .prefix("weft-etcd-")
+            .tempdir()
+            .expect("tempdir");
+        let mut e = Etcd {
+            child: None,
+            dir,
+            client_port: 2379,
+            peer_port: 2380,
+            tls: None,
+            ns: Some(ns.to_string()),
+            host: ip.to_string(),
         };
         e.spawn();
         e
@@ -89,7 +127,7 @@ impl Etcd {
 
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port)
+        format!("{scheme}://{}:{}", self.host, self.client_port)
     }
 
     pub fn tls(&self) -> Option<&TlsFiles> {
@@ -104,7 +142,7 @@ impl Etcd {
             .open(self.dir.path().join("etcd.log"))
             .expect("etcd log");
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut cmd = Command::new("etcd");
+        let mut cmd = command_in(self.ns.as_deref(), "etcd");
         cmd.arg("--name=t")
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--listen-client-urls={}", self.endpoint()))
@@ -136,7 +174,7 @@ impl Etcd {
 
     /// Runs etcdctl against this server.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("etcdctl");
+        let mut cmd = command_in(self.ns.as_deref(), "etcdctl");
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
             .arg("--dial-timeout=2s")
@@ -184,9 +222,14 @@ impl Etcd {
         v
     }
 
+    /// Runs a weft command against this etcd, from etcd's namespace.
+    pub fn weft(&self, args: &[&str]) -> Output {
+        weft_in(self.ns.as_deref(), &self.weft_args(), args)
+    }
+
     /// Writes a network config through `weft config set`.
     pub fn set_config(&self, json: &str) {
-        let out = weft(&self.weft_args(), &["config", "set", json]);
+        let out = self.weft(&["config", "set", json]);
         assert!(
             out.status.success(),
             "weft config set failed: {}",
@@ -275,8 +318,13 @@ fn make_certs(dir: &Path) -> TlsFiles {
 
 /// Runs the weft binary to completion with `common` flags after the subcommand words in `args`.
 pub fn weft(common: &[String], args: &[&str]) -> Output {
+    weft_in(None, common, args)
+}
+
+/// Runs the weft binary to completion inside namespace `ns` (or here).
+pub fn weft_in(ns: Option<&str>, common: &[String], args: &[&str]) -> Output {
     // Subcommand words first, then the shared flags (`config set JSON --etcd-endpoints ...`).
-    Command::new(env!("CARGO_BIN_EXE_weft"))
+    command_in(ns, env!("CARGO_BIN_EXE_weft"))
         .args(args)
         .args(common)
         .env_remove("WEFT_LOG")
@@ -291,27 +339,65 @@ pub struct Weft {
     pub public_ip: String,
     pub healthz_port: u16,
     args: Vec<String>,
+    /// The host's network namespace (None: the test's own, with the data plane off).
+    ns: Option<String>,
 }
 
 impl Weft {
-    /// Starts a daemon for host `public_ip` (any loopback-range string; no traffic is sent to it).
+    /// Starts a control-plane-only daemon in the test's namespace for host `public_ip` (any
+    /// loopback-range string; no traffic is sent to it).
     pub fn start(etcd: &Etcd, public_ip: &str, extra: &[&str]) -> Weft {
+        let mut args = vec![
+            "--iface=lo".to_string(),
+            format!("--public-ip={public_ip}"),
+            "--dataplane=none".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::launch(etcd, None, public_ip, args)
+    }
+
+    /// Starts a daemon inside host namespace `ns` whose underlay address is `public_ip`.
+    pub fn start_in(etcd: &Etcd, ns: &str, public_ip: &str, extra: &[&str]) -> Weft {
+        let args = extra.iter().map(|s| s.to_string()).collect();
+        Self::launch(etcd, Some(ns.to_string()), public_ip, args)
+    }
+
+    fn launch(etcd: &Etcd, ns: Option<String>, public_ip: &str, extra: Vec<String>) -> Weft {
         let dir = tempfile::Builder::new()
             .prefix("weft-host-")
             .tempdir()
             .expect("tempdir");
         let mut args = etcd.weft_args();
-        args.extend(["--iface=lo".to_string(), format!("--public-ip={public_ip}")]);
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra);
         let mut w = Weft {
             child: None,
             dir,
             public_ip: public_ip.to_string(),
             healthz_port: free_port(),
             args,
+            ns,
         };
         w.spawn();
         w
+    }
+
+    /// GET on the daemon's HTTP endpoint (inside its namespace).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let port = self.healthz_port;
+        match &self.ns {
+            None => http_get(port, path),
+            Some(ns) => {
+                let path = path.to_string();
+                netns::in_netns(ns, move || http_get(port, &path))
+            }
+        }
+    }
+
+    /// The value of a Prometheus line such as `weft_drops_total{reason="bad_vni"}`.
+    pub fn metric(&self, line_start: &str) -> Option<u64> {
+        let (_, text) = self.get("/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
     }
 
     pub fn subnet_file(&self) -> PathBuf {
@@ -328,7 +414,7 @@ impl Weft {
             .append(true)
             .open(self.dir.path().join("weft.log"))
             .expect("weft log");
-        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        let child = command_in(self.ns.as_deref(), env!("CARGO_BIN_EXE_weft"))
             .arg("run")
             .args(&self.args)
             .arg(format!("--subnet-file={}", self.subnet_file().display()))
@@ -344,7 +430,7 @@ impl Weft {
 
     /// The daemon's /status JSON, if it answers.
     pub fn status(&self) -> Option<Value> {
-        let (code, body) = http_get(self.healthz_port, "/status")?;
+        let (code, body) = self.get("/status")?;
         (code == 200).then(|| serde_json::from_str(&body).ok())?
     }
 

@@ -1,0 +1,124 @@
+//! The userspace data plane: a tun device and worker threads that move packets between it and the underlay.
+
+mod sock;
+mod tun;
+mod worker;
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use ipnet::Ipv4Net;
+use tracing::info;
+
+use crate::daemon::Shared;
+use crate::lease::MacAddr;
+use crate::metrics::WorkerCounters;
+
+pub use tun::enable_ip_forwarding;
+
+/// How inner packets are wrapped on the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encap {
+    /// VXLAN with our VNI and VTEP MAC, as Linux's flannel.1.
+    Vxlan { vni: u32, mac: MacAddr },
+    /// flannel's udp backend: the raw IP packet is the UDP payload.
+    Udp,
+}
+
+/// What the data plane needs to know, fixed for its lifetime.
+#[derive(Debug, Clone)]
+pub struct DataPlaneConfig {
+    pub encap: Encap,
+    /// The network's UDP port (8472 for vxlan, 8285 for udp by default).
+    pub port: u16,
+    /// The underlay address to bind (the interface's address, which may differ from a NAT public IP).
+    pub local_ip: Ipv4Addr,
+    /// This host's leased subnet.
+    pub own_subnet: Ipv4Net,
+    /// The whole overlay network, routed to the tun device.
+    pub network: Ipv4Net,
+    /// The tun device's MTU (underlay MTU minus the encapsulation).
+    pub mtu: u32,
+    pub tun_name: String,
+    pub workers: usize,
+}
+
+/// Why the data plane could not start; each names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    #[error("cannot create tun device {name}: {source}; is /dev/net/tun present (modprobe tun) and is weft running as root (CAP_NET_ADMIN)?")]
+    Tun {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("cannot route {network} to {name}: {reason}")]
+    Route {
+        network: Ipv4Net,
+        name: String,
+        reason: String,
+    },
+    #[error("cannot open UDP port {addr}: {source}; is another overlay (flanneld, a kernel VXLAN device) already using it?")]
+    Socket {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The running data plane; dropping it stops the workers and removes the tun device.
+pub struct DataPlane {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl DataPlane {
+    /// Creates the tun device and its route, opens the sockets, and starts the workers.
+    pub async fn start(
+        cfg: DataPlaneConfig,
+        shared: Arc<Shared>,
+    ) -> Result<DataPlane, DataPlaneError> {
+        let workers = cfg.workers.max(1);
+        let queues = tun::create(&cfg, workers)?;
+        tun::route_network(&cfg).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(workers);
+        for (i, queue) in queues.into_iter().enumerate() {
+            let io = sock::WorkerSockets::open(cfg.local_ip, cfg.port)?;
+            let counters = Arc::new(WorkerCounters::default());
+            shared
+                .workers
+                .lock()
+                .expect("workers lock")
+                .push(counters.clone());
+            let w = worker::Worker::new(
+                cfg.clone(),
+                queue,
+                io,
+                shared.clone(),
+                counters,
+                stop.clone(),
+            );
+            let handle = std::thread::Builder::new()
+                .name(format!("weft-worker-{i}"))
+                .spawn(move || w.run())
+                .expect("spawn a worker thread");
+            threads.push(handle);
+        }
+        info!(
+            tun = %cfg.tun_name, workers, port = cfg.port, mtu = cfg.mtu,
+            encap = match cfg.encap { Encap::Vxlan { .. } => "vxlan", Encap::Udp => "udp" },
+            "userspace data plane up"
+        );
+        Ok(DataPlane { stop, threads })
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

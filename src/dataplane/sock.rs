@@ -1,0 +1,80 @@
+//! A worker's UDP sockets: one SO_REUSEPORT receive socket on the network's port and a few send sockets
+//! whose distinct source ports carry the inner-flow hash, so receivers spread flows across their queues.
+
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::DataPlaneError;
+
+/// Send sockets per worker: outer source ports that the inner-flow hash picks from.
+pub const SEND_PORTS: usize = 8;
+const BUFFER_BYTES: usize = 4 << 20;
+
+pub struct WorkerSockets {
+    rx: UdpSocket,
+    rx_state: UdpSocketState,
+    tx: Vec<(UdpSocket, UdpSocketState)>,
+}
+
+fn open(addr: SocketAddrV4, reuse_port: bool, nonblocking: bool) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = s.set_recv_buffer_size(BUFFER_BYTES);
+    let _ = s.set_send_buffer_size(BUFFER_BYTES);
+    s.bind(&SocketAddr::V4(addr).into())?;
+    s.set_nonblocking(nonblocking)?;
+    Ok(s.into())
+}
+
+impl WorkerSockets {
+    /// Opens the receive socket on `local:port` (shared with the other workers through SO_REUSEPORT)
+    /// and `SEND_PORTS` blocking send sockets on ephemeral ports.
+    pub fn open(local: Ipv4Addr, port: u16) -> Result<Self, DataPlaneError> {
+        let addr = SocketAddrV4::new(local, port);
+        let err = |source| DataPlaneError::Socket {
+            addr: SocketAddr::V4(addr),
+            source,
+        };
+        let rx = open(addr, true, true).map_err(err)?;
+        let rx_state = UdpSocketState::new(UdpSockRef::from(&rx)).map_err(err)?;
+        let mut tx = Vec::with_capacity(SEND_PORTS);
+        for _ in 0..SEND_PORTS {
+            let s = open(SocketAddrV4::new(local, 0), false, false).map_err(err)?;
+            let st = UdpSocketState::new(UdpSockRef::from(&s)).map_err(err)?;
+            tx.push((s, st));
+        }
+        Ok(WorkerSockets { rx, rx_state, tx })
+    }
+
+    pub fn rx_socket(&self) -> &UdpSocket {
+        &self.rx
+    }
+
+    /// Receives a batch (recvmmsg, with UDP GRO when the kernel offers it); WouldBlock when empty.
+    #[inline]
+    pub fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
+        self.rx_state.recv(UdpSockRef::from(&self.rx), bufs, meta)
+    }
+
+    /// Sends one datagram to `dst` from the send socket the flow hash selects.
+    #[inline]
+    pub fn send(&self, flow: u32, dst: SocketAddr, payload: &[u8]) -> io::Result<()> {
+        let (s, st) = &self.tx[flow as usize % self.tx.len()];
+        st.try_send(
+            UdpSockRef::from(s),
+            &Transmit {
+                destination: dst,
+                ecn: None,
+                contents: payload,
+                segment_size: None,
+                src_ip: None,
+            },
+        )
+    }
+}

@@ -1,0 +1,6 @@
+//! Packet formats, pure and I/O-free: inner IPv4 views, VXLAN, flow hashing and the inbound checks.
+
+pub mod filter;
+pub mod flow;
+pub mod ipv4;
+pub mod vxlan;

@@ -1,0 +1,322 @@
+//! Network-namespace test beds: "hosts" on a bridged veth underlay, each with a "container" namespace on a
+//! bridge holding the host's leased subnet (as dockerd with --bip would), etcd on the underlay.
+
+use std::hash::Hasher;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::{command_in, wait_for, Etcd, Weft};
+
+/// The underlay's address for etcd (on the underlay bridge).
+pub const ETCD_IP: &str = "10.250.0.254";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A short id unique to this process and call, for namespace names.
+pub fn unique_id() -> String {
+    format!(
+        "wt{}{}",
+        std::process::id() % 100_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs `ip` with `args`, panicking with its stderr on failure.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a program inside namespace `ns`.
+pub fn exec(ns: &str, program: &str, args: &[&str]) -> Output {
+    command_in(Some(ns), program)
+        .args(args)
+        .output()
+        .expect("run in netns")
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> Netns {
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// One host of the bed: its namespace, underlay address, daemon and container.
+pub struct Host {
+    pub weft: Option<Weft>,
+    pub container: Option<Netns>,
+    pub container_ip: Option<Ipv4Addr>,
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+}
+
+/// A bed of hosts joined by an underlay bridge, with etcd on the underlay. Fields drop in order:
+/// daemons and containers first, then etcd, then the underlay.
+pub struct Bed {
+    pub hosts: Vec<Host>,
+    pub etcd: Etcd,
+    pub underlay: Netns,
+    id: String,
+}
+
+impl Bed {
+    /// A bed with `n` hosts (no daemons yet) and etcd running with `config` set.
+    pub fn new(n: usize, config: &str) -> Bed {
+        let id = unique_id();
+        let underlay = Netns::new(format!("{id}-ul"));
+        let ul = underlay.name.as_str();
+        ip(&["-n", ul, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            ul,
+            "addr",
+            "add",
+            &format!("{ETCD_IP}/24"),
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", ul, "link", "set", "br0", "up"]);
+        let etcd = Etcd::start_in(ul, ETCD_IP);
+        etcd.set_config(config);
+        let mut bed = Bed {
+            hosts: Vec::new(),
+            etcd,
+            underlay,
+            id,
+        };
+        for _ in 0..n {
+            bed.add_host();
+        }
+        bed
+    }
+
+    /// Adds a host namespace on the underlay; returns its index.
+    pub fn add_host(&mut self) -> usize {
+        let i = self.hosts.len() + 1;
+        let ns = Netns::new(format!("{}-h{i}", self.id));
+        let ul = &self.underlay.name;
+        let port = format!("p{i}");
+        ip(&[
+            "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &port,
+            "netns", ul,
+        ]);
+        ip(&["-n", ul, "link", "set", &port, "master", "br0", "up"]);
+        let addr = Ipv4Addr::new(10, 250, 0, i as u8);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns.name, "route", "add", "default", "via", ETCD_IP]);
+        self.hosts.push(Host {
+            ns,
+            ip: addr,
+            weft: None,
+            container: None,
+            container_ip: None,
+        });
+        i - 1
+    }
+
+    /// Starts weft on host `i` with its defaults (userspace data plane) plus `extra` flags.
+    pub fn start_weft(&mut self, i: usize, extra: &[&str]) {
+        let h = &mut self.hosts[i];
+        let w = Weft::start_in(&self.etcd, &h.ns.name, &h.ip.to_string(), extra);
+        h.weft = Some(w);
+    }
+
+    pub fn weft(&self, i: usize) -> &Weft {
+        self.hosts[i]
+            .weft
+            .as_ref()
+            .expect("weft started on this host")
+    }
+
+    /// Waits for host `i`'s lease, then builds what dockerd --bip would: a bridge with the subnet's .1
+    /// and a container namespace with .2 behind it. Returns the container's address.
+    pub fn attach_container(&mut self, i: usize) -> Ipv4Addr {
+        let subnet = self.weft(i).wait_subnet();
+        let (net, len) = subnet.split_once('/').expect("subnet with length");
+        let base: Ipv4Addr = net.parse().expect("subnet address");
+        let gw = Ipv4Addr::from(u32::from(base) + 1);
+        let cip = Ipv4Addr::from(u32::from(base) + 2);
+        let c = Netns::new(format!("{}-c{}", self.id, i + 1));
+        let h = &self.hosts[i].ns.name;
+        ip(&["-n", h, "link", "add", "cbr0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            h,
+            "addr",
+            "add",
+            &format!("{gw}/{len}"),
+            "dev",
+            "cbr0",
+        ]);
+        ip(&["-n", h, "link", "set", "cbr0", "up"]);
+        ip(&[
+            "link", "add", "eth0", "netns", &c.name, "type", "veth", "peer", "name", "vc", "netns",
+            h,
+        ]);
+        ip(&["-n", h, "link", "set", "vc", "master", "cbr0", "up"]);
+        ip(&[
+            "-n",
+            &c.name,
+            "addr",
+            "add",
+            &format!("{cip}/{len}"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &c.name, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            &c.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+        ]);
+        self.hosts[i].container = Some(c);
+        self.hosts[i].container_ip = Some(cip);
+        cip
+    }
+
+    pub fn container_ns(&self, i: usize) -> String {
+        self.hosts[i]
+            .container
+            .as_ref()
+            .expect("container attached")
+            .name
+            .clone()
+    }
+
+    pub fn container_ip(&self, i: usize) -> Ipv4Addr {
+        self.hosts[i].container_ip.expect("container attached")
+    }
+
+    /// One ping from container `from` to `to`; true if answered.
+    pub fn ping_once(&self, from: usize, to: Ipv4Addr) -> bool {
+        exec(
+            &self.container_ns(from),
+            "ping",
+            &["-c1", "-W1", "-q", &to.to_string()],
+        )
+        .status
+        .success()
+    }
+
+    /// Waits until container `from` reaches `to` by ping.
+    pub fn wait_ping(&self, from: usize, to: Ipv4Addr, timeout: Duration) {
+        wait_for(
+            &format!("container {} to ping {to}", from + 1),
+            timeout,
+            || self.ping_once(from, to).then_some(()),
+        );
+    }
+
+    /// Sends `bytes` of pseudo-random data over TCP from container `from` to container `to`; returns the
+    /// (sent, received) digests and the received length.
+    pub fn transfer(&self, from: usize, to: usize, bytes: usize) -> ((u64, usize), (u64, usize)) {
+        let to_ip = self.container_ip(to);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let rx_ns = self.container_ns(to);
+        let receiver = std::thread::spawn(move || {
+            in_netns(&rx_ns, move || {
+                let l = TcpListener::bind((to_ip, 5201)).expect("listen in the container");
+                ready_tx.send(()).expect("signal ready");
+                let (mut s, _) = l.accept().expect("accept");
+                s.set_read_timeout(Some(Duration::from_secs(30)))
+                    .expect("timeout");
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                let mut buf = vec![0u8; 1 << 16];
+                let mut total = 0;
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            h.write(&buf[..n]);
+                            total += n;
+                        }
+                        Err(e) => panic!("receive failed after {total} bytes: {e}"),
+                    }
+                }
+                (h.finish(), total)
+            })
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("receiver ready");
+        let tx_ns = self.container_ns(from);
+        let sent = in_netns(&tx_ns, move || {
+            let mut s = TcpStream::connect_timeout(&(to_ip, 5201).into(), Duration::from_secs(10))
+                .expect("connect");
+            s.set_write_timeout(Some(Duration::from_secs(30)))
+                .expect("timeout");
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            let mut buf = vec![0u8; 1 << 16];
+            let mut left = bytes;
+            // Writes of varying sizes: 1 byte up to 64 KiB.
+            let mut size = 1usize;
+            while left > 0 {
+                let n = size.min(left).min(buf.len());
+                for b in buf[..n].iter_mut() {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    *b = state as u8;
+                }
+                s.write_all(&buf[..n]).expect("send");
+                h.write(&buf[..n]);
+                left -= n;
+                size = if size >= 1 << 16 { 1 } else { size * 3 + 1 };
+            }
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            (h.finish(), bytes)
+        });
+        let got = receiver.join().expect("receiver thread");
+        (sent, got)
+    }
+}
