@@ -23,10 +23,12 @@ pub enum DropReason {
     UnsupportedPeer,
     /// The kernel refused to send or deliver the packet.
     IoError,
+    /// Larger than the tun MTU and not a TCP packet weft can segment.
+    TooBig,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Truncated,
         DropReason::BadVni,
         DropReason::UnknownSender,
@@ -35,6 +37,7 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::UnsupportedPeer,
         DropReason::IoError,
+        DropReason::TooBig,
     ];
 
     pub fn label(self) -> &'static str {
@@ -47,6 +50,7 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::UnsupportedPeer => "unsupported_peer",
             DropReason::IoError => "io_error",
+            DropReason::TooBig => "too_big",
         }
     }
 }

@@ -32,6 +32,28 @@ fn open(addr: SocketAddrV4, reuse_port: bool, nonblocking: bool) -> io::Result<U
     Ok(s.into())
 }
 
+/// Turns UDP generic receive offload on or off for `sock`.
+fn set_udp_gro(sock: &UdpSocket, on: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = on.into();
+    // SAFETY: the fd is a valid UDP socket for the call; the option value is a c_int we own, and its
+    // size is passed alongside.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 impl WorkerSockets {
     /// Opens the receive socket on `local:port` (shared with the other workers through SO_REUSEPORT)
     /// and `SEND_PORTS` blocking send sockets on ephemeral ports.
@@ -43,6 +65,10 @@ impl WorkerSockets {
         };
         let rx = open(addr, true, true).map_err(err)?;
         let rx_state = UdpSocketState::new(UdpSockRef::from(&rx)).map_err(err)?;
+        // quinn-udp turns UDP GRO on. With GRO on, the kernel also hands the socket UDP-tunnel GSO
+        // super-packets unsegmented (as sent by a local kernel VXLAN device over veth), which are not a
+        // train of equal datagrams. Keep it off until the receive path understands those.
+        set_udp_gro(&rx, false).map_err(err)?;
         let mut tx = Vec::with_capacity(SEND_PORTS);
         for _ in 0..SEND_PORTS {
             let s = open(SocketAddrV4::new(local, 0), false, false).map_err(err)?;

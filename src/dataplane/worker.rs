@@ -17,9 +17,11 @@ use super::{DataPlaneConfig, Encap};
 use crate::daemon::Shared;
 use crate::metrics::{DropReason, WorkerCounters};
 use crate::routes::PeerBackend;
+use crate::wire::csum::complete_l4;
 use crate::wire::filter::{check_inner, check_sender};
 use crate::wire::flow::flow_hash;
 use crate::wire::ipv4::{self, icmp_unreachable, Unreachable};
+use crate::wire::segment::split_tcp;
 use crate::wire::vxlan::{decap, VxlanTemplate, VXLAN_ENCAP};
 
 /// Room in front of a packet read from the tun for the encapsulation headers.
@@ -44,6 +46,7 @@ pub struct Worker {
     rx_bufs: Vec<Vec<u8>>,
     rx_meta: Vec<RecvMeta>,
     icmp_buf: Vec<u8>,
+    seg_buf: Vec<u8>,
     icmp_window: (Instant, u32),
     last_error_log: Option<Instant>,
 }
@@ -68,6 +71,7 @@ impl Worker {
             rx_bufs: (0..RX_BATCH).map(|_| vec![0; MAX_PACKET]).collect(),
             rx_meta: vec![RecvMeta::default(); RX_BATCH],
             icmp_buf: vec![0; 1024],
+            seg_buf: vec![0; MAX_PACKET],
             icmp_window: (Instant::now(), 0),
             last_error_log: None,
         }
@@ -179,7 +183,11 @@ impl Worker {
         }
         self.icmp_window.1 += 1;
         let original = &self.tx_buf[HEADROOM..HEADROOM + n];
-        let router = self.cfg.own_subnet.network();
+        // Answer from the unreachable address itself: it is routed to the tun (so reverse-path filters
+        // accept the reply) and, unlike our own <subnet>.0, not local (which the kernel would drop as martian).
+        let Some(router) = ipv4::parse(original).map(|i| i.dst) else {
+            return;
+        };
         if let Some(len) = icmp_unreachable(original, router, Unreachable::Net, &mut self.icmp_buf)
         {
             let _ = self.tun.send(&self.icmp_buf[..len]);
@@ -191,6 +199,7 @@ impl Worker {
     fn inbound_batch(&mut self) -> bool {
         let routes = self.shared.routes.snapshot();
         let own = self.cfg.own_subnet;
+        let mtu = self.cfg.mtu as usize;
         let mut handled = 0;
         while handled < WORK_LIMIT {
             let count = {
@@ -209,25 +218,44 @@ impl Worker {
                 }
             };
             handled += count;
-            for (meta, buf) in self.rx_meta[..count].iter().zip(&self.rx_bufs) {
+            for (meta, buf) in self.rx_meta[..count].iter().zip(self.rx_bufs.iter_mut()) {
                 let IpAddr::V4(src) = meta.addr.ip() else {
                     self.counters.dropped(DropReason::UnknownSender);
                     continue;
                 };
                 let stride = meta.stride.max(1);
-                for payload in buf[..meta.len].chunks(stride) {
+                for payload in buf[..meta.len].chunks_mut(stride) {
                     let verdict = check_sender(&routes, src).and_then(|peer_subnet| {
-                        let inner = match self.cfg.encap {
+                        let start = match self.cfg.encap {
                             Encap::Vxlan { vni, mac } => decap(payload, vni, mac)?,
-                            Encap::Udp => payload,
+                            Encap::Udp => 0,
                         };
-                        check_inner(&routes, own, src, peer_subnet, inner)
+                        let len = check_inner(&routes, own, src, peer_subnet, &payload[start..])?;
+                        Ok(start..start + len)
                     });
                     match verdict {
-                        Ok(packet) => match self.tun.send(packet) {
-                            Ok(_) => self.counters.rx(packet.len()),
-                            Err(_) => self.counters.dropped(DropReason::IoError),
-                        },
+                        Ok(range) if range.len() > mtu => {
+                            // A TCP super-packet from a kernel peer on a virtual link: segment it.
+                            let (tun, counters) = (&self.tun, &self.counters);
+                            let sent =
+                                split_tcp(&payload[range], mtu, &mut self.seg_buf, |seg| match tun
+                                    .send(seg)
+                                {
+                                    Ok(_) => counters.rx(seg.len()),
+                                    Err(_) => counters.dropped(DropReason::IoError),
+                                });
+                            if sent.is_err() {
+                                self.counters.dropped(DropReason::TooBig);
+                            }
+                        }
+                        Ok(range) => {
+                            let packet = &mut payload[range];
+                            complete_l4(packet);
+                            match self.tun.send(packet) {
+                                Ok(_) => self.counters.rx(packet.len()),
+                                Err(_) => self.counters.dropped(DropReason::IoError),
+                            }
+                        }
                         Err(reason) => self.counters.dropped(reason),
                     }
                 }

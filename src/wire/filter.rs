@@ -18,16 +18,16 @@ pub fn check_sender(routes: &RouteSnapshot, src: Ipv4Addr) -> Result<Ipv4Net, Dr
 }
 
 /// Checks an inner IPv4 packet from peer `src` (whose lease is `peer_subnet`): it parses completely, its
-/// source lies in a subnet leased by that peer, its destination in `own`. Returns the packet trimmed to
-/// its IP total length.
+/// source lies in a subnet leased by that peer, its destination in `own`. Returns the packet's IP total
+/// length (the packet without any Ethernet padding after it).
 #[inline]
-pub fn check_inner<'a>(
+pub fn check_inner(
     routes: &RouteSnapshot,
     own: Ipv4Net,
     src: Ipv4Addr,
     peer_subnet: Ipv4Net,
-    inner: &'a [u8],
-) -> Result<&'a [u8], DropReason> {
+    inner: &[u8],
+) -> Result<usize, DropReason> {
     let ip = ipv4::parse(inner).ok_or(DropReason::Truncated)?;
     if !peer_subnet.contains(&ip.src) {
         // A host may hold more than one lease (e.g. a stale one); accept any of its subnets.
@@ -39,7 +39,7 @@ pub fn check_inner<'a>(
     if !own.contains(&ip.dst) {
         return Err(DropReason::NotForUs);
     }
-    Ok(&inner[..ip.total_len])
+    Ok(ip.total_len)
 }
 
 #[cfg(test)]
@@ -72,7 +72,7 @@ mod tests {
         let mut p = udp_packet([10, 5, 2, 9], [10, 5, 1, 7], 1, 2, b"data");
         let n = p.len();
         p.extend_from_slice(&[0xee; 6]); // Ethernet padding after the IP packet is trimmed.
-        assert_eq!(check_inner(&r, own, src, peer, &p).unwrap().len(), n);
+        assert_eq!(check_inner(&r, own, src, peer, &p).unwrap(), n);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Packet formats, pure and I/O-free: inner IPv4 views, VXLAN, flow hashing and the inbound checks.
 
+pub mod csum;
 pub mod filter;
 pub mod flow;
 pub mod ipv4;
+pub mod segment;
 pub mod vxlan;

@@ -35,10 +35,10 @@ impl VxlanTemplate {
     }
 }
 
-/// Checks a VXLAN UDP payload and returns the inner frame's IP packet. Drops (with the reason) anything
-/// short, without the VNI flag, for another VNI, not addressed to `our_mac`, or not IPv4.
+/// Checks a VXLAN UDP payload and returns the offset of the inner frame's IP packet. Drops (with the
+/// reason) anything short, without the VNI flag, for another VNI, not addressed to `our_mac`, or not IPv4.
 #[inline]
-pub fn decap(payload: &[u8], vni: u32, our_mac: MacAddr) -> Result<&[u8], DropReason> {
+pub fn decap(payload: &[u8], vni: u32, our_mac: MacAddr) -> Result<usize, DropReason> {
     if payload.len() < VXLAN_ENCAP {
         return Err(DropReason::Truncated);
     }
@@ -52,7 +52,7 @@ pub fn decap(payload: &[u8], vni: u32, our_mac: MacAddr) -> Result<&[u8], DropRe
     if payload[8..14] != our_mac.0 || payload[20..22] != ETHERTYPE_IPV4 {
         return Err(DropReason::NotForUs);
     }
-    Ok(&payload[VXLAN_ENCAP..])
+    Ok(VXLAN_ENCAP)
 }
 
 #[cfg(test)]
@@ -84,7 +84,8 @@ mod tests {
         let mut buf = [0u8; 64];
         buf[VXLAN_ENCAP..VXLAN_ENCAP + 20].copy_from_slice(&ip);
         VxlanTemplate::new(1, B, A).write(&mut buf, 0);
-        assert_eq!(decap(&buf[..VXLAN_ENCAP + 20], 1, B).unwrap(), &ip);
+        assert_eq!(decap(&buf[..VXLAN_ENCAP + 20], 1, B).unwrap(), VXLAN_ENCAP);
+        assert_eq!(&buf[VXLAN_ENCAP..VXLAN_ENCAP + 20], &ip);
     }
 
     #[test]

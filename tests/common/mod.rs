@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod netns;
+pub mod packets;
 
 /// A command for `program`, run inside network namespace `ns` when given.
 pub fn command_in(ns: Option<&str>, program: &str) -> Command {

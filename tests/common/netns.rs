@@ -320,3 +320,173 @@ impl Bed {
         (sent, got)
     }
 }
+
+impl Bed {
+    /// Sends UDP `payload` from `src` (an address of namespace `ns`) to `dst`.
+    pub fn send_udp(ns: &str, src: Ipv4Addr, dst: std::net::SocketAddrV4, payload: Vec<u8>) {
+        in_netns(ns, move || {
+            let s = std::net::UdpSocket::bind((src, 0)).expect("bind sender");
+            s.send_to(&payload, dst).expect("send");
+        });
+    }
+
+    /// Host `i`'s lease as its peer `j` sees it: (subnet, VTEP MAC if vxlan).
+    pub fn peer_view(&self, j: usize, i: usize) -> (String, Option<String>) {
+        let st = self.weft(j).status().expect("status");
+        let ip = self.hosts[i].ip.to_string();
+        let p = st["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .find(|p| p["public_ip"] == ip.as_str())
+            .unwrap_or_else(|| panic!("host {j} does not see host {i}"))
+            .clone();
+        (
+            p["subnet"].as_str().expect("subnet").to_string(),
+            p["backend"]["vtep_mac"].as_str().map(str::to_string),
+        )
+    }
+
+    /// Makes host `i` a plain Linux host with a kernel `flannel.1` as flanneld's vxlan backend sets it
+    /// up: writes its lease for `subnet` to etcd, creates the device, and returns nothing; call
+    /// `kernel_add_peer` for each other host.
+    pub fn make_kernel_vxlan_host(&mut self, i: usize, subnet_base: Ipv4Addr, vtep_mac: &str) {
+        let h = self.hosts[i].ns.name.clone();
+        let hip = self.hosts[i].ip;
+        let lease = format!(
+            r#"{{"PublicIP":"{hip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{vtep_mac}"}}}}"#
+        );
+        let key = format!("/coreos.com/network/subnets/{subnet_base}-24");
+        let out = self.etcd.etcdctl(&["put", &key, &lease]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ip(&[
+            "-n",
+            &h,
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &hip.to_string(),
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ]);
+        ip(&[
+            "-n",
+            &h,
+            "link",
+            "set",
+            "flannel.1",
+            "address",
+            vtep_mac,
+            "mtu",
+            "1450",
+        ]);
+        ip(&[
+            "-n",
+            &h,
+            "addr",
+            "add",
+            &format!("{subnet_base}/32"),
+            "dev",
+            "flannel.1",
+        ]);
+        ip(&["-n", &h, "link", "set", "flannel.1", "up"]);
+        let out = exec(&h, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        assert!(out.status.success());
+        // The container side, as dockerd --bip=<subnet>.1/24 would build it.
+        let gw = Ipv4Addr::from(u32::from(subnet_base) + 1);
+        let cip = Ipv4Addr::from(u32::from(subnet_base) + 2);
+        let c = Netns::new(format!("{}-c{}", self.id, i + 1));
+        ip(&["-n", &h, "link", "add", "cbr0", "type", "bridge"]);
+        ip(&["-n", &h, "addr", "add", &format!("{gw}/24"), "dev", "cbr0"]);
+        ip(&["-n", &h, "link", "set", "cbr0", "up"]);
+        ip(&[
+            "link", "add", "eth0", "netns", &c.name, "type", "veth", "peer", "name", "vc", "netns",
+            &h,
+        ]);
+        ip(&["-n", &h, "link", "set", "vc", "master", "cbr0", "up"]);
+        ip(&[
+            "-n",
+            &c.name,
+            "addr",
+            "add",
+            &format!("{cip}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &c.name, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            &c.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+        ]);
+        self.hosts[i].container = Some(c);
+        self.hosts[i].container_ip = Some(cip);
+    }
+
+    /// On kernel host `i`, installs flanneld's neighbour, FDB and route entries for a peer lease.
+    pub fn kernel_add_peer(&self, i: usize, peer_subnet: &str, peer_ip: Ipv4Addr, peer_mac: &str) {
+        let h = &self.hosts[i].ns.name;
+        let base = peer_subnet.split('/').next().expect("subnet");
+        ip(&[
+            "-n",
+            h,
+            "neigh",
+            "replace",
+            base,
+            "lladdr",
+            peer_mac,
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
+        ]);
+        let out = exec(
+            h,
+            "bridge",
+            &[
+                "fdb",
+                "replace",
+                peer_mac,
+                "dst",
+                &peer_ip.to_string(),
+                "dev",
+                "flannel.1",
+                "self",
+                "permanent",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ip(&[
+            "-n",
+            h,
+            "route",
+            "replace",
+            peer_subnet,
+            "via",
+            base,
+            "dev",
+            "flannel.1",
+            "onlink",
+        ]);
+    }
+}

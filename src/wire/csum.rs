@@ -1,0 +1,140 @@
+//! Inner TCP/UDP checksums: verification and completion of checksums a sender left partial.
+//!
+//! A Linux sender whose VXLAN packets cross only virtual links (veth) never has its inner checksum
+//! computed: the skb stays CHECKSUM_PARTIAL, with the pseudo-header sum in the checksum field, and the
+//! kernel at the far end trusts that metadata. A userspace receiver sees only bytes, so it completes such
+//! checksums itself before handing the packet on.
+
+use super::ipv4::{self, checksum_add, checksum_finish};
+
+/// Fast one's-complement sum of `data` (big-endian 16-bit words), 8 bytes per step.
+#[inline]
+pub fn sum_words(data: &[u8]) -> u32 {
+    let mut acc: u64 = 0;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let (s, carry) = acc.overflowing_add(v);
+        acc = s + u64::from(carry);
+    }
+    // Fold 64 -> 32 bits, then add the tail.
+    let mut sum = (acc >> 32) + (acc & 0xffff_ffff);
+    sum = (sum >> 32) + (sum & 0xffff_ffff);
+    let mut s32 = (sum & 0xffff) + (sum >> 16);
+    s32 = (s32 & 0xffff) + (s32 >> 16);
+    checksum_add(s32 as u32, chunks.remainder())
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// What `complete_l4` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4Checksum {
+    /// Valid, absent (UDP 0), or not checkable (not TCP/UDP, a fragment).
+    Fine,
+    /// Was left partial by the sender and has been completed.
+    Completed,
+    /// Wrong and not a partial checksum: the packet was corrupted; the receiver's stack will drop it.
+    Bad,
+}
+
+/// Verifies the TCP/UDP checksum of a complete IPv4 packet and completes it if the sender left it
+/// partial (the field holds the folded pseudo-header sum).
+pub fn complete_l4(packet: &mut [u8]) -> L4Checksum {
+    let Some(ip) = ipv4::parse(packet) else {
+        return L4Checksum::Fine;
+    };
+    let more_fragments = packet[6] & 0x20 != 0;
+    if ip.later_fragment || more_fragments {
+        return L4Checksum::Fine;
+    }
+    let off = match ip.protocol {
+        6 => 16,
+        17 => 6,
+        _ => return L4Checksum::Fine,
+    };
+    let l4_len = ip.total_len - ip.header_len;
+    if l4_len < off + 2 {
+        return L4Checksum::Fine;
+    }
+    let field_at = ip.header_len + off;
+    let field = u16::from_be_bytes([packet[field_at], packet[field_at + 1]]);
+    if ip.protocol == 17 && field == 0 {
+        return L4Checksum::Fine;
+    }
+    let mut pseudo = checksum_add(0, &packet[12..20]);
+    pseudo += u32::from(ip.protocol) + l4_len as u32;
+    let l4 = &packet[ip.header_len..ip.total_len];
+    if checksum_finish(pseudo + sum_words(l4)) == 0 {
+        return L4Checksum::Fine;
+    }
+    if field != fold(pseudo) {
+        return L4Checksum::Bad;
+    }
+    packet[field_at..field_at + 2].copy_from_slice(&[0, 0]);
+    let mut c = checksum_finish(pseudo + sum_words(&packet[ip.header_len..ip.total_len]));
+    if ip.protocol == 17 && c == 0 {
+        c = 0xffff;
+    }
+    packet[field_at..field_at + 2].copy_from_slice(&c.to_be_bytes());
+    L4Checksum::Completed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ipv4::tests::udp_packet;
+
+    fn with_full_udp_checksum(mut p: Vec<u8>) -> Vec<u8> {
+        let mut pseudo = checksum_add(0, &p[12..20]);
+        pseudo += 17 + (p.len() - 20) as u32;
+        let c = checksum_finish(pseudo + sum_words(&p[20..]));
+        p[26..28].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn fast_sum_matches_the_plain_one() {
+        let data: Vec<u8> = (0..1001u32).map(|i| (i * 7 + 3) as u8).collect();
+        for n in [0, 1, 7, 8, 9, 64, 1000, 1001] {
+            assert_eq!(
+                checksum_finish(sum_words(&data[..n])),
+                ipv4::checksum(&data[..n]),
+                "len {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn valid_absent_partial_and_bad() {
+        let good = with_full_udp_checksum(udp_packet(
+            [10, 5, 2, 9],
+            [10, 5, 1, 7],
+            1234,
+            80,
+            b"payload!!",
+        ));
+        let mut p = good.clone();
+        assert_eq!(complete_l4(&mut p), L4Checksum::Fine);
+        let mut none = udp_packet([10, 5, 2, 9], [10, 5, 1, 7], 1234, 80, b"payload!!");
+        assert_eq!(
+            complete_l4(&mut none),
+            L4Checksum::Fine,
+            "UDP checksum 0 means none"
+        );
+        // What a CHECKSUM_PARTIAL sender leaves: the folded pseudo-header sum.
+        let mut partial = good.clone();
+        let pseudo = fold(checksum_add(0, &partial[12..20]) + 17 + (partial.len() - 20) as u32);
+        partial[26..28].copy_from_slice(&pseudo.to_be_bytes());
+        assert_eq!(complete_l4(&mut partial), L4Checksum::Completed);
+        assert_eq!(partial, good);
+        let mut bad = good.clone();
+        bad[30] ^= 0xff;
+        assert_eq!(complete_l4(&mut bad), L4Checksum::Bad);
+    }
+}
