@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # weft demo: builds weft, then starts a real etcd and N weft hosts in network namespaces joined by an
-# underlay bridge, and shows the leases, each host's subnet.env and route table. Cleans up on exit.
+# underlay bridge, and shows the leases, each host's subnet.env and route table; then gives each host a
+# "container" on a bridge holding its leased subnet (as dockerd --bip would) and shows containers on
+# different hosts reaching each other through weft (ping matrix, a short iperf3). Cleans up on exit.
 #   usage: netns-fixtures/demo.sh [--hosts N] [--backend vxlan|udp] [--keep]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +35,7 @@ cleanup() {
   set +e
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-  for i in $(seq 1 "$HOSTS"); do ip netns del "$ID-h$i" 2>/dev/null; done
+  for i in $(seq 1 "$HOSTS"); do ip netns del "$ID-h$i" 2>/dev/null; ip netns del "$ID-c$i" 2>/dev/null; done
   ip netns del "$UL" 2>/dev/null
   rm -rf "$WORK"
 }
@@ -106,6 +108,44 @@ for i in $(seq 1 "$HOSTS"); do
   sed 's/^/   /' "$WORK/h$i/subnet.env"
   "$WEFT" docker-opts -f "$WORK/h$i/subnet.env" -d - -c | sed 's/^/   /'
 done
+
+echo
+echo "== containers: a bridge with each host's subnet .1 and a container namespace with .2 (what dockerd --bip builds)"
+CIPS=()
+for i in $(seq 1 "$HOSTS"); do
+  h="$ID-h$i"; c="$ID-c$i"
+  sub=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/h$i/subnet.env")      # e.g. 10.5.72.1/24
+  len=${sub#*/}; gw=${sub%/*}; cip="${gw%.*}.$(( ${gw##*.} + 1 ))"
+  mtu=$(sed -n 's/^FLANNEL_MTU=//p' "$WORK/h$i/subnet.env")
+  ip netns add "$c"; ip -n "$c" link set lo up
+  ip -n "$h" link add cbr0 type bridge; ip -n "$h" addr add "$sub" dev cbr0; ip -n "$h" link set cbr0 up
+  ip link add eth0 netns "$c" mtu "$mtu" type veth peer name vc netns "$h" mtu "$mtu"
+  ip -n "$h" link set vc master cbr0 up
+  ip -n "$c" addr add "$cip/$len" dev eth0; ip -n "$c" link set eth0 up; ip -n "$c" route add default via "$gw"
+  CIPS+=("$cip")
+  echo "   host $i: container $cip (bridge $sub, MTU $mtu)"
+done
+echo
+echo "== ping matrix (container -> container, across hosts)"
+for i in $(seq 1 "$HOSTS"); do
+  line="   from c$i:"
+  for j in $(seq 1 "$HOSTS"); do
+    [ "$i" = "$j" ] && continue
+    if ip netns exec "$ID-c$i" ping -c2 -W2 -q "${CIPS[$((j-1))]}" >/dev/null 2>&1; then r=ok; else r=FAIL; fi
+    line="$line  c$j ${CIPS[$((j-1))]} $r"
+  done
+  echo "$line"
+done
+if [ "$HOSTS" -ge 2 ]; then
+  echo
+  echo "== iperf3, container 1 -> container 2 through weft ($BACKEND), 3 s"
+  ip netns exec "$ID-c2" iperf3 -s -1 -D -B "${CIPS[1]}" >/dev/null 2>&1
+  sleep 0.3
+  ip netns exec "$ID-c1" iperf3 -c "${CIPS[1]}" -t 3 -f g 2>&1 | grep -E "sender|receiver" | sed 's/^/   /'
+  echo
+  echo "== host 1 metrics"
+  ip netns exec "$ID-h1" sh -c "curl -s 127.0.0.1:8471/metrics 2>/dev/null || true" | grep -E '^weft_(packets|bytes)_total|^weft_drops_total.*[1-9]$' | sed 's/^/   /'
+fi
 
 if [ "$KEEP" = 1 ]; then
   echo

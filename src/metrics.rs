@@ -25,10 +25,12 @@ pub enum DropReason {
     IoError,
     /// Larger than the tun MTU and not a TCP packet weft can segment.
     TooBig,
+    /// Not IPv4 (weft's overlay is IPv4; the kernel may still emit IPv6 on the tun).
+    NotIpv4,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Truncated,
         DropReason::BadVni,
         DropReason::UnknownSender,
@@ -38,6 +40,7 @@ impl DropReason {
         DropReason::UnsupportedPeer,
         DropReason::IoError,
         DropReason::TooBig,
+        DropReason::NotIpv4,
     ];
 
     pub fn label(self) -> &'static str {
@@ -51,6 +54,7 @@ impl DropReason {
             DropReason::UnsupportedPeer => "unsupported_peer",
             DropReason::IoError => "io_error",
             DropReason::TooBig => "too_big",
+            DropReason::NotIpv4 => "not_ipv4",
         }
     }
 }

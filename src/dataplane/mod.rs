@@ -13,19 +13,10 @@ use ipnet::Ipv4Net;
 use tracing::info;
 
 use crate::daemon::Shared;
-use crate::lease::MacAddr;
 use crate::metrics::WorkerCounters;
 
+pub use crate::wire::inbound::Encap;
 pub use tun::enable_ip_forwarding;
-
-/// How inner packets are wrapped on the underlay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encap {
-    /// VXLAN with our VNI and VTEP MAC, as Linux's flannel.1.
-    Vxlan { vni: u32, mac: MacAddr },
-    /// flannel's udp backend: the raw IP packet is the UDP payload.
-    Udp,
-}
 
 /// What the data plane needs to know, fixed for its lifetime.
 #[derive(Debug, Clone)]

@@ -31,6 +31,11 @@ pub fn create(cfg: &DataPlaneConfig, queues: usize) -> Result<Vec<SyncDevice>, D
         all.push(q);
     }
     all.insert(0, first);
+    // The overlay is IPv4: keep the kernel from sending IPv6 (router solicitations, MLD) into it.
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", cfg.tun_name),
+        "1",
+    );
     Ok(all)
 }
 

@@ -17,12 +17,10 @@ use super::{DataPlaneConfig, Encap};
 use crate::daemon::Shared;
 use crate::metrics::{DropReason, WorkerCounters};
 use crate::routes::PeerBackend;
-use crate::wire::csum::complete_l4;
-use crate::wire::filter::{check_inner, check_sender};
 use crate::wire::flow::flow_hash;
+use crate::wire::inbound::Inbound;
 use crate::wire::ipv4::{self, icmp_unreachable, Unreachable};
-use crate::wire::segment::split_tcp;
-use crate::wire::vxlan::{decap, VxlanTemplate, VXLAN_ENCAP};
+use crate::wire::vxlan::{VxlanTemplate, VXLAN_ENCAP};
 
 /// Room in front of a packet read from the tun for the encapsulation headers.
 const HEADROOM: usize = 64;
@@ -139,7 +137,12 @@ impl Worker {
             };
             let packet = &self.tx_buf[HEADROOM..HEADROOM + n];
             let Some(ip) = ipv4::parse(packet) else {
-                self.counters.dropped(DropReason::Truncated);
+                let reason = if packet.first().is_some_and(|b| b >> 4 != 4) {
+                    DropReason::NotIpv4
+                } else {
+                    DropReason::Truncated
+                };
+                self.counters.dropped(reason);
                 continue;
             };
             let Some(peer) = routes.lookup(ip.dst) else {
@@ -218,45 +221,28 @@ impl Worker {
                 }
             };
             handled += count;
+            let rx = Inbound {
+                own,
+                encap: self.cfg.encap,
+                mtu,
+            };
+            let (tun, counters) = (&self.tun, &self.counters);
             for (meta, buf) in self.rx_meta[..count].iter().zip(self.rx_bufs.iter_mut()) {
                 let IpAddr::V4(src) = meta.addr.ip() else {
-                    self.counters.dropped(DropReason::UnknownSender);
+                    counters.dropped(DropReason::UnknownSender);
                     continue;
                 };
                 let stride = meta.stride.max(1);
                 for payload in buf[..meta.len].chunks_mut(stride) {
-                    let verdict = check_sender(&routes, src).and_then(|peer_subnet| {
-                        let start = match self.cfg.encap {
-                            Encap::Vxlan { vni, mac } => decap(payload, vni, mac)?,
-                            Encap::Udp => 0,
-                        };
-                        let len = check_inner(&routes, own, src, peer_subnet, &payload[start..])?;
-                        Ok(start..start + len)
-                    });
-                    match verdict {
-                        Ok(range) if range.len() > mtu => {
-                            // A TCP super-packet from a kernel peer on a virtual link: segment it.
-                            let (tun, counters) = (&self.tun, &self.counters);
-                            let sent =
-                                split_tcp(&payload[range], mtu, &mut self.seg_buf, |seg| match tun
-                                    .send(seg)
-                                {
-                                    Ok(_) => counters.rx(seg.len()),
-                                    Err(_) => counters.dropped(DropReason::IoError),
-                                });
-                            if sent.is_err() {
-                                self.counters.dropped(DropReason::TooBig);
-                            }
-                        }
-                        Ok(range) => {
-                            let packet = &mut payload[range];
-                            complete_l4(packet);
-                            match self.tun.send(packet) {
-                                Ok(_) => self.counters.rx(packet.len()),
-                                Err(_) => self.counters.dropped(DropReason::IoError),
-                            }
-                        }
-                        Err(reason) => self.counters.dropped(reason),
+                    let r =
+                        rx.receive(&routes, src, payload, &mut self.seg_buf, |packet| match tun
+                            .send(packet)
+                        {
+                            Ok(_) => counters.rx(packet.len()),
+                            Err(_) => counters.dropped(DropReason::IoError),
+                        });
+                    if let Err(reason) = r {
+                        counters.dropped(reason);
                     }
                 }
             }
