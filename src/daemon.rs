@@ -17,6 +17,7 @@ use crate::backoff::{renew_after, Backoff};
 use crate::config::{Backend, NetworkConfig};
 use crate::dataplane::{DataPlane, DataPlaneConfig, DataPlaneError, Encap};
 use crate::iface::{self, IfaceError, Underlay};
+use crate::kernelvxlan::{KernelVxlan, KernelVxlanConfig, KernelVxlanError};
 use crate::lease::{LeaseAttrs, MacAddr};
 use crate::metrics::{CounterTotals, MetricsView, WorkerCounters};
 use crate::routes::{Peer, RouteTable};
@@ -45,10 +46,20 @@ pub struct RunOptions {
 /// Which data plane carries the overlay's packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DataPlaneMode {
+    /// The userspace data plane, falling back to the kernel VXLAN backend where it cannot run.
+    Auto,
     /// weft's own packet loop on a tun device.
     Userspace,
+    /// The kernel's VXLAN device, programmed over netlink as flanneld's vxlan backend does.
+    Kernel,
     /// No forwarding: lease and publish only (flannel's "alloc" backend), e.g. when another tool forwards.
     None,
+}
+
+/// The data plane that is running; dropping it stops it.
+pub enum ActiveDataPlane {
+    Userspace(DataPlane),
+    Kernel(KernelVxlan),
 }
 
 /// Errors that stop the daemon; each is one plain line naming the problem and the fix.
@@ -64,6 +75,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     DataPlane(#[from] DataPlaneError),
+    #[error(transparent)]
+    Kernel(#[from] KernelVxlanError),
     #[error("cannot serve /healthz on {addr}: {source}; pick another --healthz-ip/--healthz-port")]
     Healthz {
         addr: SocketAddr,
@@ -112,6 +125,8 @@ pub struct Shared {
     pub watch_events: AtomicU64,
     pub watch_restarts: AtomicU64,
     pub workers: Mutex<Vec<Arc<WorkerCounters>>>,
+    /// Signalled whenever the route table changes (the kernel backend reconciles on it).
+    pub routes_changed: Notify,
     own_key_changed: Notify,
 }
 
@@ -221,15 +236,7 @@ async fn control_plane(
     info!(network = %cfg.network, backend = cfg.backend.type_name(), "network config read");
     let previous = read_previous_subnet(&opts.subnet_file);
     let mut own = acquire(&store, &shared, &cfg, underlay, previous, opts.lease_ttl).await?;
-    let _dataplane = match opts.dataplane {
-        DataPlaneMode::Userspace => {
-            Some(start_userspace(opts, &cfg, &own, underlay, shared.clone()).await?)
-        }
-        DataPlaneMode::None => {
-            info!("data plane disabled (--dataplane none): leasing and publishing only");
-            None
-        }
-    };
+    let _dataplane = start_dataplane(opts, &cfg, &own, underlay, shared.clone()).await?;
     let env = SubnetEnv {
         network: cfg.network,
         subnet: own.subnet,
@@ -255,6 +262,70 @@ async fn control_plane(
     keep_lease(&store, &shared, &mut own, opts, renew_every).await
 }
 
+async fn start_dataplane(
+    opts: &RunOptions,
+    cfg: &NetworkConfig,
+    own: &OwnLease,
+    underlay: &Underlay,
+    shared: Arc<Shared>,
+) -> Result<Option<ActiveDataPlane>, DaemonError> {
+    if opts.dataplane != DataPlaneMode::None {
+        if let Err(e) = crate::dataplane::enable_ip_forwarding() {
+            warn!("cannot enable net.ipv4.ip_forward ({e}); containers' traffic will not be forwarded until it is on");
+        }
+    }
+    match opts.dataplane {
+        DataPlaneMode::None => {
+            info!("data plane disabled (--dataplane none): leasing and publishing only");
+            Ok(None)
+        }
+        DataPlaneMode::Userspace => Ok(Some(ActiveDataPlane::Userspace(
+            start_userspace(opts, cfg, own, underlay, shared).await?,
+        ))),
+        DataPlaneMode::Kernel => Ok(Some(ActiveDataPlane::Kernel(
+            start_kernel(cfg, own, underlay, shared).await?,
+        ))),
+        DataPlaneMode::Auto => {
+            match start_userspace(opts, cfg, own, underlay, shared.clone()).await {
+                Ok(dp) => Ok(Some(ActiveDataPlane::Userspace(dp))),
+                Err(DaemonError::DataPlane(e @ DataPlaneError::Tun { .. }))
+                    if matches!(cfg.backend, Backend::Vxlan(_)) =>
+                {
+                    warn!("userspace data plane unavailable ({e}); falling back to the kernel VXLAN backend");
+                    Ok(Some(ActiveDataPlane::Kernel(
+                        start_kernel(cfg, own, underlay, shared).await?,
+                    )))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+async fn start_kernel(
+    cfg: &NetworkConfig,
+    own: &OwnLease,
+    underlay: &Underlay,
+    shared: Arc<Shared>,
+) -> Result<KernelVxlan, DaemonError> {
+    let (Backend::Vxlan(v), Some(d)) = (&cfg.backend, own.attrs.vxlan_data()) else {
+        return Err(DaemonError::Settings(format!(
+            "the kernel data plane needs a vxlan network, but the network config says Backend.Type {:?}; use --dataplane userspace for udp",
+            cfg.backend.type_name()
+        )));
+    };
+    let kc = KernelVxlanConfig {
+        vni: v.vni,
+        port: cfg.backend.port(),
+        local_ip: underlay.local_ip,
+        underlay_iface: underlay.iface.clone(),
+        mac: d.vtep_mac,
+        mtu: own.mtu,
+        own_subnet: own.subnet,
+    };
+    Ok(KernelVxlan::start(kc, shared).await?)
+}
+
 async fn start_userspace(
     opts: &RunOptions,
     cfg: &NetworkConfig,
@@ -262,9 +333,6 @@ async fn start_userspace(
     underlay: &Underlay,
     shared: Arc<Shared>,
 ) -> Result<DataPlane, DaemonError> {
-    if let Err(e) = crate::dataplane::enable_ip_forwarding() {
-        warn!("cannot enable net.ipv4.ip_forward ({e}); containers' traffic will not be forwarded until it is on");
-    }
     let encap = match (&cfg.backend, own.attrs.vxlan_data()) {
         (Backend::Vxlan(v), Some(d)) => Encap::Vxlan {
             vni: v.vni,
@@ -553,6 +621,7 @@ async fn watch_peers(store: Store, shared: Arc<Shared>, own_subnet: Ipv4Net, own
                         })
                         .collect();
                     let (changed, removed) = shared.routes.replace_all(peers);
+                    shared.routes_changed.notify_one();
                     info!(
                         peers = shared.routes.load().len(),
                         changed,
@@ -620,6 +689,7 @@ async fn watch_peers(store: Store, shared: Arc<Shared>, own_subnet: Ipv4Net, own
                             Ok(a) => {
                                 let p = Peer::from_lease(subnet, a);
                                 if shared.routes.upsert(p) {
+                                    shared.routes_changed.notify_one();
                                     info!(subnet = %subnet, public_ip = %a.public_ip, backend = %a.backend_type, "peer added or changed");
                                 }
                             }
@@ -631,6 +701,7 @@ async fn watch_peers(store: Store, shared: Arc<Shared>, own_subnet: Ipv4Net, own
                     }
                     etcd_client::EventType::Delete => {
                         if let Some(p) = shared.routes.remove(&subnet) {
+                            shared.routes_changed.notify_one();
                             info!(subnet = %subnet, public_ip = %p.public_ip, "peer removed");
                         }
                     }

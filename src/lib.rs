@@ -7,6 +7,8 @@ pub mod daemon;
 pub mod dataplane;
 pub mod http;
 pub mod iface;
+pub mod kernel_state;
+pub mod kernelvxlan;
 pub mod lease;
 pub mod metrics;
 pub mod routes;

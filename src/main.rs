@@ -141,7 +141,7 @@ struct RunArgs {
     #[arg(long, env = "WEFT_IP_MASQ")]
     ip_masq: bool,
     /// Which data plane forwards the overlay's packets.
-    #[arg(long, env = "WEFT_DATAPLANE", value_enum, default_value = "userspace")]
+    #[arg(long, env = "WEFT_DATAPLANE", value_enum, default_value = "auto")]
     dataplane: DataPlaneMode,
     /// Packet worker threads of the userspace data plane (default: one per core).
     #[arg(long, env = "WEFT_WORKERS")]

@@ -342,6 +342,8 @@ pub struct Weft {
     args: Vec<String>,
     /// The host's network namespace (None: the test's own, with the data plane off).
     ns: Option<String>,
+    /// A shell snippet run before weft inside a private mount namespace (e.g. to hide /dev/net/tun).
+    pre: Option<String>,
 }
 
 impl Weft {
@@ -377,6 +379,34 @@ impl Weft {
             healthz_port: free_port(),
             args,
             ns,
+            pre: None,
+        };
+        w.spawn();
+        w
+    }
+
+    /// Like `start_in`, but runs `pre` (shell) first in a private mount namespace.
+    pub fn start_in_with(
+        etcd: &Etcd,
+        ns: &str,
+        public_ip: &str,
+        extra: &[&str],
+        pre: &str,
+    ) -> Weft {
+        let dir = tempfile::Builder::new()
+            .prefix("weft-host-")
+            .tempdir()
+            .expect("tempdir");
+        let mut args = etcd.weft_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut w = Weft {
+            child: None,
+            dir,
+            public_ip: public_ip.to_string(),
+            healthz_port: free_port(),
+            args,
+            ns: Some(ns.to_string()),
+            pre: Some(pre.to_string()),
         };
         w.spawn();
         w
@@ -415,7 +445,18 @@ impl Weft {
             .append(true)
             .open(self.dir.path().join("weft.log"))
             .expect("weft log");
-        let child = command_in(self.ns.as_deref(), env!("CARGO_BIN_EXE_weft"))
+        let mut cmd = match &self.pre {
+            None => command_in(self.ns.as_deref(), env!("CARGO_BIN_EXE_weft")),
+            Some(pre) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(format!("{pre} && exec ip netns exec \"$0\" \"$@\""))
+                    .arg(self.ns.as_deref().expect("a namespace"))
+                    .arg(env!("CARGO_BIN_EXE_weft"));
+                c
+            }
+        };
+        let child = cmd
             .arg("run")
             .args(&self.args)
             .arg(format!("--subnet-file={}", self.subnet_file().display()))

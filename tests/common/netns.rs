@@ -490,3 +490,33 @@ impl Bed {
         ]);
     }
 }
+
+impl Bed {
+    /// Starts weft on host `i` with `/dev/net/tun` hidden, as on a host without tun support.
+    pub fn start_weft_without_tun(&mut self, i: usize, extra: &[&str]) {
+        let h = &mut self.hosts[i];
+        let w = Weft::start_in_with(
+            &self.etcd,
+            &h.ns.name,
+            &h.ip.to_string(),
+            extra,
+            "mount --bind /dev/null /dev/net/tun",
+        );
+        h.weft = Some(w);
+    }
+
+    /// Host `i`'s `flannel.1` entries as (neighbours, FDB, routes) text, one entry a line.
+    pub fn kernel_entries(&self, i: usize) -> (String, String, String) {
+        let h = &self.hosts[i].ns.name;
+        let text = |o: Output| String::from_utf8_lossy(&o.stdout).into_owned();
+        (
+            text(exec(
+                h,
+                "ip",
+                &["neigh", "show", "dev", "flannel.1", "nud", "permanent"],
+            )),
+            text(exec(h, "bridge", &["fdb", "show", "dev", "flannel.1"])),
+            text(exec(h, "ip", &["route", "show", "dev", "flannel.1"])),
+        )
+    }
+}
