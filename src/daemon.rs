@@ -41,6 +41,12 @@ pub struct RunOptions {
     pub dataplane: DataPlaneMode,
     pub workers: usize,
     pub tun_name: String,
+    /// Use tun offloads and UDP GSO/GRO where the kernel allows.
+    pub offload: bool,
+    /// Move packets in batches (recvmmsg, several packets per wakeup).
+    pub batch: bool,
+    /// How long a worker keeps polling without sleeping after traffic.
+    pub busy_poll: Duration,
 }
 
 /// Which data plane carries the overlay's packets.
@@ -349,6 +355,9 @@ async fn start_userspace(
         mtu: own.mtu,
         tun_name: opts.tun_name.clone(),
         workers: opts.workers,
+        offload: opts.offload,
+        batch: opts.batch,
+        busy_poll: opts.busy_poll,
     };
     Ok(DataPlane::start(dp, shared).await?)
 }

@@ -149,6 +149,16 @@ struct RunArgs {
     /// Name of the userspace data plane's tun device.
     #[arg(long, env = "WEFT_TUN_NAME", default_value = "weft0")]
     tun_name: String,
+    /// Turn off the tun offloads (TSO/checksum) and UDP GSO/GRO, for comparison.
+    #[arg(long, env = "WEFT_NO_OFFLOAD")]
+    no_offload: bool,
+    /// Turn off batching: one packet per system call, for comparison.
+    #[arg(long, env = "WEFT_NO_BATCH")]
+    no_batch: bool,
+    /// Microseconds a worker keeps polling without sleeping after traffic, to save wakeups on
+    /// request/response traffic (0 turns it off).
+    #[arg(long, env = "WEFT_BUSY_POLL_US", default_value_t = 0)]
+    busy_poll_us: u64,
 }
 
 #[derive(Args)]
@@ -254,6 +264,9 @@ async fn dispatch(cmd: Cmd) -> Result<(), String> {
                         .unwrap_or(1)
                 }),
                 tun_name: a.tun_name,
+                offload: !a.no_offload,
+                batch: !a.no_batch,
+                busy_poll: Duration::from_micros(a.busy_poll_us),
             };
             daemon::run(opts).await.map_err(|e| e.to_string())
         }

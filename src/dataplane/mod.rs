@@ -34,6 +34,12 @@ pub struct DataPlaneConfig {
     pub mtu: u32,
     pub tun_name: String,
     pub workers: usize,
+    /// Use tun offloads and UDP GSO/GRO where the kernel allows.
+    pub offload: bool,
+    /// Move packets in batches.
+    pub batch: bool,
+    /// How long a worker keeps polling without sleeping after traffic (0: never).
+    pub busy_poll: std::time::Duration,
 }
 
 /// Why the data plane could not start; each names the fix.
@@ -75,7 +81,7 @@ impl DataPlane {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(workers);
         for (i, queue) in queues.into_iter().enumerate() {
-            let io = sock::WorkerSockets::open(cfg.local_ip, cfg.port)?;
+            let io = sock::WorkerSockets::open(cfg.local_ip, cfg.port, cfg.offload)?;
             let counters = Arc::new(WorkerCounters::default());
             shared
                 .workers

@@ -57,7 +57,7 @@ fn set_udp_gro(sock: &UdpSocket, on: bool) -> io::Result<()> {
 impl WorkerSockets {
     /// Opens the receive socket on `local:port` (shared with the other workers through SO_REUSEPORT)
     /// and `SEND_PORTS` blocking send sockets on ephemeral ports.
-    pub fn open(local: Ipv4Addr, port: u16) -> Result<Self, DataPlaneError> {
+    pub fn open(local: Ipv4Addr, port: u16, gro: bool) -> Result<Self, DataPlaneError> {
         let addr = SocketAddrV4::new(local, port);
         let err = |source| DataPlaneError::Socket {
             addr: SocketAddr::V4(addr),
@@ -65,10 +65,11 @@ impl WorkerSockets {
         };
         let rx = open(addr, true, true).map_err(err)?;
         let rx_state = UdpSocketState::new(UdpSockRef::from(&rx)).map_err(err)?;
-        // quinn-udp turns UDP GRO on. With GRO on, the kernel also hands the socket UDP-tunnel GSO
-        // super-packets unsegmented (as sent by a local kernel VXLAN device over veth), which are not a
-        // train of equal datagrams. Keep it off until the receive path understands those.
-        set_udp_gro(&rx, false).map_err(err)?;
+        // quinn-udp turns UDP GRO on where the kernel has it; the receive path understands coalesced
+        // trains (and UDP-tunnel super-packets). Off for comparison runs without offloads.
+        if !gro {
+            set_udp_gro(&rx, false).map_err(err)?;
+        }
         let mut tx = Vec::with_capacity(SEND_PORTS);
         for _ in 0..SEND_PORTS {
             let s = open(SocketAddrV4::new(local, 0), false, false).map_err(err)?;
@@ -88,9 +89,16 @@ impl WorkerSockets {
         self.rx_state.recv(UdpSockRef::from(&self.rx), bufs, meta)
     }
 
-    /// Sends one datagram to `dst` from the send socket the flow hash selects.
+    /// Sends `payload` to `dst` from the send socket the flow hash selects: one datagram, or with
+    /// `segment_size` a train of datagrams of that size (the last may be shorter) in one UDP GSO send.
     #[inline]
-    pub fn send(&self, flow: u32, dst: SocketAddr, payload: &[u8]) -> io::Result<()> {
+    pub fn send(
+        &self,
+        flow: u32,
+        dst: SocketAddr,
+        payload: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<()> {
         let (s, st) = &self.tx[flow as usize % self.tx.len()];
         st.try_send(
             UdpSockRef::from(s),
@@ -98,9 +106,14 @@ impl WorkerSockets {
                 destination: dst,
                 ecn: None,
                 contents: payload,
-                segment_size: None,
+                segment_size,
                 src_ip: None,
             },
         )
+    }
+
+    /// How many datagrams one GSO send may carry (1: no GSO).
+    pub fn max_gso_segments(&self) -> usize {
+        self.tx.first().map_or(1, |(_, st)| st.max_gso_segments())
     }
 }

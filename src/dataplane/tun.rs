@@ -16,13 +16,31 @@ pub fn create(cfg: &DataPlaneConfig, queues: usize) -> Result<Vec<SyncDevice>, D
         source,
     };
     let mtu = u16::try_from(cfg.mtu).unwrap_or(u16::MAX);
-    let first = DeviceBuilder::new()
-        .name(&cfg.tun_name)
-        .ipv4(cfg.own_subnet.network(), 32u8, None)
-        .mtu(mtu)
-        .multi_queue(queues > 1)
-        .build_sync()
-        .map_err(err)?;
+    let build = |offload: bool| {
+        DeviceBuilder::new()
+            .name(&cfg.tun_name)
+            .ipv4(cfg.own_subnet.network(), 32u8, None)
+            .mtu(mtu)
+            .multi_queue(queues > 1)
+            .offload(offload)
+            .build_sync()
+    };
+    let first = match build(cfg.offload) {
+        Ok(d) => d,
+        Err(e) if cfg.offload => {
+            info!(tun = %cfg.tun_name, "tun offloads (TSO/checksum) refused ({e}); running without them");
+            build(false).map_err(err)?
+        }
+        Err(e) => return Err(err(e)),
+    };
+    if cfg.offload {
+        info!(
+            tun = %cfg.tun_name,
+            tso = first.tcp_gso(),
+            uso = first.udp_gso(),
+            "tun offloads"
+        );
+    }
     first.set_nonblocking(true).map_err(err)?;
     let mut all = Vec::with_capacity(queues);
     for _ in 1..queues {

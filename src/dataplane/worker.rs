@@ -1,4 +1,5 @@
-//! One data-plane worker: its own tun queue and sockets, buffers allocated once, packets moved in batches.
+//! One data-plane worker: its own tun queue and sockets, buffers allocated once, packets moved in batches;
+//! with offloads, TSO reads leave as one UDP GSO send and GRO receives enter as one tun write.
 
 use std::io::{ErrorKind, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
@@ -9,23 +10,29 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use quinn_udp::RecvMeta;
-use tracing::warn;
+use tracing::{info, warn};
 use tun_rs::SyncDevice;
 
 use super::sock::WorkerSockets;
 use super::{DataPlaneConfig, Encap};
 use crate::daemon::Shared;
 use crate::metrics::{DropReason, WorkerCounters};
-use crate::routes::PeerBackend;
+use crate::routes::{PeerBackend, RouteSnapshot};
 use crate::wire::flow::flow_hash;
-use crate::wire::inbound::Inbound;
+use crate::wire::gso::{train_from_tun, Coalescer, VnetHdr, VNET_HDR_LEN};
+use crate::wire::inbound::{datagram_units, Inbound};
 use crate::wire::ipv4::{self, icmp_unreachable, Unreachable};
+use crate::wire::segment::Train;
 use crate::wire::vxlan::{VxlanTemplate, VXLAN_ENCAP};
 
-/// Room in front of a packet read from the tun for the encapsulation headers.
+/// Room in front of a packet read from the tun for the encapsulation headers (plain path).
 const HEADROOM: usize = 64;
 /// Largest packet a tun read or a (GRO-coalesced) UDP receive can return.
 const MAX_PACKET: usize = 65_536;
+/// A segmented super-packet: up to 64 KiB of payload plus per-segment headers and encapsulation.
+const TRAIN_BYTES: usize = 2 * MAX_PACKET;
+/// UDP payload bytes one GSO send may carry (the IPv4 length field's limit, less the headers).
+const MAX_GSO_BYTES: usize = 65_507 - 8;
 /// Datagram buffers per receive batch.
 const RX_BATCH: usize = 32;
 /// Packets handled from one side before looking at the other, so neither direction starves.
@@ -40,11 +47,18 @@ pub struct Worker {
     shared: Arc<Shared>,
     counters: Arc<WorkerCounters>,
     stop: Arc<AtomicBool>,
+    /// The tun device carries virtio-net headers (TSO reads, GSO writes).
+    vnet: bool,
+    /// UDP GSO sends are in use (turned off at run time if the kernel refuses one).
+    gso: bool,
+    rx_batch: usize,
     tx_buf: Vec<u8>,
+    train: Vec<u8>,
     rx_bufs: Vec<Vec<u8>>,
     rx_meta: Vec<RecvMeta>,
     icmp_buf: Vec<u8>,
     seg_buf: Vec<u8>,
+    coalescer: Coalescer,
     icmp_window: (Instant, u32),
     last_error_log: Option<Instant>,
 }
@@ -58,14 +72,22 @@ impl Worker {
         counters: Arc<WorkerCounters>,
         stop: Arc<AtomicBool>,
     ) -> Self {
+        let vnet = tun.tcp_gso();
+        let gso = cfg.offload && io.max_gso_segments() > 1;
+        let rx_batch = if cfg.batch { RX_BATCH } else { 1 };
         Worker {
+            coalescer: Coalescer::new(cfg.mtu as usize),
             cfg,
             tun,
             io,
             shared,
             counters,
             stop,
-            tx_buf: vec![0; HEADROOM + MAX_PACKET],
+            vnet,
+            gso,
+            rx_batch,
+            tx_buf: vec![0; HEADROOM + MAX_PACKET + VNET_HDR_LEN],
+            train: vec![0; TRAIN_BYTES],
             rx_bufs: (0..RX_BATCH).map(|_| vec![0; MAX_PACKET]).collect(),
             rx_meta: vec![RecvMeta::default(); RX_BATCH],
             icmp_buf: vec![0; 1024],
@@ -107,7 +129,39 @@ impl Worker {
                     busy |= self.inbound_batch();
                 }
             }
+            self.busy_poll();
         }
+    }
+
+    /// After traffic, keeps polling both sides without sleeping for a short while: the answer to what
+    /// was just forwarded usually comes back within tens of microseconds, and catching it here saves
+    /// a thread wakeup (most of a userspace tunnel's added latency).
+    fn busy_poll(&mut self) {
+        if self.cfg.busy_poll.is_zero() {
+            return;
+        }
+        let mut until = Instant::now() + self.cfg.busy_poll;
+        while Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
+            let before = self.activity();
+            self.outbound_batch();
+            self.inbound_batch();
+            if self.activity() != before {
+                until = Instant::now() + self.cfg.busy_poll;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// A number that changes whenever a packet moved or was dropped.
+    fn activity(&self) -> u64 {
+        let c = &self.counters;
+        c.tx_packets.load(Ordering::Relaxed)
+            + c.rx_packets.load(Ordering::Relaxed)
+            + c.drops
+                .iter()
+                .map(|d| d.load(Ordering::Relaxed))
+                .sum::<u64>()
     }
 
     fn log_error(&mut self, msg: &str) {
@@ -125,8 +179,14 @@ impl Worker {
     /// limit was reached (more may be waiting).
     fn outbound_batch(&mut self) -> bool {
         let routes = self.shared.routes.snapshot();
-        for _ in 0..WORK_LIMIT {
-            let n = match self.tun.recv(&mut self.tx_buf[HEADROOM..]) {
+        let limit = if self.cfg.batch { WORK_LIMIT } else { 1 };
+        for _ in 0..limit {
+            let start = if self.vnet {
+                HEADROOM - VNET_HDR_LEN
+            } else {
+                HEADROOM
+            };
+            let n = match self.tun.recv(&mut self.tx_buf[start..]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -135,44 +195,133 @@ impl Worker {
                     return false;
                 }
             };
-            let packet = &self.tx_buf[HEADROOM..HEADROOM + n];
-            let Some(ip) = ipv4::parse(packet) else {
-                let reason = if packet.first().is_some_and(|b| b >> 4 != 4) {
-                    DropReason::NotIpv4
-                } else {
-                    DropReason::Truncated
-                };
-                self.counters.dropped(reason);
+            if n < start.abs_diff(HEADROOM) {
+                self.counters.dropped(DropReason::Truncated);
                 continue;
-            };
-            let Some(peer) = routes.lookup(ip.dst) else {
-                self.counters.dropped(DropReason::NoRoute);
-                self.reply_unreachable(n);
-                continue;
-            };
-            let flow = flow_hash(packet);
-            let dst = SocketAddr::V4(SocketAddrV4::new(peer.public_ip, self.cfg.port));
-            let start = match (self.cfg.encap, peer.backend) {
-                (Encap::Vxlan { vni, mac }, PeerBackend::Vxlan { vtep_mac, .. }) => {
-                    VxlanTemplate::new(vni, vtep_mac, mac)
-                        .write(&mut self.tx_buf, HEADROOM - VXLAN_ENCAP);
-                    HEADROOM - VXLAN_ENCAP
-                }
-                (Encap::Udp, PeerBackend::Udp) => HEADROOM,
-                _ => {
-                    self.counters.dropped(DropReason::UnsupportedPeer);
-                    continue;
-                }
-            };
-            match self.io.send(flow, dst, &self.tx_buf[start..HEADROOM + n]) {
-                Ok(()) => self.counters.tx(n),
-                Err(e) => {
-                    self.counters.dropped(DropReason::IoError);
-                    self.log_error(&format!("sending to {dst} failed: {e}"));
-                }
             }
+            let len = n - (HEADROOM - start);
+            self.forward(&routes, len);
         }
         true
+    }
+
+    /// Sends the packet at `tx_buf[HEADROOM..HEADROOM + len]` (virtio-net header before it when `vnet`).
+    fn forward(&mut self, routes: &RouteSnapshot, len: usize) {
+        let packet = &self.tx_buf[HEADROOM..HEADROOM + len];
+        let Some(ip) = ipv4::parse(packet) else {
+            let reason = if packet.first().is_some_and(|b| b >> 4 != 4) {
+                DropReason::NotIpv4
+            } else {
+                DropReason::Truncated
+            };
+            self.counters.dropped(reason);
+            return;
+        };
+        let Some(peer) = routes.lookup(ip.dst) else {
+            self.counters.dropped(DropReason::NoRoute);
+            self.reply_unreachable(len);
+            return;
+        };
+        let template = match (self.cfg.encap, peer.backend) {
+            (Encap::Vxlan { vni, mac }, PeerBackend::Vxlan { vtep_mac, .. }) => {
+                Some(VxlanTemplate::new(vni, vtep_mac, mac))
+            }
+            (Encap::Udp, PeerBackend::Udp) => None,
+            _ => {
+                self.counters.dropped(DropReason::UnsupportedPeer);
+                return;
+            }
+        };
+        let flow = flow_hash(packet);
+        let dst = SocketAddr::V4(SocketAddrV4::new(peer.public_ip, self.cfg.port));
+        let prefix = if template.is_some() { VXLAN_ENCAP } else { 0 };
+        if !self.vnet {
+            let start = HEADROOM - prefix;
+            if let Some(t) = template {
+                t.write(&mut self.tx_buf, start);
+            }
+            match self
+                .io
+                .send(flow, dst, &self.tx_buf[start..HEADROOM + len], None)
+            {
+                Ok(()) => self.counters.tx(len),
+                Err(e) => self.send_failed(dst, &e),
+            }
+            return;
+        }
+        let hdr =
+            VnetHdr::parse(&self.tx_buf[HEADROOM - VNET_HDR_LEN..HEADROOM]).unwrap_or_default();
+        let train = match train_from_tun(
+            &hdr,
+            &self.tx_buf[HEADROOM..HEADROOM + len],
+            prefix,
+            &mut self.train,
+        ) {
+            Ok(t) => t,
+            Err(_) => {
+                self.counters.dropped(DropReason::TooBig);
+                return;
+            }
+        };
+        if let Some(t) = template {
+            for i in 0..train.count {
+                t.write(&mut self.train, i * train.stride);
+            }
+        }
+        self.send_train(flow, dst, train, prefix);
+    }
+
+    /// Sends a train of datagrams: one UDP GSO send per `max_gso_segments`, or one by one.
+    fn send_train(&mut self, flow: u32, dst: SocketAddr, t: Train, prefix: usize) {
+        let inner = |bytes: usize, units: usize| bytes - units * prefix;
+        if self.gso && t.count > 1 {
+            // One send carries at most 64 KiB of UDP payload (and the kernel's segment limit).
+            let max = self
+                .io
+                .max_gso_segments()
+                .min(MAX_GSO_BYTES / t.stride)
+                .max(1);
+            let mut i = 0;
+            while i < t.count {
+                let n = max.min(t.count - i);
+                let end = ((i + n) * t.stride).min(t.len);
+                let chunk = &self.train[i * t.stride..end];
+                match self.io.send(flow, dst, chunk, Some(t.stride)) {
+                    Ok(()) => {
+                        for _ in 0..n - 1 {
+                            self.counters.tx(t.stride - prefix);
+                        }
+                        self.counters.tx(inner(chunk.len() - (n - 1) * t.stride, 1));
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                        // The device cannot checksum GSO trains: send one by one from now on.
+                        info!("UDP GSO refused by the kernel ({e}); sending datagrams one by one");
+                        self.gso = false;
+                        break;
+                    }
+                    Err(e) => self.send_failed(dst, &e),
+                }
+                i += n;
+            }
+            if self.gso {
+                return;
+            }
+        }
+        for i in 0..t.count {
+            let end = ((i + 1) * t.stride).min(t.len);
+            match self
+                .io
+                .send(flow, dst, &self.train[i * t.stride..end], None)
+            {
+                Ok(()) => self.counters.tx(end - i * t.stride - prefix),
+                Err(e) => self.send_failed(dst, &e),
+            }
+        }
+    }
+
+    fn send_failed(&mut self, dst: SocketAddr, e: &std::io::Error) {
+        self.counters.dropped(DropReason::IoError);
+        self.log_error(&format!("sending to {dst} failed: {e}"));
     }
 
     /// Writes an ICMP net-unreachable about the packet in tx_buf back into the tun (rate-limited).
@@ -191,26 +340,43 @@ impl Worker {
         let Some(router) = ipv4::parse(original).map(|i| i.dst) else {
             return;
         };
-        if let Some(len) = icmp_unreachable(original, router, Unreachable::Net, &mut self.icmp_buf)
-        {
-            let _ = self.tun.send(&self.icmp_buf[..len]);
+        let off = if self.vnet { VNET_HDR_LEN } else { 0 };
+        self.icmp_buf[..off].fill(0);
+        if let Some(len) = icmp_unreachable(
+            original,
+            router,
+            Unreachable::Net,
+            &mut self.icmp_buf[off..],
+        ) {
+            let _ = self.tun.send(&self.icmp_buf[..off + len]);
         }
     }
 
-    /// Receives up to WORK_LIMIT datagrams, checks them and writes the good ones to the tun. Returns
-    /// true if the limit was reached.
+    /// Receives up to WORK_LIMIT datagrams, checks them and writes the good ones to the tun (coalesced
+    /// into GSO frames when the tun takes them). Returns true if the limit was reached.
     fn inbound_batch(&mut self) -> bool {
         let routes = self.shared.routes.snapshot();
-        let own = self.cfg.own_subnet;
         let mtu = self.cfg.mtu as usize;
+        let rx = Inbound {
+            own: self.cfg.own_subnet,
+            encap: self.cfg.encap,
+            mtu,
+            split_oversize: !self.vnet,
+        };
+        let prefix = match self.cfg.encap {
+            Encap::Vxlan { .. } => VXLAN_ENCAP,
+            Encap::Udp => 0,
+        };
         let mut handled = 0;
         while handled < WORK_LIMIT {
             let count = {
-                let mut slices: [IoSliceMut<'_>; RX_BATCH] = {
-                    let mut it = self.rx_bufs.iter_mut();
-                    std::array::from_fn(|_| IoSliceMut::new(it.next().expect("RX_BATCH buffers")))
-                };
-                match self.io.recv(&mut slices, &mut self.rx_meta) {
+                let mut it = self.rx_bufs.iter_mut();
+                let mut slices: [IoSliceMut<'_>; RX_BATCH] =
+                    std::array::from_fn(|_| IoSliceMut::new(it.next().expect("RX_BATCH buffers")));
+                match self.io.recv(
+                    &mut slices[..self.rx_batch],
+                    &mut self.rx_meta[..self.rx_batch],
+                ) {
                     Ok(c) => c,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -221,30 +387,43 @@ impl Worker {
                 }
             };
             handled += count;
-            let rx = Inbound {
-                own,
-                encap: self.cfg.encap,
-                mtu,
+            let Worker {
+                tun,
+                counters,
+                seg_buf,
+                coalescer,
+                rx_meta,
+                rx_bufs,
+                vnet,
+                ..
+            } = self;
+            let mut write = |frame: &[u8]| {
+                if tun.send(frame).is_err() {
+                    counters.dropped(DropReason::IoError);
+                }
             };
-            let (tun, counters) = (&self.tun, &self.counters);
-            for (meta, buf) in self.rx_meta[..count].iter().zip(self.rx_bufs.iter_mut()) {
+            for (meta, buf) in rx_meta[..count].iter().zip(rx_bufs.iter_mut()) {
                 let IpAddr::V4(src) = meta.addr.ip() else {
                     counters.dropped(DropReason::UnknownSender);
                     continue;
                 };
-                let stride = meta.stride.max(1);
+                let stride = datagram_units(&buf[..meta.len], meta.stride, prefix);
                 for payload in buf[..meta.len].chunks_mut(stride) {
-                    let r =
-                        rx.receive(&routes, src, payload, &mut self.seg_buf, |packet| match tun
-                            .send(packet)
-                        {
-                            Ok(_) => counters.rx(packet.len()),
-                            Err(_) => counters.dropped(DropReason::IoError),
-                        });
+                    let r = rx.receive(&routes, src, payload, seg_buf, |packet| {
+                        counters.rx(packet.len());
+                        if *vnet {
+                            coalescer.push(packet, &mut write);
+                        } else {
+                            write(packet);
+                        }
+                    });
                     if let Err(reason) = r {
                         counters.dropped(reason);
                     }
                 }
+            }
+            if *vnet {
+                coalescer.flush(&mut write);
             }
         }
         true

@@ -28,8 +28,25 @@ pub struct Inbound {
     /// Our leased subnet: inner destinations must lie in it.
     pub own: Ipv4Net,
     pub encap: Encap,
-    /// The tun MTU: larger TCP packets are segmented to it.
+    /// The tun MTU: larger TCP packets are segmented to it when `split_oversize`.
     pub mtu: usize,
+    /// Segment packets above the MTU here (without tun offloads); else deliver them whole.
+    pub split_oversize: bool,
+}
+
+/// The length of each datagram in a received buffer of `payload.len()` bytes that the kernel reported
+/// with GRO `stride`: normally `stride`, but a UDP-tunnel GSO super-packet (a kernel VXLAN peer over a
+/// virtual link) arrives as one datagram whose inner IP length spans the whole buffer while the
+/// reported stride is the inner segment size.
+pub fn datagram_units(payload: &[u8], stride: usize, prefix: usize) -> usize {
+    let whole = payload.len().max(1);
+    if stride == 0 || stride >= whole {
+        return whole;
+    }
+    match payload.get(prefix + 2..prefix + 4) {
+        Some(l) if usize::from(u16::from_be_bytes([l[0], l[1]])) == payload.len() - prefix => whole,
+        _ => stride,
+    }
 }
 
 impl Inbound {
@@ -51,7 +68,7 @@ impl Inbound {
         };
         let len = check_inner(routes, self.own, src, peer_subnet, &payload[start..])?;
         let packet = &mut payload[start..start + len];
-        if len > self.mtu {
+        if len > self.mtu && self.split_oversize {
             // A TCP super-packet from a kernel peer over a virtual link: segment it.
             split_tcp(packet, self.mtu, scratch, deliver).map_err(|_| DropReason::TooBig)?;
         } else {
@@ -92,6 +109,7 @@ mod tests {
             own: "10.5.1.0/24".parse().unwrap(),
             encap: Encap::Vxlan { vni: 1, mac: OURS },
             mtu: 1450,
+            split_oversize: true,
         };
         rx.receive(
             &routes(),
@@ -102,6 +120,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got, vec![inner]);
+    }
+
+    #[test]
+    fn tunnel_super_packets_are_one_unit_and_gro_trains_split_by_stride() {
+        let mut one = vec![0u8; 22];
+        one.extend_from_slice(&udp_packet(
+            [10, 5, 2, 9],
+            [10, 5, 1, 7],
+            1,
+            2,
+            &[0u8; 5000],
+        ));
+        assert_eq!(datagram_units(&one, 1400, 22), one.len());
+        let seg = {
+            let mut s = vec![0u8; 22];
+            s.extend_from_slice(&udp_packet(
+                [10, 5, 2, 9],
+                [10, 5, 1, 7],
+                1,
+                2,
+                &[0u8; 1000],
+            ));
+            s
+        };
+        let train: Vec<u8> = [seg.clone(), seg.clone(), seg.clone()].concat();
+        assert_eq!(datagram_units(&train, seg.len(), 22), seg.len());
+        assert_eq!(datagram_units(&seg, 0, 22), seg.len());
+        assert_eq!(datagram_units(&[], 0, 22), 1);
     }
 
     /// Random and mutated input never panics and never delivers more than the MTU.
@@ -142,6 +188,7 @@ mod tests {
                     own,
                     encap,
                     mtu: 1450,
+                    split_oversize: true,
                 };
                 let _ = rx.receive(&r, Ipv4Addr::new(192, 0, 2, 2), &mut p, &mut scratch, |d| {
                     assert!(d.len() <= 1450)

@@ -3,6 +3,7 @@
 pub mod csum;
 pub mod filter;
 pub mod flow;
+pub mod gso;
 pub mod inbound;
 pub mod ipv4;
 pub mod segment;
