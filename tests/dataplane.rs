@@ -13,10 +13,12 @@ fn config(backend: &str) -> String {
     format!(r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"{backend}"}}}}"#)
 }
 
-fn three_hosts_all_pairs_and_a_50mb_transfer(backend: &str) {
+fn three_hosts_all_pairs_and_a_50mb_transfer(backend: &str, flags: &[&str]) {
     let mut bed = Bed::new(3, &config(backend));
     for i in 0..3 {
-        bed.start_weft(i, &["--workers=2"]);
+        let mut f = vec!["--workers=2"];
+        f.extend_from_slice(flags);
+        bed.start_weft(i, &f);
     }
     let ips: Vec<_> = (0..3).map(|i| bed.attach_container(i)).collect();
     for from in 0..3 {
@@ -43,14 +45,25 @@ fn three_hosts_all_pairs_and_a_50mb_transfer(backend: &str) {
     );
 }
 
+// The transfers write 1 byte, 4, 13, ... up to 64 KiB at a time, so segments of every size cross.
 #[test]
 fn vxlan_three_hosts() {
-    three_hosts_all_pairs_and_a_50mb_transfer("vxlan");
+    three_hosts_all_pairs_and_a_50mb_transfer("vxlan", &[]);
 }
 
 #[test]
 fn udp_three_hosts() {
-    three_hosts_all_pairs_and_a_50mb_transfer("udp");
+    three_hosts_all_pairs_and_a_50mb_transfer("udp", &[]);
+}
+
+#[test]
+fn vxlan_three_hosts_without_offloads_or_batching() {
+    three_hosts_all_pairs_and_a_50mb_transfer("vxlan", &["--no-offload", "--no-batch"]);
+}
+
+#[test]
+fn udp_three_hosts_without_offloads() {
+    three_hosts_all_pairs_and_a_50mb_transfer("udp", &["--no-offload"]);
 }
 
 fn join_while_traffic_flows_and_removal(backend: &str) {
@@ -149,8 +162,17 @@ fn udp_join_and_removal() {
 
 #[test]
 fn mixed_cluster_with_a_kernel_flannel_vxlan_host() {
+    mixed_cluster(&[]);
+}
+
+#[test]
+fn mixed_cluster_with_a_kernel_flannel_vxlan_host_without_offloads() {
+    mixed_cluster(&["--no-offload"]);
+}
+
+fn mixed_cluster(flags: &[&str]) {
     let mut bed = Bed::new(2, &config("vxlan"));
-    bed.start_weft(0, &[]);
+    bed.start_weft(0, flags);
     let c0 = bed.attach_container(0);
     let kernel_mac = "0e:00:00:00:01:02";
     bed.make_kernel_vxlan_host(1, "10.5.200.0".parse().unwrap(), kernel_mac);

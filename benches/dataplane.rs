@@ -1,0 +1,162 @@
+//! Criterion benches for the data plane's pure hot path: VXLAN encap/decap, TSO splitting, GRO
+//! coalescing, and an in-memory encap -> decap pipeline.
+
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use weft::lease::MacAddr;
+use weft::routes::{Peer, PeerBackend, RouteSnapshot};
+use weft::wire::flow::flow_hash;
+use weft::wire::gso::{Coalescer, VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
+use weft::wire::inbound::{Encap, Inbound};
+use weft::wire::ipv4::{checksum, checksum_add};
+use weft::wire::segment::split_into_train;
+use weft::wire::vxlan::{decap, VxlanTemplate, VXLAN_ENCAP};
+
+const OURS: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+const PEER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+const PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+/// An IPv4 TCP packet of `total` bytes from a peer's subnet to ours, checksums valid.
+fn tcp_packet(total: usize, seq: u32) -> Vec<u8> {
+    let mut p = vec![
+        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 5, 2, 9, 10, 5, 1, 7,
+    ];
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    let c = checksum(&p);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut t = vec![
+        0x9c, 0x40, 0x00, 0x50, 0, 0, 0, 0, 0, 0, 0, 1, 0x50, 0x10, 0x01, 0xf5, 0, 0, 0, 0,
+    ];
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&t);
+    p.resize(total, 0xab);
+    let sum = checksum_add(0, &p[12..20]) + 6 + (total - 20) as u32 + checksum_add(0, &p[20..]);
+    let c = weft::wire::ipv4::checksum_finish(sum);
+    p[36..38].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+fn routes() -> RouteSnapshot {
+    RouteSnapshot::new([Peer {
+        subnet: "10.5.2.0/24".parse().expect("subnet"),
+        public_ip: PEER,
+        backend: PeerBackend::Vxlan {
+            vni: 1,
+            vtep_mac: OURS,
+        },
+    }])
+}
+
+fn inbound() -> Inbound {
+    Inbound {
+        own: "10.5.1.0/24".parse().expect("subnet"),
+        encap: Encap::Vxlan { vni: 1, mac: OURS },
+        mtu: 1450,
+        split_oversize: false,
+    }
+}
+
+fn encap_decap(c: &mut Criterion) {
+    let r = routes();
+    let rx = inbound();
+    for size in [64usize, 1400] {
+        let p = tcp_packet(size, 1);
+        let mut buf = vec![0u8; VXLAN_ENCAP + size];
+        buf[VXLAN_ENCAP..].copy_from_slice(&p);
+        let mut g = c.benchmark_group(format!("{size}-byte packet"));
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("encap (route lookup, flow hash, VXLAN header)", |b| {
+            b.iter(|| {
+                let peer = r
+                    .lookup(black_box(Ipv4Addr::new(10, 5, 2, 9)))
+                    .expect("route");
+                let PeerBackend::Vxlan { vtep_mac, .. } = peer.backend else {
+                    unreachable!()
+                };
+                VxlanTemplate::new(1, vtep_mac, PEER_MAC).write(&mut buf, 0);
+                black_box(flow_hash(&buf[VXLAN_ENCAP..]))
+            })
+        });
+        VxlanTemplate::new(1, OURS, PEER_MAC).write(&mut buf, 0);
+        g.bench_function("decap (VXLAN header only)", |b| {
+            b.iter(|| black_box(decap(black_box(&buf), 1, OURS)))
+        });
+        let mut scratch = vec![0u8; 1450];
+        g.bench_function("decap + every inbound check + checksum verification", |b| {
+            b.iter(|| {
+                let mut n = 0;
+                rx.receive(&r, PEER, black_box(&mut buf), &mut scratch, |d| {
+                    n += d.len()
+                })
+                .expect("valid");
+                black_box(n)
+            })
+        });
+        g.finish();
+    }
+}
+
+fn tso_split(c: &mut Criterion) {
+    let mut p = tcp_packet(20 + 20 + 64_000, 1);
+    p[13 + 20] = 0x18;
+    let mut out = vec![0u8; 128 * 1024];
+    let mut g = c.benchmark_group("64 KB TSO packet");
+    g.throughput(Throughput::Bytes(64_000));
+    g.bench_function("split into VXLAN-ready segments (MSS 1410)", |b| {
+        b.iter(|| {
+            black_box(
+                split_into_train(black_box(&p), 1410, false, VXLAN_ENCAP, &mut out).expect("tcp"),
+            )
+        })
+    });
+    g.finish();
+}
+
+fn gro(c: &mut Criterion) {
+    let segs: Vec<Vec<u8>> = (0..45u32).map(|i| tcp_packet(1450, 1 + i * 1410)).collect();
+    let mut co = Coalescer::new(1450);
+    let mut g = c.benchmark_group("GRO");
+    g.throughput(Throughput::Elements(45));
+    g.bench_function("coalesce 45 segments into one GSO frame", |b| {
+        b.iter(|| {
+            let mut frames = 0;
+            let mut emit = |f: &[u8]| {
+                let h = VnetHdr::parse(f).expect("header");
+                debug_assert!(h.gso_type == GSO_TCPV4 && h.flags == F_NEEDS_CSUM);
+                frames += 1;
+            };
+            for s in &segs {
+                co.push(black_box(s), &mut emit);
+            }
+            co.flush(&mut emit);
+            black_box(frames)
+        })
+    });
+    g.finish();
+}
+
+fn pipeline(c: &mut Criterion) {
+    let r = routes();
+    let rx = inbound();
+    let p = tcp_packet(1400, 1);
+    let mut buf = vec![0u8; VXLAN_ENCAP + 1400];
+    let mut scratch = vec![0u8; 1450];
+    let mut g = c.benchmark_group("in-memory pipeline");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encap -> decap of a 1400-byte packet", |b| {
+        b.iter(|| {
+            buf[VXLAN_ENCAP..].copy_from_slice(black_box(&p));
+            VxlanTemplate::new(1, OURS, PEER_MAC).write(&mut buf, 0);
+            let mut n = 0;
+            rx.receive(&r, PEER, &mut buf, &mut scratch, |d| n += d.len())
+                .expect("valid");
+            black_box(n)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encap_decap, tso_split, gro, pipeline);
+criterion_main!(benches);
