@@ -41,8 +41,8 @@ pub struct RunOptions {
     pub dataplane: DataPlaneMode,
     pub workers: usize,
     pub tun_name: String,
-    /// Use tun offloads and UDP GSO/GRO where the kernel allows.
-    pub offload: bool,
+    /// Which offloads to use where the kernel allows them.
+    pub offload: crate::dataplane::Offloads,
     /// Move packets in batches (recvmmsg, several packets per wakeup).
     pub batch: bool,
     /// How long a worker keeps polling without sleeping after traffic.

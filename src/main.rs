@@ -149,9 +149,18 @@ struct RunArgs {
     /// Name of the userspace data plane's tun device.
     #[arg(long, env = "WEFT_TUN_NAME", default_value = "weft0")]
     tun_name: String,
-    /// Turn off the tun offloads (TSO/checksum) and UDP GSO/GRO, for comparison.
+    /// Turn off every offload (tun TSO/checksum, UDP GSO, UDP GRO), for comparison.
     #[arg(long, env = "WEFT_NO_OFFLOAD")]
     no_offload: bool,
+    /// Turn off the tun device's TSO/USO and checksum offload.
+    #[arg(long, env = "WEFT_NO_TUN_OFFLOAD")]
+    no_tun_offload: bool,
+    /// Turn off UDP GSO (one send per datagram).
+    #[arg(long, env = "WEFT_NO_UDP_GSO")]
+    no_udp_gso: bool,
+    /// Turn off UDP GRO (one datagram per received buffer).
+    #[arg(long, env = "WEFT_NO_UDP_GRO")]
+    no_udp_gro: bool,
     /// Turn off batching: one packet per system call, for comparison.
     #[arg(long, env = "WEFT_NO_BATCH")]
     no_batch: bool,
@@ -264,7 +273,11 @@ async fn dispatch(cmd: Cmd) -> Result<(), String> {
                         .unwrap_or(1)
                 }),
                 tun_name: a.tun_name,
-                offload: !a.no_offload,
+                offload: weft::dataplane::Offloads {
+                    tun: !(a.no_offload || a.no_tun_offload),
+                    udp_gso: !(a.no_offload || a.no_udp_gso),
+                    udp_gro: !(a.no_offload || a.no_udp_gro),
+                },
                 batch: !a.no_batch,
                 busy_poll: Duration::from_micros(a.busy_poll_us),
             };

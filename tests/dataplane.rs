@@ -332,3 +332,8 @@ fn vxlan_hostile_input() {
 fn udp_hostile_input() {
     hostile_input_is_dropped_and_counted("udp");
 }
+
+#[test]
+fn vxlan_three_hosts_with_tun_offload_but_no_udp_gso_or_gro() {
+    three_hosts_all_pairs_and_a_50mb_transfer("vxlan", &["--no-udp-gso", "--no-udp-gro"]);
+}

@@ -34,12 +34,31 @@ pub struct DataPlaneConfig {
     pub mtu: u32,
     pub tun_name: String,
     pub workers: usize,
-    /// Use tun offloads and UDP GSO/GRO where the kernel allows.
-    pub offload: bool,
+    /// Which offloads to use where the kernel allows them.
+    pub offload: Offloads,
     /// Move packets in batches.
     pub batch: bool,
     /// How long a worker keeps polling without sleeping after traffic (0: never).
     pub busy_poll: std::time::Duration,
+}
+
+/// The fast paths, each of which can be turned off for comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offloads {
+    /// tun TSO/USO and checksum offload (virtio-net headers).
+    pub tun: bool,
+    /// UDP GSO: a train of datagrams in one send.
+    pub udp_gso: bool,
+    /// UDP GRO: coalesced datagrams in one receive.
+    pub udp_gro: bool,
+}
+
+impl Offloads {
+    pub const ALL: Offloads = Offloads {
+        tun: true,
+        udp_gso: true,
+        udp_gro: true,
+    };
 }
 
 /// Why the data plane could not start; each names the fix.
@@ -81,7 +100,7 @@ impl DataPlane {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(workers);
         for (i, queue) in queues.into_iter().enumerate() {
-            let io = sock::WorkerSockets::open(cfg.local_ip, cfg.port, cfg.offload)?;
+            let io = sock::WorkerSockets::open(cfg.local_ip, cfg.port, cfg.offload.udp_gro)?;
             let counters = Arc::new(WorkerCounters::default());
             shared
                 .workers

@@ -25,15 +25,15 @@ pub fn create(cfg: &DataPlaneConfig, queues: usize) -> Result<Vec<SyncDevice>, D
             .offload(offload)
             .build_sync()
     };
-    let first = match build(cfg.offload) {
+    let first = match build(cfg.offload.tun) {
         Ok(d) => d,
-        Err(e) if cfg.offload => {
+        Err(e) if cfg.offload.tun => {
             info!(tun = %cfg.tun_name, "tun offloads (TSO/checksum) refused ({e}); running without them");
             build(false).map_err(err)?
         }
         Err(e) => return Err(err(e)),
     };
-    if cfg.offload {
+    if cfg.offload.tun {
         info!(
             tun = %cfg.tun_name,
             tso = first.tcp_gso(),

@@ -73,7 +73,10 @@ impl Worker {
         stop: Arc<AtomicBool>,
     ) -> Self {
         let vnet = tun.tcp_gso();
-        let gso = cfg.offload && io.max_gso_segments() > 1;
+        let gso = cfg.offload.udp_gso && io.max_gso_segments() > 1;
+        if cfg.offload.udp_gso && !gso {
+            info!("UDP GSO not available from the kernel; sending datagrams one by one");
+        }
         let rx_batch = if cfg.batch { RX_BATCH } else { 1 };
         Worker {
             coalescer: Coalescer::new(cfg.mtu as usize),
