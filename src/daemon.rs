@@ -131,6 +131,8 @@ pub struct Shared {
     pub watch_events: AtomicU64,
     pub watch_restarts: AtomicU64,
     pub workers: Mutex<Vec<Arc<WorkerCounters>>>,
+    /// The --ip-masq rule keeper, taken and stopped (rules removed) on a clean exit.
+    pub masq: Mutex<Option<crate::masq::Masquerade>>,
     /// Signalled whenever the route table changes (the kernel backend reconciles on it).
     pub routes_changed: Notify,
     own_key_changed: Notify,
@@ -211,6 +213,10 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     tokio::select! {
         r = main => r,
         _ = shutdown_signal() => {
+            let masq = shared.masq.lock().expect("masq lock").take();
+            if let Some(m) = masq {
+                m.stop().await;
+            }
             let subnet = shared.own.lock().expect("own lock").as_ref().map(|o| o.subnet);
             match subnet {
                 Some(s) => info!(subnet = %s, "stopping; keeping the lease so a restart gets the same subnet"),
@@ -243,6 +249,12 @@ async fn control_plane(
     let previous = read_previous_subnet(&opts.subnet_file);
     let mut own = acquire(&store, &shared, &cfg, underlay, previous, opts.lease_ttl).await?;
     let _dataplane = start_dataplane(opts, &cfg, &own, underlay, shared.clone()).await?;
+    if opts.ip_masq {
+        let m = crate::masq::Masquerade::start(cfg.network, own.subnet)
+            .await
+            .map_err(|e| DaemonError::Settings(format!("--ip-masq: {e}")))?;
+        *shared.masq.lock().expect("masq lock") = Some(m);
+    }
     let env = SubnetEnv {
         network: cfg.network,
         subnet: own.subnet,

@@ -10,6 +10,7 @@ pub mod iface;
 pub mod kernel_state;
 pub mod kernelvxlan;
 pub mod lease;
+pub mod masq;
 pub mod metrics;
 pub mod routes;
 pub mod store;

@@ -44,9 +44,14 @@ pub fn exec(ns: &str, program: &str, args: &[&str]) -> Output {
         .expect("run in netns")
 }
 
-/// Runs `f` on a thread that has entered network namespace `ns`.
+/// Runs `f` on a thread that has entered network namespace `ns` (a name, or a path such as
+/// `/proc/PID/ns/net`).
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
+    let path = if ns.starts_with('/') {
+        ns.to_string()
+    } else {
+        format!("/var/run/netns/{ns}")
+    };
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
         nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
@@ -257,67 +262,14 @@ impl Bed {
     }
 
     /// Sends `bytes` of pseudo-random data over TCP from container `from` to container `to`; returns the
-    /// (sent, received) digests and the received length.
+    /// (sent, received) digests and lengths.
     pub fn transfer(&self, from: usize, to: usize, bytes: usize) -> ((u64, usize), (u64, usize)) {
-        let to_ip = self.container_ip(to);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let rx_ns = self.container_ns(to);
-        let receiver = std::thread::spawn(move || {
-            in_netns(&rx_ns, move || {
-                let l = TcpListener::bind((to_ip, 5201)).expect("listen in the container");
-                ready_tx.send(()).expect("signal ready");
-                let (mut s, _) = l.accept().expect("accept");
-                s.set_read_timeout(Some(Duration::from_secs(30)))
-                    .expect("timeout");
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                let mut buf = vec![0u8; 1 << 16];
-                let mut total = 0;
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            h.write(&buf[..n]);
-                            total += n;
-                        }
-                        Err(e) => panic!("receive failed after {total} bytes: {e}"),
-                    }
-                }
-                (h.finish(), total)
-            })
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("receiver ready");
-        let tx_ns = self.container_ns(from);
-        let sent = in_netns(&tx_ns, move || {
-            let mut s = TcpStream::connect_timeout(&(to_ip, 5201).into(), Duration::from_secs(10))
-                .expect("connect");
-            s.set_write_timeout(Some(Duration::from_secs(30)))
-                .expect("timeout");
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            let mut state = 0x9e37_79b9_7f4a_7c15u64;
-            let mut buf = vec![0u8; 1 << 16];
-            let mut left = bytes;
-            // Writes of varying sizes: 1 byte up to 64 KiB.
-            let mut size = 1usize;
-            while left > 0 {
-                let n = size.min(left).min(buf.len());
-                for b in buf[..n].iter_mut() {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    *b = state as u8;
-                }
-                s.write_all(&buf[..n]).expect("send");
-                h.write(&buf[..n]);
-                left -= n;
-                size = if size >= 1 << 16 { 1 } else { size * 3 + 1 };
-            }
-            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
-            (h.finish(), bytes)
-        });
-        let got = receiver.join().expect("receiver thread");
-        (sent, got)
+        transfer(
+            &self.container_ns(from),
+            &self.container_ns(to),
+            self.container_ip(to),
+            bytes,
+        )
     }
 }
 
@@ -519,4 +471,101 @@ impl Bed {
             text(exec(h, "ip", &["route", "show", "dev", "flannel.1"])),
         )
     }
+}
+
+/// Sends `bytes` of pseudo-random data (in writes of 1 byte up to 64 KiB) over TCP from namespace `tx_ns`
+/// to a listener on `to_ip` in `rx_ns`; returns the (sent, received) digests and lengths.
+pub fn transfer(
+    tx_ns: &str,
+    rx_ns: &str,
+    to_ip: Ipv4Addr,
+    bytes: usize,
+) -> ((u64, usize), (u64, usize)) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let rx_ns = rx_ns.to_string();
+    let receiver = std::thread::spawn(move || {
+        in_netns(&rx_ns, move || {
+            let l = TcpListener::bind((to_ip, 5201)).expect("listen in the container");
+            ready_tx.send(()).expect("signal ready");
+            let (mut s, _) = l.accept().expect("accept");
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("timeout");
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        h.write(&buf[..n]);
+                        total += n;
+                    }
+                    Err(e) => panic!("receive failed after {total} bytes: {e}"),
+                }
+            }
+            (h.finish(), total)
+        })
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("receiver ready");
+    let sent = in_netns(tx_ns, move || {
+        let mut s = TcpStream::connect_timeout(&(to_ip, 5201).into(), Duration::from_secs(10))
+            .expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut left = bytes;
+        // Writes of varying sizes: 1 byte up to 64 KiB.
+        let mut size = 1usize;
+        while left > 0 {
+            let n = size.min(left).min(buf.len());
+            for b in buf[..n].iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *b = state as u8;
+            }
+            s.write_all(&buf[..n]).expect("send");
+            h.write(&buf[..n]);
+            left -= n;
+            size = if size >= 1 << 16 { 1 } else { size * 3 + 1 };
+        }
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        (h.finish(), bytes)
+    });
+    let got = receiver.join().expect("receiver thread");
+    (sent, got)
+}
+
+/// Accepts one TCP connection on `ip:port` inside namespace `ns` (after signalling `ready`) and returns
+/// the peer's address as that namespace sees it.
+pub fn accept_one(
+    ns: &str,
+    ip: Ipv4Addr,
+    port: u16,
+) -> (
+    std::sync::mpsc::Receiver<()>,
+    std::thread::JoinHandle<std::net::SocketAddr>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = ns.to_string();
+    let h = std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let l = TcpListener::bind((ip, port)).expect("listen");
+            tx.send(()).expect("ready");
+            let (_, peer) = l.accept().expect("accept");
+            peer
+        })
+    });
+    (rx, h)
+}
+
+/// Connects from namespace `ns` to `ip:port` and closes; true if the connection was made.
+pub fn connect_from(ns: &str, ip: Ipv4Addr, port: u16) -> bool {
+    in_netns(ns, move || {
+        TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(5)).is_ok()
+    })
 }

@@ -1,0 +1,217 @@
+//! `--ip-masq`: flannel's masquerade and forward rules (computed purely), installed idempotently through
+//! the `iptables` crate (which drives the iptables tools), re-checked periodically, removed on clean exit.
+
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// weft's own chains, so its rules are found and removed as a unit.
+pub const NAT_CHAIN: &str = "WEFT-POSTRTG";
+pub const FWD_CHAIN: &str = "WEFT-FWD";
+/// How often the rules are checked and put back if something removed them (flannel's --iptables-resync).
+pub const RESYNC: Duration = Duration::from_secs(5);
+
+/// One iptables rule: table, chain, rule specification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub table: &'static str,
+    pub chain: &'static str,
+    pub spec: String,
+}
+
+fn rule(table: &'static str, chain: &'static str, spec: String) -> Rule {
+    Rule { table, chain, spec }
+}
+
+/// flannel's --ip-masq rules for this host: containers' traffic to the outside is masqueraded, traffic
+/// between containers across the overlay keeps its source address; FORWARD accepts the Network.
+/// Jumps into weft's chains come first in the list, so install in reverse to add chain rules first.
+pub fn rules(network: Ipv4Net, subnet: Ipv4Net) -> Vec<Rule> {
+    let (n, s) = (network.to_string(), subnet.to_string());
+    vec![
+        rule(
+            "nat",
+            "POSTROUTING",
+            format!("-m comment --comment weft-masq -j {NAT_CHAIN}"),
+        ),
+        rule(
+            "filter",
+            "FORWARD",
+            format!("-m comment --comment weft-forward -j {FWD_CHAIN}"),
+        ),
+        // Traffic already marked for masquerade by kube-proxy-style setups is left alone.
+        rule(
+            "nat",
+            NAT_CHAIN,
+            "-m mark --mark 0x4000/0x4000 -j RETURN".into(),
+        ),
+        // Within the overlay: keep source addresses.
+        rule("nat", NAT_CHAIN, format!("-s {s} -d {n} -j RETURN")),
+        rule("nat", NAT_CHAIN, format!("-s {n} -d {s} -j RETURN")),
+        // From outside the overlay to our containers: not ours to rewrite.
+        rule("nat", NAT_CHAIN, format!("! -s {n} -d {s} -j RETURN")),
+        // From the overlay to the outside world (but not multicast): masquerade.
+        rule(
+            "nat",
+            NAT_CHAIN,
+            format!("-s {n} ! -d 224.0.0.0/4 -j MASQUERADE --random-fully"),
+        ),
+        // From the outside into the overlay, via this host: masquerade so replies come back here.
+        rule(
+            "nat",
+            NAT_CHAIN,
+            format!("! -s {n} -d {n} -j MASQUERADE --random-fully"),
+        ),
+        rule("filter", FWD_CHAIN, format!("-s {n} -j ACCEPT")),
+        rule("filter", FWD_CHAIN, format!("-d {n} -j ACCEPT")),
+    ]
+}
+
+/// The iptables driver, numeric (listing a chain must never wait on reverse DNS).
+fn open() -> Result<iptables::IPTables, String> {
+    let mut ipt = iptables::new(false)
+        .map_err(|e| format!("cannot run iptables: {e}; install the iptables package"))?;
+    ipt.set_numeric(true);
+    Ok(ipt)
+}
+
+/// Makes sure every rule exists (creating weft's chains first); returns how many were added.
+fn ensure(rules: &[Rule]) -> Result<usize, String> {
+    let ipt = open()?;
+    for (table, chain) in [("nat", NAT_CHAIN), ("filter", FWD_CHAIN)] {
+        if !ipt.chain_exists(table, chain).map_err(|e| e.to_string())? {
+            ipt.new_chain(table, chain)
+                .map_err(|e| format!("creating {table}/{chain}: {e}"))?;
+        }
+    }
+    let mut added = 0;
+    // Chain rules in order, then the jumps into them.
+    let (jumps, body): (Vec<&Rule>, Vec<&Rule>) = rules
+        .iter()
+        .partition(|r| r.chain == "POSTROUTING" || r.chain == "FORWARD");
+    for r in body.into_iter().chain(jumps) {
+        if !ipt
+            .exists(r.table, r.chain, &r.spec)
+            .map_err(|e| e.to_string())?
+        {
+            ipt.append(r.table, r.chain, &r.spec)
+                .map_err(|e| format!("adding `{}` to {}/{}: {e}", r.spec, r.table, r.chain))?;
+            added += 1;
+        }
+    }
+    Ok(added)
+}
+
+/// Removes the jumps and weft's chains.
+fn remove(rules: &[Rule]) -> Result<(), String> {
+    let ipt = open()?;
+    for r in rules
+        .iter()
+        .filter(|r| r.chain == "POSTROUTING" || r.chain == "FORWARD")
+    {
+        if ipt.exists(r.table, r.chain, &r.spec).unwrap_or(false) {
+            ipt.delete(r.table, r.chain, &r.spec)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    for (table, chain) in [("nat", NAT_CHAIN), ("filter", FWD_CHAIN)] {
+        if ipt.chain_exists(table, chain).unwrap_or(false) {
+            ipt.flush_chain(table, chain).map_err(|e| e.to_string())?;
+            ipt.delete_chain(table, chain).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// The running rule keeper.
+pub struct Masquerade {
+    rules: Vec<Rule>,
+    task: JoinHandle<()>,
+}
+
+impl Masquerade {
+    /// Installs the rules now (an error here is fatal: the operator asked for masquerading) and keeps
+    /// re-checking them.
+    pub async fn start(network: Ipv4Net, subnet: Ipv4Net) -> Result<Masquerade, String> {
+        let rules = rules(network, subnet);
+        let r = rules.clone();
+        tokio::task::spawn_blocking(move || ensure(&r))
+            .await
+            .map_err(|e| e.to_string())??;
+        info!(%network, %subnet, "ip-masq rules installed");
+        let r = rules.clone();
+        let task = tokio::spawn(async move {
+            let mut last_err: Option<String> = None;
+            loop {
+                tokio::time::sleep(RESYNC).await;
+                let r2 = r.clone();
+                match tokio::task::spawn_blocking(move || ensure(&r2)).await {
+                    Ok(Ok(0)) => last_err = None,
+                    Ok(Ok(n)) => info!(
+                        restored = n,
+                        "ip-masq rules had been removed; put them back"
+                    ),
+                    Ok(Err(e)) => {
+                        if last_err.as_deref() != Some(e.as_str()) {
+                            warn!("cannot check the ip-masq rules: {e}; retrying");
+                            last_err = Some(e);
+                        }
+                    }
+                    Err(e) => warn!("ip-masq check failed: {e}"),
+                }
+            }
+        });
+        Ok(Masquerade { rules, task })
+    }
+
+    /// Stops re-checking and removes the rules.
+    pub async fn stop(self) {
+        self.task.abort();
+        let rules = self.rules;
+        match tokio::task::spawn_blocking(move || remove(&rules)).await {
+            Ok(Ok(())) => info!("ip-masq rules removed"),
+            Ok(Err(e)) => warn!("cannot remove the ip-masq rules: {e}"),
+            Err(e) => warn!("cannot remove the ip-masq rules: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flannels_rules_for_a_host() {
+        let r = rules(
+            "10.5.0.0/16".parse().unwrap(),
+            "10.5.7.0/24".parse().unwrap(),
+        );
+        let specs: Vec<String> = r
+            .iter()
+            .map(|r| format!("{} {} {}", r.table, r.chain, r.spec))
+            .collect();
+        assert!(
+            specs.contains(&"nat WEFT-POSTRTG -s 10.5.7.0/24 -d 10.5.0.0/16 -j RETURN".to_string())
+        );
+        assert!(specs.contains(
+            &"nat WEFT-POSTRTG -s 10.5.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE --random-fully"
+                .to_string()
+        ));
+        assert!(specs.contains(&"filter WEFT-FWD -d 10.5.0.0/16 -j ACCEPT".to_string()));
+        // The overlay RETURNs come before the MASQUERADE that would otherwise catch them.
+        let ret = specs
+            .iter()
+            .position(|s| s.ends_with("-d 10.5.0.0/16 -j RETURN"))
+            .unwrap();
+        let masq = specs.iter().position(|s| s.contains("MASQUERADE")).unwrap();
+        assert!(ret < masq);
+        assert_eq!(
+            r.iter()
+                .filter(|r| r.chain == "POSTROUTING" || r.chain == "FORWARD")
+                .count(),
+            2
+        );
+    }
+}
