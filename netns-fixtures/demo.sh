@@ -3,19 +3,23 @@
 # underlay bridge, and shows the leases, each host's subnet.env and route table; then gives each host a
 # "container" on a bridge holding its leased subnet (as dockerd --bip would) and shows containers on
 # different hosts reaching each other through weft (ping matrix, a short iperf3). Cleans up on exit.
-#   usage: netns-fixtures/demo.sh [--hosts N] [--backend vxlan|udp] [--keep]
+# With --docker, each host runs a real dockerd (options from `weft docker-opts`, weft doing --ip-masq) and the
+# containers are busybox containers built locally with `docker import`.
+#   usage: netns-fixtures/demo.sh [--hosts N] [--backend vxlan|udp] [--docker] [--keep]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 HOSTS=3
 BACKEND=vxlan
 KEEP=0
+DOCKER=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --docker) DOCKER=1; shift ;;
     --hosts) HOSTS="$2"; shift 2 ;;
     --backend) BACKEND="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    *) echo "usage: $0 [--hosts N] [--backend vxlan|udp] [--keep]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--hosts N] [--backend vxlan|udp] [--docker] [--keep]" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (it creates network namespaces)" >&2; exit 1; }
@@ -31,8 +35,14 @@ WORK=$(mktemp -d "/tmp/weft-demo-XXXXXX")
 ETCD_IP=10.250.0.254
 PIDS=()
 
+DPIDS=()
 cleanup() {
   set +e
+  for i in $(seq 1 "$HOSTS"); do
+    [ -S "$WORK/d$i/docker.sock" ] && docker -H "unix://$WORK/d$i/docker.sock" rm -f "c$i" >/dev/null 2>&1
+  done
+  for p in "${DPIDS[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${DPIDS[@]}"; do wait "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
   for i in $(seq 1 "$HOSTS"); do ip netns del "$ID-h$i" 2>/dev/null; ip netns del "$ID-c$i" 2>/dev/null; done
@@ -79,7 +89,8 @@ echo "== starting weft on $HOSTS hosts"
 for i in $(seq 1 "$HOSTS"); do
   ns="$ID-h$i"
   mkdir -p "$WORK/h$i"
-  ip netns exec "$ns" "$WEFT" run "$EP" --subnet-file "$WORK/h$i/subnet.env" >"$WORK/h$i/weft.log" 2>&1 &
+  MASQ=""; [ "$DOCKER" = 1 ] && MASQ="--ip-masq"
+  ip netns exec "$ns" "$WEFT" run "$EP" $MASQ --subnet-file "$WORK/h$i/subnet.env" >"$WORK/h$i/weft.log" 2>&1 &
   PIDS+=($!)
 done
 for i in $(seq 1 "$HOSTS"); do
@@ -108,6 +119,49 @@ for i in $(seq 1 "$HOSTS"); do
   sed 's/^/   /' "$WORK/h$i/subnet.env"
   "$WEFT" docker-opts -f "$WORK/h$i/subnet.env" -d - -c | sed 's/^/   /'
 done
+
+if [ "$DOCKER" = 1 ]; then
+  echo
+  echo "== dockerd on each host, started with the options weft docker-opts wrote; one busybox container each"
+  mkdir -p "$WORK/img/bin"; cp /bin/busybox "$WORK/img/bin/"
+  for a in sh ping sleep wget nc; do ln -sf busybox "$WORK/img/bin/$a"; done
+  tar -C "$WORK/img" -cf "$WORK/busybox.tar" .
+  CIPS=()
+  for i in $(seq 1 "$HOSTS"); do
+    d="$WORK/d$i"; mkdir -p "$d"
+    "$WEFT" docker-opts -f "$WORK/h$i/subnet.env" -d "$d/docker_opts.env" -c
+    . "$d/docker_opts.env"
+    echo "   host $i: dockerd $DOCKER_OPTS"
+    # shellcheck disable=SC2086
+    nsenter --net="/var/run/netns/$ID-h$i" dockerd $DOCKER_OPTS --data-root "$d/root" --exec-root "$d/exec" \
+      -H "unix://$d/docker.sock" --pidfile "$d/docker.pid" --storage-driver vfs >"$d/dockerd.log" 2>&1 &
+    DPIDS+=($!)
+    D="docker -H unix://$d/docker.sock"
+    for _ in $(seq 1 120); do $D info >/dev/null 2>&1 && break; sleep 0.5; done
+    $D import "$WORK/busybox.tar" weft-busybox:1 >/dev/null
+    $D run -d --name "c$i" weft-busybox:1 sleep 3600 >/dev/null
+    CIPS+=("$($D inspect -f '{{.NetworkSettings.IPAddress}}' "c$i")")
+    echo "   host $i: container c$i ${CIPS[$((i-1))]}"
+  done
+  echo
+  echo "== ping matrix (docker exec cI ping cJ, across hosts)"
+  for i in $(seq 1 "$HOSTS"); do
+    line="   from c$i:"
+    for j in $(seq 1 "$HOSTS"); do
+      [ "$i" = "$j" ] && continue
+      if docker -H "unix://$WORK/d$i/docker.sock" exec "c$i" ping -c2 -W2 "${CIPS[$((j-1))]}" >/dev/null 2>&1; then r=ok; else r=FAIL; fi
+      line="$line  c$j ${CIPS[$((j-1))]} $r"
+    done
+    echo "$line"
+  done
+  echo
+  echo "== c1 reaches the outside (the underlay switch, $ETCD_IP) through weft's --ip-masq"
+  if docker -H "unix://$WORK/d1/docker.sock" exec c1 ping -c2 -W2 "$ETCD_IP" >/dev/null 2>&1; then echo "   ok"; else echo "   FAIL"; fi
+  [ "$KEEP" = 1 ] && { echo; echo "== running; namespaces $ID-*; logs in $WORK. Ctrl-C to stop and clean up."; wait "${PIDS[0]}"; }
+  echo
+  echo "== demo done; cleaning up"
+  exit 0
+fi
 
 echo
 echo "== containers: a bridge with each host's subnet .1 and a container namespace with .2 (what dockerd --bip builds)"
