@@ -357,16 +357,22 @@ impl Weft {
             "--dataplane=none".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::launch(etcd, None, public_ip, args)
+        Self::launch(etcd, None, public_ip, args, None)
     }
 
     /// Starts a daemon inside host namespace `ns` whose underlay address is `public_ip`.
     pub fn start_in(etcd: &Etcd, ns: &str, public_ip: &str, extra: &[&str]) -> Weft {
         let args = extra.iter().map(|s| s.to_string()).collect();
-        Self::launch(etcd, Some(ns.to_string()), public_ip, args)
+        Self::launch(etcd, Some(ns.to_string()), public_ip, args, None)
     }
 
-    fn launch(etcd: &Etcd, ns: Option<String>, public_ip: &str, extra: Vec<String>) -> Weft {
+    fn launch(
+        etcd: &Etcd,
+        ns: Option<String>,
+        public_ip: &str,
+        extra: Vec<String>,
+        pre: Option<String>,
+    ) -> Weft {
         let dir = tempfile::Builder::new()
             .prefix("weft-host-")
             .tempdir()
@@ -380,7 +386,7 @@ impl Weft {
             healthz_port: free_port(),
             args,
             ns,
-            pre: None,
+            pre,
         };
         w.spawn();
         w
@@ -394,23 +400,14 @@ impl Weft {
         extra: &[&str],
         pre: &str,
     ) -> Weft {
-        let dir = tempfile::Builder::new()
-            .prefix("weft-host-")
-            .tempdir()
-            .expect("tempdir");
-        let mut args = etcd.weft_args();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut w = Weft {
-            child: None,
-            dir,
-            public_ip: public_ip.to_string(),
-            healthz_port: free_port(),
+        let args = extra.iter().map(|s| s.to_string()).collect();
+        Self::launch(
+            etcd,
+            Some(ns.to_string()),
+            public_ip,
             args,
-            ns: Some(ns.to_string()),
-            pre: Some(pre.to_string()),
-        };
-        w.spawn();
-        w
+            Some(pre.to_string()),
+        )
     }
 
     /// GET on the daemon's HTTP endpoint (inside its namespace).

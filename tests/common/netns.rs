@@ -184,6 +184,12 @@ impl Bed {
         let subnet = self.weft(i).wait_subnet();
         let (net, len) = subnet.split_once('/').expect("subnet with length");
         let base: Ipv4Addr = net.parse().expect("subnet address");
+        self.add_container(i, base, len.parse().expect("prefix length"))
+    }
+
+    /// Builds a bridge `cbr0` with `<base>.1/len` on host `i` and a container namespace with `<base>.2`
+    /// behind it, routed through the bridge. Returns the container's address.
+    fn add_container(&mut self, i: usize, base: Ipv4Addr, len: u8) -> Ipv4Addr {
         let gw = Ipv4Addr::from(u32::from(base) + 1);
         let cip = Ipv4Addr::from(u32::from(base) + 2);
         let c = Netns::new(format!("{}-c{}", self.id, i + 1));
@@ -357,38 +363,7 @@ impl Bed {
         let out = exec(&h, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
         assert!(out.status.success());
         // The container side, as dockerd --bip=<subnet>.1/24 would build it.
-        let gw = Ipv4Addr::from(u32::from(subnet_base) + 1);
-        let cip = Ipv4Addr::from(u32::from(subnet_base) + 2);
-        let c = Netns::new(format!("{}-c{}", self.id, i + 1));
-        ip(&["-n", &h, "link", "add", "cbr0", "type", "bridge"]);
-        ip(&["-n", &h, "addr", "add", &format!("{gw}/24"), "dev", "cbr0"]);
-        ip(&["-n", &h, "link", "set", "cbr0", "up"]);
-        ip(&[
-            "link", "add", "eth0", "netns", &c.name, "type", "veth", "peer", "name", "vc", "netns",
-            &h,
-        ]);
-        ip(&["-n", &h, "link", "set", "vc", "master", "cbr0", "up"]);
-        ip(&[
-            "-n",
-            &c.name,
-            "addr",
-            "add",
-            &format!("{cip}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &c.name, "link", "set", "eth0", "up"]);
-        ip(&[
-            "-n",
-            &c.name,
-            "route",
-            "add",
-            "default",
-            "via",
-            &gw.to_string(),
-        ]);
-        self.hosts[i].container = Some(c);
-        self.hosts[i].container_ip = Some(cip);
+        self.add_container(i, subnet_base, 24);
     }
 
     /// On kernel host `i`, installs flanneld's neighbour, FDB and route entries for a peer lease.
