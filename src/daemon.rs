@@ -540,7 +540,7 @@ async fn keep_lease(
 ) -> Result<(), DaemonError> {
     let mut next_renew = Instant::now() + renew_every;
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    let mut wait = CHECK_INTERVAL;
+    let mut wait = CHECK_INTERVAL.min(renew_every);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {},

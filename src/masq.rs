@@ -87,11 +87,34 @@ fn ensure(rules: &[Rule]) -> Result<usize, String> {
         }
     }
     let mut added = 0;
-    // Chain rules in order, then the jumps into them.
-    let (jumps, body): (Vec<&Rule>, Vec<&Rule>) = rules
+    // weft's chains must hold their rules in order (a RETURN after the MASQUERADE it should pre-empt is
+    // useless): if any is missing, rebuild the chain.
+    for (table, chain) in [("nat", NAT_CHAIN), ("filter", FWD_CHAIN)] {
+        let body: Vec<&Rule> = rules
+            .iter()
+            .filter(|r| r.table == table && r.chain == chain)
+            .collect();
+        let mut complete = true;
+        for r in &body {
+            complete &= ipt
+                .exists(table, chain, &r.spec)
+                .map_err(|e| e.to_string())?;
+        }
+        if !complete {
+            ipt.flush_chain(table, chain)
+                .map_err(|e| format!("flushing {table}/{chain}: {e}"))?;
+            for r in &body {
+                ipt.append(table, chain, &r.spec)
+                    .map_err(|e| format!("adding `{}` to {table}/{chain}: {e}", r.spec))?;
+            }
+            added += body.len();
+        }
+    }
+    // Then the jumps into them.
+    for r in rules
         .iter()
-        .partition(|r| r.chain == "POSTROUTING" || r.chain == "FORWARD");
-    for r in body.into_iter().chain(jumps) {
+        .filter(|r| r.chain == "POSTROUTING" || r.chain == "FORWARD")
+    {
         if !ipt
             .exists(r.table, r.chain, &r.spec)
             .map_err(|e| e.to_string())?

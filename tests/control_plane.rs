@@ -361,3 +361,68 @@ fn docker_opts_from_subnet_env() {
         String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/subnet.env")
     );
 }
+
+#[test]
+fn short_lease_is_renewed_before_it_expires() {
+    let etcd = Etcd::start();
+    etcd.set_config(VXLAN);
+    let a = Weft::start(
+        &etcd,
+        "127.19.0.1",
+        &["--subnet-lease-ttl=6s", "--subnet-lease-renew-margin=4s"],
+    );
+    let s = a.wait_subnet();
+    let key = format!("/coreos.com/network/subnets/{}", s.replace('/', "-"));
+    // Three TTLs later the key is still there, kept by renewals, never re-created.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(18) {
+        assert!(
+            etcd.get(&key).is_some(),
+            "lease expired at {:?}",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let renewals = a.metric("weft_lease_renewals_total").unwrap();
+    assert!(renewals >= 3, "renewals: {renewals}");
+    assert!(!a.log().contains("re-created it"), "{}", a.log());
+}
+
+#[test]
+fn watch_relists_after_compaction_while_disconnected() {
+    use nix::sys::signal::{kill, Signal};
+    let mut etcd = Etcd::start();
+    etcd.set_config(VXLAN);
+    let a = Weft::start(&etcd, "127.20.0.1", &[]);
+    let mut b = Weft::start(&etcd, "127.20.0.2", &[]);
+    let sa = a.wait_subnet();
+    let sb = b.wait_subnet();
+    a.wait_peers(std::slice::from_ref(&sb), T);
+    // Freeze A, break its watch by restarting etcd, change the leases and compact the history away.
+    let pid = nix::unistd::Pid::from_raw(a.pid() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    b.kill();
+    etcd.restart();
+    let key_b = format!("/coreos.com/network/subnets/{}", sb.replace('/', "-"));
+    assert!(etcd.etcdctl(&["del", &key_b]).status.success());
+    let lease = r#"{"PublicIP":"127.20.0.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:03"}}"#;
+    assert!(etcd
+        .etcdctl(&["put", "/coreos.com/network/subnets/10.5.250.0-24", lease])
+        .status
+        .success());
+    let status =
+        String::from_utf8_lossy(&etcd.etcdctl(&["endpoint", "status", "-w", "json"]).stdout)
+            .into_owned();
+    let rev = serde_json::from_str::<serde_json::Value>(&status).unwrap()[0]["Status"]["header"]
+        ["revision"]
+        .as_i64()
+        .unwrap();
+    assert!(etcd
+        .etcdctl(&["compact", &rev.to_string()])
+        .status
+        .success());
+    kill(pid, Signal::SIGCONT).unwrap();
+    a.wait_peers(&["10.5.250.0/24".to_string()], Duration::from_secs(30));
+    assert!(a.log().contains("re-listing all leases"), "{}", a.log());
+    assert_eq!(a.subnet().unwrap(), sa);
+}

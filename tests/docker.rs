@@ -125,6 +125,13 @@ fn containers_on_real_dockerd_across_hosts_with_ip_masq() {
         "{}",
         nat(&h0)
     );
+    // Removed by hand, the rules come back within the resync period.
+    netns::ip_netns_exec_ok(&h0, "iptables", &["-t", "nat", "-F", "WEFT-POSTRTG"]);
+    wait_for("masquerade rules restored", Duration::from_secs(15), || {
+        nat(&h0)
+            .contains("-A WEFT-POSTRTG -s 10.5.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE")
+            .then_some(())
+    });
     bed.hosts[0].weft.as_mut().unwrap().stop();
     assert!(
         !nat(&h0).contains("WEFT-POSTRTG"),

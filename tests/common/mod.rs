@@ -517,6 +517,11 @@ impl Weft {
         );
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
     /// True while the process has not exited.
     pub fn running(&mut self) -> bool {
         match self.child.as_mut() {

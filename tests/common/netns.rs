@@ -44,6 +44,17 @@ pub fn exec(ns: &str, program: &str, args: &[&str]) -> Output {
         .expect("run in netns")
 }
 
+/// Runs a program inside namespace `ns`, panicking with its stderr on failure.
+pub fn ip_netns_exec_ok(ns: &str, program: &str, args: &[&str]) {
+    let out = exec(ns, program, args);
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs `f` on a thread that has entered network namespace `ns` (a name, or a path such as
 /// `/proc/PID/ns/net`).
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
