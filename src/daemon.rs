@@ -210,13 +210,9 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     }
     let store = Store::connect(&opts.etcd).await?;
     let main = control_plane(&opts, &underlay, store, shared.clone(), renew_every);
-    tokio::select! {
+    let result = tokio::select! {
         r = main => r,
         _ = shutdown_signal() => {
-            let masq = shared.masq.lock().expect("masq lock").take();
-            if let Some(m) = masq {
-                m.stop().await;
-            }
             let subnet = shared.own.lock().expect("own lock").as_ref().map(|o| o.subnet);
             match subnet {
                 Some(s) => info!(subnet = %s, "stopping; keeping the lease so a restart gets the same subnet"),
@@ -224,7 +220,13 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             }
             Ok(())
         }
+    };
+    // On every way out, weft's own iptables rules go with it.
+    let masq = shared.masq.lock().expect("masq lock").take();
+    if let Some(m) = masq {
+        m.stop().await;
     }
+    result
 }
 
 async fn shutdown_signal() {
