@@ -131,6 +131,8 @@ pub struct Shared {
     pub watch_events: AtomicU64,
     pub watch_restarts: AtomicU64,
     pub workers: Mutex<Vec<Arc<WorkerCounters>>>,
+    /// The data plane in use ("userspace", "kernel", "none"; "" before it started).
+    pub dataplane: Mutex<&'static str>,
     /// The --ip-masq rule keeper, taken and stopped (rules removed) on a clean exit.
     pub masq: Mutex<Option<crate::masq::Masquerade>>,
     /// Signalled whenever the route table changes (the kernel backend reconciles on it).
@@ -143,6 +145,8 @@ pub struct Shared {
 pub struct StatusReport {
     pub ready: bool,
     pub etcd_connected: bool,
+    /// The data plane in use: "userspace", "kernel" or "none" (empty before it started).
+    pub dataplane: &'static str,
     pub lease: Option<OwnLease>,
     pub peers: Vec<Peer>,
 }
@@ -154,6 +158,7 @@ impl Shared {
         let workers = self.workers.lock().expect("workers lock");
         MetricsView {
             lease_held: self.own.lock().expect("own lock").is_some(),
+            dataplane: *self.dataplane.lock().expect("dataplane lock"),
             lease_ttl_seconds: (ttl > 0).then_some(ttl),
             etcd_connected: self.etcd_connected.load(Ordering::Relaxed),
             ready: self.ready.load(Ordering::Relaxed),
@@ -170,6 +175,7 @@ impl Shared {
         StatusReport {
             ready: self.ready.load(Ordering::Relaxed),
             etcd_connected: self.etcd_connected.load(Ordering::Relaxed),
+            dataplane: *self.dataplane.lock().expect("dataplane lock"),
             lease: self.own.lock().expect("own lock").clone(),
             peers: self.routes.load().peers().to_vec(),
         }
@@ -251,6 +257,11 @@ async fn control_plane(
     let previous = read_previous_subnet(&opts.subnet_file);
     let mut own = acquire(&store, &shared, &cfg, underlay, previous, opts.lease_ttl).await?;
     let _dataplane = start_dataplane(opts, &cfg, &own, underlay, shared.clone()).await?;
+    *shared.dataplane.lock().expect("dataplane lock") = match &_dataplane {
+        Some(ActiveDataPlane::Userspace(_)) => "userspace",
+        Some(ActiveDataPlane::Kernel(_)) => "kernel",
+        None => "none",
+    };
     if opts.ip_masq {
         let m = crate::masq::Masquerade::start(cfg.network, own.subnet)
             .await

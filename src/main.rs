@@ -434,9 +434,13 @@ fn print_status(body: &str) -> Result<(), String> {
         );
     }
     println!(
-        "ready: {}, etcd connected: {}",
+        "ready: {}, etcd connected: {}, data plane: {}",
         v["ready"].as_bool().unwrap_or(false),
-        v["etcd_connected"].as_bool().unwrap_or(false)
+        v["etcd_connected"].as_bool().unwrap_or(false),
+        v["dataplane"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("not started")
     );
     let peers = v["peers"].as_array().cloned().unwrap_or_default();
     println!("peers: {}", peers.len());

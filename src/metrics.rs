@@ -118,6 +118,8 @@ impl CounterTotals {
 #[derive(Debug, Default, Clone)]
 pub struct MetricsView {
     pub lease_held: bool,
+    /// "userspace", "kernel", "none", or "" before the data plane started.
+    pub dataplane: &'static str,
     pub lease_ttl_seconds: Option<i64>,
     pub etcd_connected: bool,
     pub ready: bool,
