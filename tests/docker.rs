@@ -8,31 +8,13 @@ use std::time::Duration;
 
 use common::docker::Dockerd;
 use common::netns::{self, accept_one, connect_from, Bed, ETCD_IP};
-use common::{wait_for, weft};
+use common::wait_for;
 
 const T: Duration = Duration::from_secs(30);
 
-/// Runs `weft docker-opts` on a host's subnet.env and returns the dockerd options it wrote.
+/// The dockerd options `weft docker-opts` wrote for a host's subnet.env.
 fn docker_opts(subnet_file: &std::path::Path) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("docker_opts.env");
-    let out = weft(
-        &[],
-        &[
-            "docker-opts",
-            "-f",
-            subnet_file.to_str().unwrap(),
-            "-d",
-            dest.to_str().unwrap(),
-            "-c",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(dest).unwrap();
+    let text = common::docker_opts_file(subnet_file);
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("DOCKER_OPTS="))

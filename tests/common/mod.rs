@@ -323,6 +323,23 @@ pub fn weft(common: &[String], args: &[&str]) -> Output {
     weft_in(None, common, args)
 }
 
+/// Runs `weft docker-opts -c` on a subnet.env and returns the text of the options file it wrote.
+pub fn docker_opts_file(subnet_file: &Path) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("docker_opts.env");
+    let (f, d) = (
+        subnet_file.to_str().expect("utf-8"),
+        dest.to_str().expect("utf-8"),
+    );
+    let out = weft(&[], &["docker-opts", "-f", f, "-d", d, "-c"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(dest).expect("options file")
+}
+
 /// Runs the weft binary to completion inside namespace `ns` (or here).
 pub fn weft_in(ns: Option<&str>, common: &[String], args: &[&str]) -> Output {
     // Subcommand words first, then the shared flags (`config set JSON --etcd-endpoints ...`).
