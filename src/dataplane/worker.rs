@@ -116,7 +116,7 @@ impl Worker {
                     ],
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => {
-                        self.log_error(&format!("poll failed: {e}"));
+                        self.log_error(|| format!("poll failed: {e}"));
                         std::thread::sleep(Duration::from_millis(10));
                         continue;
                     }
@@ -167,14 +167,18 @@ impl Worker {
                 .sum::<u64>()
     }
 
-    fn log_error(&mut self, msg: &str) {
+    /// Logs an I/O error at most once a minute; the message is only built when it is logged.
+    fn log_error(&mut self, msg: impl FnOnce() -> String) {
         let now = Instant::now();
         if self
             .last_error_log
             .is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
         {
             self.last_error_log = Some(now);
-            warn!("data plane: {msg} (further such errors are counted in /metrics, logged once a minute)");
+            warn!(
+                "data plane: {} (further such errors are counted in /metrics, logged once a minute)",
+                msg()
+            );
         }
     }
 
@@ -194,7 +198,7 @@ impl Worker {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    self.log_error(&format!("reading the tun device failed: {e}"));
+                    self.log_error(|| format!("reading the tun device failed: {e}"));
                     return false;
                 }
             };
@@ -324,7 +328,7 @@ impl Worker {
 
     fn send_failed(&mut self, dst: SocketAddr, e: &std::io::Error) {
         self.counters.dropped(DropReason::IoError);
-        self.log_error(&format!("sending to {dst} failed: {e}"));
+        self.log_error(|| format!("sending to {dst} failed: {e}"));
     }
 
     /// Writes an ICMP net-unreachable about the packet in tx_buf back into the tun (rate-limited).
@@ -384,7 +388,7 @@ impl Worker {
                     Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        self.log_error(&format!("receiving from the underlay failed: {e}"));
+                        self.log_error(|| format!("receiving from the underlay failed: {e}"));
                         return false;
                     }
                 }
