@@ -49,18 +49,18 @@ fn routes() -> RouteSnapshot {
     }])
 }
 
-fn inbound() -> Inbound {
+fn inbound(tun_offload: bool) -> Inbound {
     Inbound {
         own: "10.5.1.0/24".parse().expect("subnet"),
         encap: Encap::Vxlan { vni: 1, mac: OURS },
         mtu: 1450,
-        split_oversize: false,
+        tun_offload,
     }
 }
 
 fn encap_decap(c: &mut Criterion) {
     let r = routes();
-    let rx = inbound();
+    let (rx, rx_offload) = (inbound(false), inbound(true));
     for size in [64usize, 1400] {
         let p = tcp_packet(size, 1);
         let mut buf = vec![0u8; VXLAN_ENCAP + size];
@@ -84,6 +84,17 @@ fn encap_decap(c: &mut Criterion) {
             b.iter(|| black_box(decap(black_box(&buf), 1, OURS)))
         });
         let mut scratch = vec![0u8; 1450];
+        g.bench_function("decap + every inbound check (tun offload path)", |b| {
+            b.iter(|| {
+                let mut n = 0;
+                rx_offload
+                    .receive(&r, PEER, black_box(&mut buf), &mut scratch, |d| {
+                        n += d.len()
+                    })
+                    .expect("valid");
+                black_box(n)
+            })
+        });
         g.bench_function("decap + every inbound check + checksum verification", |b| {
             b.iter(|| {
                 let mut n = 0;
@@ -139,7 +150,7 @@ fn gro(c: &mut Criterion) {
 
 fn pipeline(c: &mut Criterion) {
     let r = routes();
-    let rx = inbound();
+    let rx = inbound(true);
     let p = tcp_packet(1400, 1);
     let mut buf = vec![0u8; VXLAN_ENCAP + 1400];
     let mut scratch = vec![0u8; 1450];

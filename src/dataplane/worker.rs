@@ -368,7 +368,7 @@ impl Worker {
             own: self.cfg.own_subnet,
             encap: self.cfg.encap,
             mtu,
-            split_oversize: !self.vnet,
+            tun_offload: self.vnet,
         };
         let prefix = match self.cfg.encap {
             Encap::Vxlan { .. } => VXLAN_ENCAP,

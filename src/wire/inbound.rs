@@ -28,10 +28,12 @@ pub struct Inbound {
     /// Our leased subnet: inner destinations must lie in it.
     pub own: Ipv4Net,
     pub encap: Encap,
-    /// The tun MTU: larger TCP packets are segmented to it when `split_oversize`.
+    /// The tun MTU: without tun offloads, larger TCP packets are segmented to it.
     pub mtu: usize,
-    /// Segment packets above the MTU here (without tun offloads); else deliver them whole.
-    pub split_oversize: bool,
+    /// The tun takes virtio-net headers: deliver packets whole and leave checksums to the GRO
+    /// coalescer (which hands TCP checksums to the kernel). Without it, segment oversized TCP packets
+    /// and complete partial checksums here.
+    pub tun_offload: bool,
 }
 
 /// The length of each datagram in a received buffer of `payload.len()` bytes that the kernel reported
@@ -68,7 +70,9 @@ impl Inbound {
         };
         let len = check_inner(routes, self.own, src, peer_subnet, &payload[start..])?;
         let packet = &mut payload[start..start + len];
-        if len > self.mtu && self.split_oversize {
+        if self.tun_offload {
+            deliver(packet);
+        } else if len > self.mtu {
             // A TCP super-packet from a kernel peer over a virtual link: segment it.
             split_tcp(packet, self.mtu, scratch, deliver).map_err(|_| DropReason::TooBig)?;
         } else {
@@ -109,7 +113,7 @@ mod tests {
             own: "10.5.1.0/24".parse().unwrap(),
             encap: Encap::Vxlan { vni: 1, mac: OURS },
             mtu: 1450,
-            split_oversize: true,
+            tun_offload: false,
         };
         rx.receive(
             &routes(),
@@ -188,7 +192,7 @@ mod tests {
                     own,
                     encap,
                     mtu: 1450,
-                    split_oversize: true,
+                    tun_offload: false,
                 };
                 let _ = rx.receive(&r, Ipv4Addr::new(192, 0, 2, 2), &mut p, &mut scratch, |d| {
                     assert!(d.len() <= 1450)
