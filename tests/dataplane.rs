@@ -248,16 +248,19 @@ fn hostile_input_is_dropped_and_counted(backend: &str) {
             .metric(&format!("weft_drops_total{{reason=\"{r}\"}}"))
             .unwrap()
     };
-    let before: Vec<u64> = [
-        "truncated",
-        "bad_vni",
-        "unknown_sender",
-        "spoofed_source",
-        "not_for_us",
-    ]
-    .iter()
-    .map(|r| read(r))
-    .collect();
+    let drops = || -> Vec<u64> {
+        [
+            "truncated",
+            "bad_vni",
+            "unknown_sender",
+            "spoofed_source",
+            "not_for_us",
+        ]
+        .iter()
+        .map(|r| read(r))
+        .collect()
+    };
+    let before = drops();
     // 1. truncated
     send(if vx {
         vec![0x08, 0, 0, 0, 0, 0, 1]
@@ -291,16 +294,7 @@ fn hostile_input_is_dropped_and_counted(backend: &str) {
         vec![b"control".to_vec()],
         "only the control packet was delivered"
     );
-    let after: Vec<u64> = [
-        "truncated",
-        "bad_vni",
-        "unknown_sender",
-        "spoofed_source",
-        "not_for_us",
-    ]
-    .iter()
-    .map(|r| read(r))
-    .collect();
+    let after = drops();
     assert!(
         after[0] >= before[0] + 2,
         "truncated {before:?} -> {after:?}"

@@ -64,7 +64,7 @@ impl Offloads {
 /// Why the data plane could not start; each names the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum DataPlaneError {
-    #[error("cannot create tun device {name}: {source}; is /dev/net/tun present (modprobe tun) and is weft running as root (CAP_NET_ADMIN)?")]
+    #[error("cannot create tun device {name}: {source}; is /dev/net/tun present (modprobe tun) and is weft running as root (CAP_NET_ADMIN)? --dataplane kernel (or auto) does without it")]
     Tun {
         name: String,
         source: std::io::Error,

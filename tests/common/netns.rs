@@ -394,7 +394,7 @@ impl Bed {
             "nud",
             "permanent",
         ]);
-        let out = exec(
+        ip_netns_exec_ok(
             h,
             "bridge",
             &[
@@ -408,11 +408,6 @@ impl Bed {
                 "self",
                 "permanent",
             ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
         );
         ip(&[
             "-n",
