@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side data plane benchmark on one two-host netns bed, in one run: the underlay itself, kernel VXLAN
-# set up as flanneld does, weft's userspace vxlan (with and without its fast paths), weft udp, and weft's
+# set up as flanneld does, weft's userspace vxlan (with and without its fast paths, and over AF_XDP), weft udp, and weft's
 # kernel backend. For each: iperf3 TCP 1 and 4 streams, 64-byte UDP packet rate, ping RTT p50/p99, and weft's
 # CPU seconds per GB moved. Prints one table with every figure also as a ratio to kernel VXLAN, and writes it
 # to bench-results/. A benchmark: it never fails on a number.
@@ -185,6 +185,13 @@ fi
 if want weft-vxlan-plain; then
   start_weft vxlan userspace --no-offload --no-batch --workers 1
   measure weft-vxlan-plain "$C1" "$C2" "$C2IP"
+  stop_weft
+fi
+
+if want weft-vxlan-afxdp; then
+  # AF_XDP on the underlay veths: copy mode only (veth has no zero-copy), no UDP GSO/GRO on that path.
+  start_weft vxlan userspace --underlay af-xdp
+  measure weft-vxlan-afxdp "$C1" "$C2" "$C2IP"
   stop_weft
 fi
 

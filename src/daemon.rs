@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub batch: bool,
     /// How long a worker keeps polling without sleeping after traffic.
     pub busy_poll: Duration,
+    /// How the userspace data plane reaches the underlay (UDP sockets or AF_XDP).
+    pub underlay: crate::dataplane::UnderlayIo,
 }
 
 /// Which data plane carries the overlay's packets.
@@ -133,6 +135,8 @@ pub struct Shared {
     pub workers: Mutex<Vec<Arc<WorkerCounters>>>,
     /// The data plane in use ("userspace", "kernel", "none"; "" before it started).
     pub dataplane: Mutex<&'static str>,
+    /// How the userspace data plane reaches the underlay ("udp" or "af_xdp (...)"; "" otherwise).
+    pub underlay: Mutex<String>,
     /// The --ip-masq rule keeper, taken and stopped (rules removed) on a clean exit.
     pub masq: Mutex<Option<crate::masq::Masquerade>>,
     /// Signalled whenever the route table changes (the kernel backend reconciles on it).
@@ -147,6 +151,8 @@ pub struct StatusReport {
     pub etcd_connected: bool,
     /// The data plane in use: "userspace", "kernel" or "none" (empty before it started).
     pub dataplane: &'static str,
+    /// For the userspace data plane: "udp", or "af_xdp (<mode> mode, copy|zero-copy, <n> of <m> workers)".
+    pub underlay: String,
     pub lease: Option<OwnLease>,
     pub peers: Vec<Peer>,
 }
@@ -159,6 +165,7 @@ impl Shared {
         MetricsView {
             lease_held: self.own.lock().expect("own lock").is_some(),
             dataplane: *self.dataplane.lock().expect("dataplane lock"),
+            underlay: self.underlay.lock().expect("underlay lock").clone(),
             lease_ttl_seconds: (ttl > 0).then_some(ttl),
             etcd_connected: self.etcd_connected.load(Ordering::Relaxed),
             ready: self.ready.load(Ordering::Relaxed),
@@ -176,6 +183,7 @@ impl Shared {
             ready: self.ready.load(Ordering::Relaxed),
             etcd_connected: self.etcd_connected.load(Ordering::Relaxed),
             dataplane: *self.dataplane.lock().expect("dataplane lock"),
+            underlay: self.underlay.lock().expect("underlay lock").clone(),
             lease: self.own.lock().expect("own lock").clone(),
             peers: self.routes.load().peers().to_vec(),
         }
@@ -201,6 +209,13 @@ impl Shared {
 pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let renew_every =
         renew_after(opts.lease_ttl, opts.renew_margin).map_err(DaemonError::Settings)?;
+    if matches!(opts.underlay, crate::dataplane::UnderlayIo::AfXdp(_))
+        && matches!(opts.dataplane, DataPlaneMode::Kernel | DataPlaneMode::None)
+    {
+        return Err(DaemonError::Settings(
+            "--underlay af-xdp is part of the userspace data plane; use it with --dataplane userspace (or auto)".into(),
+        ));
+    }
     let underlay = iface::detect(&opts.iface, opts.public_ip)?;
     info!(
         iface = %underlay.iface, public_ip = %underlay.public_ip, mtu = underlay.mtu,
@@ -258,7 +273,10 @@ async fn control_plane(
     let mut own = acquire(&store, &shared, &cfg, underlay, previous, opts.lease_ttl).await?;
     let _dataplane = start_dataplane(opts, &cfg, &own, underlay, shared.clone()).await?;
     *shared.dataplane.lock().expect("dataplane lock") = match &_dataplane {
-        Some(ActiveDataPlane::Userspace(_)) => "userspace",
+        Some(ActiveDataPlane::Userspace(d)) => {
+            *shared.underlay.lock().expect("underlay lock") = d.underlay.clone();
+            "userspace"
+        }
         Some(ActiveDataPlane::Kernel(_)) => "kernel",
         None => "none",
     };
@@ -383,6 +401,9 @@ async fn start_userspace(
         offload: opts.offload,
         batch: opts.batch,
         busy_poll: opts.busy_poll,
+        underlay: opts.underlay,
+        iface: underlay.iface.clone(),
+        iface_mtu: underlay.mtu,
     };
     Ok(DataPlane::start(dp, shared).await?)
 }

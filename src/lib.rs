@@ -16,3 +16,4 @@ pub mod routes;
 pub mod store;
 pub mod subnet_env;
 pub mod wire;
+pub mod xdp;

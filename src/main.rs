@@ -168,6 +168,19 @@ struct RunArgs {
     /// request/response traffic (0 turns it off).
     #[arg(long, env = "WEFT_BUSY_POLL_US", default_value_t = 0)]
     busy_poll_us: u64,
+    /// How the userspace data plane reaches the underlay: kernel UDP sockets, or AF_XDP sockets on the
+    /// underlay interface (an XDP program steers the overlay's UDP to them; other traffic is untouched).
+    #[arg(long, env = "WEFT_UNDERLAY", value_enum, default_value = "udp")]
+    underlay: UnderlayArg,
+    /// Where the AF_XDP steering program runs: in the driver where supported, else generic (auto).
+    #[arg(long, env = "WEFT_XDP_MODE", value_enum, default_value = "auto")]
+    xdp_mode: weft::xdp::XdpModeChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum UnderlayArg {
+    Udp,
+    AfXdp,
 }
 
 #[derive(Args)]
@@ -280,6 +293,10 @@ async fn dispatch(cmd: Cmd) -> Result<(), String> {
                 },
                 batch: !a.no_batch,
                 busy_poll: Duration::from_micros(a.busy_poll_us),
+                underlay: match a.underlay {
+                    UnderlayArg::Udp => weft::dataplane::UnderlayIo::Udp,
+                    UnderlayArg::AfXdp => weft::dataplane::UnderlayIo::AfXdp(a.xdp_mode),
+                },
             };
             daemon::run(opts).await.map_err(|e| e.to_string())
         }

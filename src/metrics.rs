@@ -67,6 +67,11 @@ pub struct WorkerCounters {
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub drops: [AtomicU64; DropReason::ALL.len()],
+    /// Underlay frames sent and received through AF_XDP sockets.
+    pub xdp_tx_frames: AtomicU64,
+    pub xdp_rx_frames: AtomicU64,
+    /// Datagrams the AF_XDP path handed to the kernel's UDP socket (next hop unknown or stale).
+    pub xdp_via_kernel: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -96,6 +101,9 @@ pub struct CounterTotals {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub drops: [u64; DropReason::ALL.len()],
+    pub xdp_tx_frames: u64,
+    pub xdp_rx_frames: u64,
+    pub xdp_via_kernel: u64,
 }
 
 impl CounterTotals {
@@ -106,6 +114,9 @@ impl CounterTotals {
             t.tx_bytes += w.tx_bytes.load(Ordering::Relaxed);
             t.rx_packets += w.rx_packets.load(Ordering::Relaxed);
             t.rx_bytes += w.rx_bytes.load(Ordering::Relaxed);
+            t.xdp_tx_frames += w.xdp_tx_frames.load(Ordering::Relaxed);
+            t.xdp_rx_frames += w.xdp_rx_frames.load(Ordering::Relaxed);
+            t.xdp_via_kernel += w.xdp_via_kernel.load(Ordering::Relaxed);
             for (d, s) in t.drops.iter_mut().zip(&w.drops) {
                 *d += s.load(Ordering::Relaxed);
             }
@@ -120,6 +131,8 @@ pub struct MetricsView {
     pub lease_held: bool,
     /// "userspace", "kernel", "none", or "" before the data plane started.
     pub dataplane: &'static str,
+    /// How the userspace data plane reaches the underlay ("udp", "af_xdp (...)"; "" otherwise).
+    pub underlay: String,
     pub lease_ttl_seconds: Option<i64>,
     pub etcd_connected: bool,
     pub ready: bool,
@@ -207,6 +220,14 @@ pub fn render(v: &MetricsView) -> String {
         "Times the etcd watch was re-established",
         v.watch_restarts,
     );
+    if !v.dataplane.is_empty() {
+        let _ = writeln!(o, "# HELP weft_dataplane_info The data plane in use and how it reaches the underlay\n# TYPE weft_dataplane_info gauge");
+        let _ = writeln!(
+            o,
+            "weft_dataplane_info{{kind=\"{}\",underlay=\"{}\"}} 1",
+            v.dataplane, v.underlay
+        );
+    }
     let c = &v.counters;
     let _ = writeln!(o, "# HELP weft_packets_total Packets carried by the data plane\n# TYPE weft_packets_total counter");
     let _ = writeln!(o, "weft_packets_total{{direction=\"tx\"}} {}", c.tx_packets);
@@ -217,6 +238,24 @@ pub fn render(v: &MetricsView) -> String {
     let _ = writeln!(
         o,
         "# HELP weft_drops_total Packets dropped, by reason\n# TYPE weft_drops_total counter"
+    );
+    let _ = writeln!(o, "# HELP weft_xdp_frames_total Underlay frames moved through AF_XDP sockets\n# TYPE weft_xdp_frames_total counter");
+    let _ = writeln!(
+        o,
+        "weft_xdp_frames_total{{direction=\"tx\"}} {}",
+        c.xdp_tx_frames
+    );
+    let _ = writeln!(
+        o,
+        "weft_xdp_frames_total{{direction=\"rx\"}} {}",
+        c.xdp_rx_frames
+    );
+    metric(
+        &mut o,
+        "weft_xdp_via_kernel_total",
+        "counter",
+        "Datagrams the AF_XDP path sent through the kernel instead (next hop unknown or being revalidated)",
+        c.xdp_via_kernel,
     );
     for r in DropReason::ALL {
         let _ = writeln!(

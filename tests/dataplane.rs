@@ -162,43 +162,12 @@ fn udp_join_and_removal() {
 
 #[test]
 fn mixed_cluster_with_a_kernel_flannel_vxlan_host() {
-    mixed_cluster(&[]);
+    common::netns::mixed_cluster(&config("vxlan"), &[]);
 }
 
 #[test]
 fn mixed_cluster_with_a_kernel_flannel_vxlan_host_without_offloads() {
-    mixed_cluster(&["--no-offload"]);
-}
-
-fn mixed_cluster(flags: &[&str]) {
-    let mut bed = Bed::new(2, &config("vxlan"));
-    bed.start_weft(0, flags);
-    let c0 = bed.attach_container(0);
-    let kernel_mac = "0e:00:00:00:01:02";
-    bed.make_kernel_vxlan_host(1, "10.5.200.0".parse().unwrap(), kernel_mac);
-    let c1 = bed.container_ip(1);
-    // What flanneld on the kernel host would do for weft's lease.
-    let st = common::wait_for("weft to see the kernel host", T, || {
-        let st = bed.weft(0).status()?;
-        (st["peers"].as_array()?.len() == 1).then_some(st)
-    });
-    assert_eq!(st["peers"][0]["backend"]["vtep_mac"], kernel_mac);
-    let lease = bed
-        .etcd
-        .get(&format!(
-            "/coreos.com/network/subnets/{}",
-            bed.weft(0).wait_subnet().replace('/', "-")
-        ))
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&lease).unwrap();
-    let weft_mac = v["BackendData"]["VtepMAC"].as_str().unwrap().to_string();
-    bed.kernel_add_peer(1, &bed.weft(0).wait_subnet(), bed.hosts[0].ip, &weft_mac);
-    bed.wait_ping(0, c1, T);
-    bed.wait_ping(1, c0, T);
-    for (from, to) in [(0, 1), (1, 0)] {
-        let (sent, got) = bed.transfer(from, to, 20 << 20);
-        assert_eq!(sent, got, "byte-identical from host {from} to host {to}");
-    }
+    common::netns::mixed_cluster(&config("vxlan"), &["--no-offload"]);
 }
 
 fn hostile_input_is_dropped_and_counted(backend: &str) {

@@ -1,5 +1,6 @@
 //! The userspace data plane: a tun device and worker threads that move packets between it and the underlay.
 
+mod afxdp;
 mod sock;
 mod tun;
 mod worker;
@@ -40,6 +41,20 @@ pub struct DataPlaneConfig {
     pub batch: bool,
     /// How long a worker keeps polling without sleeping after traffic (0: never).
     pub busy_poll: std::time::Duration,
+    /// How packets reach the underlay.
+    pub underlay: UnderlayIo,
+    /// The underlay interface and its MTU (AF_XDP attaches there).
+    pub iface: String,
+    pub iface_mtu: u32,
+}
+
+/// The underlay side of the userspace data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnderlayIo {
+    /// Kernel UDP sockets (with GSO/GRO).
+    Udp,
+    /// AF_XDP sockets on the underlay interface, with an XDP program steering the overlay's UDP to them.
+    AfXdp(crate::xdp::XdpModeChoice),
 }
 
 /// The fast paths, each of which can be turned off for comparison.
@@ -75,6 +90,8 @@ pub enum DataPlaneError {
         name: String,
         reason: String,
     },
+    #[error(transparent)]
+    Xdp(#[from] crate::xdp::XdpError),
     #[error("cannot open UDP port {addr}: {source}; is another overlay (flanneld, a kernel VXLAN device) already using it?")]
     Socket {
         addr: std::net::SocketAddr,
@@ -86,6 +103,10 @@ pub enum DataPlaneError {
 pub struct DataPlane {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// The AF_XDP attachment, detached when the data plane is dropped (after the workers stopped).
+    xdp: Option<crate::xdp::Attachment>,
+    /// How the underlay is reached, in words (for status and the log).
+    pub underlay: String,
 }
 
 impl DataPlane {
@@ -97,9 +118,68 @@ impl DataPlane {
         let workers = cfg.workers.max(1);
         let queues = tun::create(&cfg, workers)?;
         tun::route_network(&cfg).await?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::with_capacity(workers);
-        for (i, queue) in queues.into_iter().enumerate() {
+        // Built first so that an error below stops whatever already started (Drop).
+        let mut dp = DataPlane {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::with_capacity(workers + 1),
+            xdp: None,
+            underlay: "udp".to_string(),
+        };
+        let mut xsks = Vec::new();
+        if let UnderlayIo::AfXdp(choice) = cfg.underlay {
+            // The UDP sockets stay open beside AF_XDP: frames on queues without a socket, and datagrams
+            // to peers whose next hop is not known yet, take the kernel's path.
+            let s = crate::xdp::setup(
+                &cfg.iface,
+                cfg.iface_mtu,
+                cfg.local_ip,
+                cfg.port,
+                workers,
+                choice,
+            )?;
+            let a = &s.attachment;
+            let zero_copy = s.sockets.iter().any(|x| x.zero_copy);
+            dp.underlay = format!(
+                "af_xdp ({} mode, {}, {} of {} workers)",
+                a.mode.as_str(),
+                if zero_copy { "zero-copy" } else { "copy" },
+                s.sockets.len(),
+                workers
+            );
+            info!(iface = %a.iface, mode = a.mode.as_str(), zero_copy, sockets = s.sockets.len(), "AF_XDP underlay up");
+            let hops = Arc::new(crate::xdp::NextHops::default());
+            let (ifindex, src_mac) = (a.ifindex, a.src_mac);
+            {
+                let (hops, shared, stop) = (hops.clone(), shared.clone(), dp.stop.clone());
+                let peers = move || {
+                    shared
+                        .routes
+                        .load()
+                        .peers()
+                        .iter()
+                        .map(|p| p.public_ip)
+                        .collect()
+                };
+                dp.threads.push(
+                    std::thread::Builder::new()
+                        .name("weft-nexthops".into())
+                        .spawn(move || hops.run(ifindex, peers, &stop))
+                        .expect("spawn the next-hop thread"),
+                );
+            }
+            for x in s.sockets {
+                xsks.push(Some(afxdp::XdpIo::new(
+                    x,
+                    hops.clone(),
+                    src_mac,
+                    cfg.local_ip,
+                    cfg.port,
+                )));
+            }
+            dp.xdp = Some(s.attachment);
+        }
+        xsks.resize_with(workers, || None);
+        for (i, (queue, xsk)) in queues.into_iter().zip(xsks).enumerate() {
             let io = sock::WorkerSockets::open(cfg.local_ip, cfg.port, cfg.offload.udp_gro)?;
             let counters = Arc::new(WorkerCounters::default());
             shared
@@ -111,22 +191,24 @@ impl DataPlane {
                 cfg.clone(),
                 queue,
                 io,
+                xsk,
                 shared.clone(),
                 counters,
-                stop.clone(),
+                dp.stop.clone(),
             );
             let handle = std::thread::Builder::new()
                 .name(format!("weft-worker-{i}"))
                 .spawn(move || w.run())
                 .expect("spawn a worker thread");
-            threads.push(handle);
+            dp.threads.push(handle);
         }
         info!(
             tun = %cfg.tun_name, workers, port = cfg.port, mtu = cfg.mtu,
             encap = match cfg.encap { Encap::Vxlan { .. } => "vxlan", Encap::Udp => "udp" },
+            underlay = %dp.underlay,
             "userspace data plane up"
         );
-        Ok(DataPlane { stop, threads })
+        Ok(dp)
     }
 }
 
@@ -136,5 +218,7 @@ impl Drop for DataPlane {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // Detach the XDP program only now that no worker uses its sockets.
+        self.xdp.take();
     }
 }

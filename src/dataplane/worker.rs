@@ -13,6 +13,7 @@ use quinn_udp::RecvMeta;
 use tracing::{info, warn};
 use tun_rs::SyncDevice;
 
+use super::afxdp::{XdpIo, XdpSend};
 use super::sock::WorkerSockets;
 use super::{DataPlaneConfig, Encap};
 use crate::daemon::Shared;
@@ -22,6 +23,7 @@ use crate::wire::flow::flow_hash;
 use crate::wire::gso::{train_from_tun, Coalescer, VnetHdr, VNET_HDR_LEN};
 use crate::wire::inbound::{datagram_units, Inbound};
 use crate::wire::ipv4::{self, icmp_unreachable, Unreachable};
+use crate::wire::outer::parse_udp_frame;
 use crate::wire::segment::Train;
 use crate::wire::vxlan::{VxlanTemplate, VXLAN_ENCAP};
 
@@ -44,6 +46,8 @@ pub struct Worker {
     cfg: DataPlaneConfig,
     tun: SyncDevice,
     io: WorkerSockets,
+    /// The AF_XDP socket this worker sends and receives whole frames on, if the underlay uses AF_XDP.
+    xdp: Option<XdpIo>,
     shared: Arc<Shared>,
     counters: Arc<WorkerCounters>,
     stop: Arc<AtomicBool>,
@@ -68,6 +72,7 @@ impl Worker {
         cfg: DataPlaneConfig,
         tun: SyncDevice,
         io: WorkerSockets,
+        xdp: Option<XdpIo>,
         shared: Arc<Shared>,
         counters: Arc<WorkerCounters>,
         stop: Arc<AtomicBool>,
@@ -83,6 +88,7 @@ impl Worker {
             cfg,
             tun,
             io,
+            xdp,
             shared,
             counters,
             stop,
@@ -104,15 +110,21 @@ impl Worker {
     pub fn run(mut self) {
         while !self.stop.load(Ordering::Relaxed) {
             let ready = {
+                let xsk = match &self.xdp {
+                    Some(x) => x.xsk.as_fd(),
+                    None => self.io.rx_socket().as_fd(),
+                };
                 let mut fds = [
                     PollFd::new(self.tun.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.io.rx_socket().as_fd(), PollFlags::POLLIN),
+                    PollFd::new(xsk, PollFlags::POLLIN),
                 ];
                 match nix::poll::poll(&mut fds, PollTimeout::from(100u16)) {
                     Ok(0) => continue,
                     Ok(_) => [
                         fds[0].revents().is_some_and(|r| !r.is_empty()),
                         fds[1].revents().is_some_and(|r| !r.is_empty()),
+                        self.xdp.is_some() && fds[2].revents().is_some_and(|r| !r.is_empty()),
                     ],
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => {
@@ -131,6 +143,9 @@ impl Worker {
                 if ready[1] {
                     busy |= self.inbound_batch();
                 }
+                if ready[2] {
+                    busy |= self.xdp_inbound_batch();
+                }
             }
             self.busy_poll();
         }
@@ -148,6 +163,9 @@ impl Worker {
             let before = self.activity();
             self.outbound_batch();
             self.inbound_batch();
+            if self.xdp.is_some() {
+                self.xdp_inbound_batch();
+            }
             if self.activity() != before {
                 until = Instant::now() + self.cfg.busy_poll;
             } else {
@@ -185,6 +203,14 @@ impl Worker {
     /// Reads up to WORK_LIMIT packets from the tun and sends them to their peers. Returns true if the
     /// limit was reached (more may be waiting).
     fn outbound_batch(&mut self) -> bool {
+        let more = self.outbound_packets();
+        if let Some(x) = &mut self.xdp {
+            x.xsk.flush();
+        }
+        more
+    }
+
+    fn outbound_packets(&mut self) -> bool {
         let routes = self.shared.routes.snapshot();
         let limit = if self.cfg.batch { WORK_LIMIT } else { 1 };
         for _ in 0..limit {
@@ -247,6 +273,23 @@ impl Worker {
             if let Some(t) = template {
                 t.write(&mut self.tx_buf, start);
             }
+            if let Some(x) = &mut self.xdp {
+                let d = &self.tx_buf[start..HEADROOM + len];
+                let r = x.send(flow, peer.public_ip, d, d.len());
+                if r == XdpSend::ViaKernel {
+                    self.counters.xdp_via_kernel.fetch_add(1, Ordering::Relaxed);
+                }
+                if let XdpSend::Queued { sent, dropped } = r {
+                    if sent == 1 {
+                        self.counters.tx(len);
+                        self.counters.xdp_tx_frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                    for _ in 0..dropped {
+                        self.counters.dropped(DropReason::IoError);
+                    }
+                    return;
+                }
+            }
             match self
                 .io
                 .send(flow, dst, &self.tx_buf[start..HEADROOM + len], None)
@@ -281,6 +324,27 @@ impl Worker {
     /// Sends a train of datagrams: one UDP GSO send per `max_gso_segments`, or one by one.
     fn send_train(&mut self, flow: u32, dst: SocketAddr, t: Train, prefix: usize) {
         let inner = |bytes: usize, units: usize| bytes - units * prefix;
+        if let (Some(x), IpAddr::V4(ip)) = (&mut self.xdp, dst.ip()) {
+            let r = x.send(flow, ip, &self.train[..t.len], t.stride);
+            if r == XdpSend::ViaKernel {
+                self.counters.xdp_via_kernel.fetch_add(1, Ordering::Relaxed);
+            }
+            if let XdpSend::Queued { sent, dropped } = r {
+                self.counters
+                    .xdp_tx_frames
+                    .fetch_add(sent as u64, Ordering::Relaxed);
+                for i in 0..t.count {
+                    let end = ((i + 1) * t.stride).min(t.len);
+                    if i + dropped < t.count {
+                        self.counters.tx(end - i * t.stride - prefix);
+                    }
+                }
+                for _ in 0..dropped {
+                    self.counters.dropped(DropReason::IoError);
+                }
+                return;
+            }
+        }
         if self.gso && t.count > 1 {
             // One send carries at most 64 KiB of UDP payload (and the kernel's segment limit).
             let max = self
@@ -357,6 +421,63 @@ impl Worker {
         ) {
             let _ = self.tun.send(&self.icmp_buf[..off + len]);
         }
+    }
+
+    /// Receives up to WORK_LIMIT frames from the AF_XDP socket, checks them and writes the good ones to
+    /// the tun, as `inbound_batch` does for the UDP socket. Returns true if the limit was reached.
+    fn xdp_inbound_batch(&mut self) -> bool {
+        let routes = self.shared.routes.snapshot();
+        let rx = Inbound {
+            own: self.cfg.own_subnet,
+            encap: self.cfg.encap,
+            mtu: self.cfg.mtu as usize,
+            tun_offload: self.vnet,
+        };
+        let (local, port) = (self.cfg.local_ip, self.cfg.port);
+        let Worker {
+            tun,
+            counters,
+            seg_buf,
+            coalescer,
+            vnet,
+            xdp,
+            ..
+        } = self;
+        let Some(x) = xdp else { return false };
+        let mut write = |frame: &[u8]| {
+            if tun.send(frame).is_err() {
+                counters.dropped(DropReason::IoError);
+            }
+        };
+        let n = x.xsk.recv(WORK_LIMIT as u32, |frame| {
+            counters.xdp_rx_frames.fetch_add(1, Ordering::Relaxed);
+            let Some(u) = parse_udp_frame(frame).filter(|u| u.dst == local && u.dst_port == port)
+            else {
+                counters.dropped(DropReason::Truncated);
+                return;
+            };
+            let r = rx.receive(
+                &routes,
+                u.src,
+                &mut frame[u.start..u.end],
+                seg_buf,
+                |packet| {
+                    counters.rx(packet.len());
+                    if *vnet {
+                        coalescer.push(packet, &mut write);
+                    } else {
+                        write(packet);
+                    }
+                },
+            );
+            if let Err(reason) = r {
+                counters.dropped(reason);
+            }
+        });
+        if *vnet {
+            coalescer.flush(&mut write);
+        }
+        n as usize >= WORK_LIMIT
     }
 
     /// Receives up to WORK_LIMIT datagrams, checks them and writes the good ones to the tun (coalesced

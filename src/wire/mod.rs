@@ -6,5 +6,7 @@ pub mod flow;
 pub mod gso;
 pub mod inbound;
 pub mod ipv4;
+pub mod outer;
 pub mod segment;
 pub mod vxlan;
+pub mod xdp_filter;

@@ -582,6 +582,13 @@ impl Weft {
         }
     }
 
+    /// Starts the daemon again after `kill` (a crash), with the same flags and subnet file.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon is not running");
+        self.healthz_port = free_port();
+        self.spawn();
+    }
+
     /// Starts the daemon again with the same flags and subnet file.
     pub fn restart(&mut self) {
         self.stop();

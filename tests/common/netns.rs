@@ -550,3 +550,40 @@ pub fn connect_from(ns: &str, ip: Ipv4Addr, port: u16) -> bool {
         TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(5)).is_ok()
     })
 }
+
+/// A weft host (with `flags`) and a plain kernel flannel.1 host: pings and 20 MB byte-identical both ways.
+pub fn mixed_cluster(config: &str, flags: &[&str]) -> Bed {
+    let mut bed = Bed::new(2, config);
+    bed.start_weft(0, flags);
+    let c0 = bed.attach_container(0);
+    let kernel_mac = "0e:00:00:00:01:02";
+    bed.make_kernel_vxlan_host(1, "10.5.200.0".parse().unwrap(), kernel_mac);
+    let c1 = bed.container_ip(1);
+    // What flanneld on the kernel host would do for weft's lease.
+    let st = super::wait_for(
+        "weft to see the kernel host",
+        Duration::from_secs(20),
+        || {
+            let st = bed.weft(0).status()?;
+            (st["peers"].as_array()?.len() == 1).then_some(st)
+        },
+    );
+    assert_eq!(st["peers"][0]["backend"]["vtep_mac"], kernel_mac);
+    let lease = bed
+        .etcd
+        .get(&format!(
+            "/coreos.com/network/subnets/{}",
+            bed.weft(0).wait_subnet().replace('/', "-")
+        ))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&lease).unwrap();
+    let weft_mac = v["BackendData"]["VtepMAC"].as_str().unwrap().to_string();
+    bed.kernel_add_peer(1, &bed.weft(0).wait_subnet(), bed.hosts[0].ip, &weft_mac);
+    bed.wait_ping(0, c1, Duration::from_secs(20));
+    bed.wait_ping(1, c0, Duration::from_secs(20));
+    for (from, to) in [(0, 1), (1, 0)] {
+        let (sent, got) = bed.transfer(from, to, 20 << 20);
+        assert_eq!(sent, got, "byte-identical from host {from} to host {to}");
+    }
+    bed
+}

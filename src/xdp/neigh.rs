@@ -1,0 +1,153 @@
+//! Next-hop MAC addresses for AF_XDP frames: for each peer, the kernel's route (`ip route get`) and its
+//! neighbour entry, refreshed every second and on demand, read by the workers without locks.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use netlink_packet_core::NLM_F_REQUEST;
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use super::link::request;
+use crate::lease::MacAddr;
+
+/// How often every peer's next hop is looked up again.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Where a frame to one peer goes on the wire.
+#[derive(Debug)]
+pub struct Hop {
+    pub mac: MacAddr,
+    /// The kernel's entry is stale: the next packet to this peer should go through the kernel (which then
+    /// re-confirms the neighbour); cleared by the worker that does so.
+    pub revalidate: AtomicBool,
+}
+
+/// Next hops of all peers reachable through the AF_XDP interface; a peer missing here is sent to through
+/// the kernel's UDP socket (which resolves its neighbour), and asked for.
+#[derive(Default)]
+pub struct NextHops {
+    map: ArcSwap<HashMap<Ipv4Addr, Hop>>,
+    wanted: AtomicBool,
+}
+
+impl NextHops {
+    pub fn load(&self) -> arc_swap::Guard<Arc<HashMap<Ipv4Addr, Hop>>> {
+        self.map.load()
+    }
+
+    /// A worker met a peer without a next hop: refresh soon.
+    pub fn want(&self) {
+        self.wanted.store(true, Ordering::Relaxed);
+    }
+
+    /// Looks up every address in `peers` through interface `ifindex` and publishes the result.
+    pub fn refresh(&self, ifindex: u32, peers: impl IntoIterator<Item = Ipv4Addr>) {
+        let mut map = HashMap::new();
+        for ip in peers {
+            let Some(via) = route_via(ip, ifindex) else {
+                continue;
+            };
+            if let Some((mac, state)) = neighbour(ifindex, via) {
+                map.insert(
+                    ip,
+                    Hop {
+                        mac,
+                        revalidate: AtomicBool::new(state == NeighbourState::Stale),
+                    },
+                );
+            }
+        }
+        self.map.store(Arc::new(map));
+    }
+
+    /// Refreshes every second, or within 50 ms of a worker asking, until `stop` is set.
+    pub fn run(&self, ifindex: u32, peers: impl Fn() -> Vec<Ipv4Addr>, stop: &AtomicBool) {
+        let mut last = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+            if self.wanted.swap(false, Ordering::Relaxed) || last.elapsed() >= REFRESH {
+                self.refresh(ifindex, peers());
+                last = Instant::now();
+            }
+        }
+    }
+}
+
+/// The address whose MAC a frame to `dst` carries (the gateway, or `dst` itself when on-link), if the
+/// kernel routes `dst` out of `ifindex`.
+fn route_via(dst: Ipv4Addr, ifindex: u32) -> Option<Ipv4Addr> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.destination_prefix_length = 32;
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+    let replies = request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST).ok()?;
+    for r in replies {
+        let RouteNetlinkMessage::NewRoute(r) = r else {
+            continue;
+        };
+        let mut oif = None;
+        let mut gw = None;
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                _ => {}
+            }
+        }
+        return (oif == Some(ifindex)).then_some(gw.unwrap_or(dst));
+    }
+    None
+}
+
+/// The kernel's neighbour entry for `ip` on `ifindex`, when it has a usable MAC.
+fn neighbour(ifindex: u32, ip: Ipv4Addr) -> Option<(MacAddr, NeighbourState)> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.ifindex = ifindex;
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    let replies = request(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_REQUEST).ok()?;
+    for r in replies {
+        let RouteNetlinkMessage::NewNeighbour(n) = r else {
+            continue;
+        };
+        if matches!(
+            n.header.state,
+            NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+        ) {
+            return None;
+        }
+        for a in &n.attributes {
+            if let NeighbourAttribute::LinkLayerAddress(b) = a {
+                if let Ok(mac) = <[u8; 6]>::try_from(b.as_slice()) {
+                    return Some((MacAddr(mac), n.header.state));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The MAC address of interface `ifindex`.
+pub fn link_mac(ifindex: u32) -> Option<MacAddr> {
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    let mut msg = LinkMessage::default();
+    msg.header.index = ifindex;
+    let replies = request(RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST).ok()?;
+    replies.into_iter().find_map(|r| match r {
+        RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
+            LinkAttribute::Address(b) => <[u8; 6]>::try_from(b.as_slice()).ok().map(MacAddr),
+            _ => None,
+        }),
+        _ => None,
+    })
+}

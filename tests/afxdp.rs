@@ -1,0 +1,186 @@
+//! AF_XDP underlay tests in network namespaces on veth with a real etcd: pings and byte-identical
+//! transfers through XDP sockets, a mixed cluster with a kernel flannel.1 host, the host's other traffic
+//! untouched, and no XDP program left behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::netns::Bed;
+
+const T: Duration = Duration::from_secs(20);
+
+fn config(backend: &str) -> String {
+    format!(r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"{backend}"}}}}"#)
+}
+
+/// The XDP program attached to host `i`'s eth0, as `ip link` shows it ("" when none).
+fn xdp_on(bed: &Bed, i: usize) -> String {
+    let out = common::netns::exec(&bed.hosts[i].ns.name, "ip", &["-d", "link", "show", "eth0"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .filter(|l| l.contains("xdp") || l.contains("prog/xdp"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn af_xdp_cluster(backend: &str, flags: &[&str]) {
+    let mut bed = Bed::new(3, &config(backend));
+    for i in 0..3 {
+        let mut f = vec!["--workers=2", "--underlay=af-xdp"];
+        f.extend_from_slice(flags);
+        bed.start_weft(i, &f);
+    }
+    let ips: Vec<_> = (0..3).map(|i| bed.attach_container(i)).collect();
+    for i in 0..3 {
+        let st = bed.weft(i).status().expect("status");
+        assert!(
+            st["underlay"].as_str().unwrap_or("").starts_with("af_xdp"),
+            "host {i} runs an AF_XDP underlay: {st}"
+        );
+        assert!(
+            xdp_on(&bed, i).contains("prog/xdp"),
+            "program attached on host {i}"
+        );
+    }
+    for from in 0..3 {
+        for (to, ip) in ips.iter().enumerate() {
+            if from != to {
+                bed.wait_ping(from, *ip, T);
+            }
+        }
+    }
+    let (sent, got) = bed.transfer(0, 2, 30 << 20);
+    assert_eq!(got.1, 30 << 20, "all bytes arrived");
+    assert_eq!(sent, got, "byte-identical");
+    let (sent, got) = bed.transfer(2, 1, 30 << 20);
+    assert_eq!(sent, got, "byte-identical the other way");
+    let tx = bed
+        .weft(0)
+        .metric("weft_xdp_frames_total{direction=\"tx\"}")
+        .unwrap();
+    let rx = bed
+        .weft(2)
+        .metric("weft_xdp_frames_total{direction=\"rx\"}")
+        .unwrap();
+    assert!(
+        tx > 1000 && rx > 1000,
+        "the data went through the XDP sockets: tx {tx}, rx {rx}"
+    );
+    for i in 0..3 {
+        bed.hosts[i].weft.as_mut().unwrap().stop();
+        assert_eq!(
+            xdp_on(&bed, i),
+            "",
+            "no XDP program left on host {i} after weft stopped"
+        );
+    }
+}
+
+#[test]
+fn vxlan_cluster_over_af_xdp() {
+    af_xdp_cluster("vxlan", &[]);
+}
+
+#[test]
+fn udp_backend_over_af_xdp_in_generic_mode() {
+    af_xdp_cluster("udp", &["--xdp-mode=generic"]);
+}
+
+#[test]
+fn driver_mode_refused_falls_back_to_generic_mode() {
+    let mut bed = Bed::new(2, &config("vxlan"));
+    // veth refuses driver-mode XDP for programs without multi-buffer support when the peer's MTU is
+    // larger than a page: the underlay side of host 0's link gets a jumbo MTU.
+    common::netns::ip(&["-n", &bed.underlay.name, "link", "set", "p1", "mtu", "9000"]);
+    bed.start_weft(0, &["--underlay=af-xdp"]);
+    bed.start_weft(1, &["--underlay=af-xdp"]);
+    let c0 = bed.attach_container(0);
+    let c1 = bed.attach_container(1);
+    bed.wait_ping(0, c1, T);
+    bed.wait_ping(1, c0, T);
+    let st = bed.weft(0).status().unwrap();
+    assert!(
+        st["underlay"].as_str().unwrap().contains("generic mode"),
+        "host 0 fell back: {st}"
+    );
+    assert!(
+        xdp_on(&bed, 0).contains("xdpgeneric"),
+        "{}",
+        xdp_on(&bed, 0)
+    );
+    let log = bed.weft(0).log();
+    assert_eq!(
+        log.matches("using generic mode").count(),
+        1,
+        "one log line says so: {log}"
+    );
+    let st = bed.weft(1).status().unwrap();
+    assert!(
+        st["underlay"].as_str().unwrap().contains("driver mode"),
+        "{st}"
+    );
+    let (sent, got) = bed.transfer(0, 1, 10 << 20);
+    assert_eq!(sent, got, "byte-identical");
+}
+
+#[test]
+fn mixed_cluster_af_xdp_host_with_a_kernel_flannel_host() {
+    let bed = common::netns::mixed_cluster(&config("vxlan"), &["--underlay=af-xdp"]);
+    let rx = bed
+        .weft(0)
+        .metric("weft_xdp_frames_total{direction=\"rx\"}")
+        .unwrap();
+    let tx = bed
+        .weft(0)
+        .metric("weft_xdp_frames_total{direction=\"tx\"}")
+        .unwrap();
+    assert!(
+        rx > 1000 && tx > 1000,
+        "the kernel host's traffic went through AF_XDP: rx {rx}, tx {tx}"
+    );
+}
+
+#[test]
+fn host_traffic_untouched_and_a_stale_program_removed_at_the_next_start() {
+    let mut bed = Bed::new(2, &config("vxlan"));
+    bed.start_weft(0, &["--underlay=af-xdp"]);
+    bed.start_weft(1, &[]);
+    let c0 = bed.attach_container(0);
+    let c1 = bed.attach_container(1);
+    bed.wait_ping(1, c0, T);
+    // A TCP service on the AF_XDP host's own address (not the overlay) is reachable while weft runs.
+    let h0 = bed.hosts[0].ip;
+    let (ready, accepted) = common::netns::accept_one(&bed.hosts[0].ns.name, h0, 9400);
+    ready.recv().unwrap();
+    assert!(
+        common::netns::connect_from(&bed.hosts[1].ns.name, h0, 9400),
+        "TCP to a non-overlay port"
+    );
+    assert_eq!(accepted.join().unwrap().ip(), bed.hosts[1].ip);
+    // A crash leaves the program attached; the next start removes it and attaches its own.
+    bed.hosts[0].weft.as_mut().unwrap().kill();
+    assert!(
+        xdp_on(&bed, 0).contains("prog/xdp"),
+        "the crashed run's program is still there"
+    );
+    bed.hosts[0].weft.as_mut().unwrap().start_again();
+    common::wait_for("weft ready again", T, || {
+        bed.weft(0).status()?["ready"].as_bool()?.then_some(())
+    });
+    assert!(
+        bed.weft(0)
+            .log()
+            .contains("removed a stale weft XDP program"),
+        "{}",
+        bed.weft(0).log()
+    );
+    bed.wait_ping(0, c1, T);
+    bed.wait_ping(1, c0, T);
+    bed.hosts[0].weft.as_mut().unwrap().stop();
+    assert_eq!(
+        xdp_on(&bed, 0),
+        "",
+        "no XDP program left after a clean stop"
+    );
+}
