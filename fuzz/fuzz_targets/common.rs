@@ -21,14 +21,20 @@ pub fn routes() -> RouteSnapshot {
 
 /// Runs the whole inbound pipeline on `data` and checks what it delivers.
 pub fn run(data: &[u8], encap: Encap) {
+    run_from(PEER, data, encap)
+}
+
+/// As `run`, for a datagram from underlay address `src`.
+pub fn run_from(src: Ipv4Addr, data: &[u8], encap: Encap) {
     let rx = Inbound {
         own: "10.5.1.0/24".parse().expect("subnet"),
         encap,
         mtu: 1450,
+        tun_offload: false,
     };
     let mut payload = data.to_vec();
     let mut scratch = vec![0u8; 1450];
-    let _ = rx.receive(&routes(), PEER, &mut payload, &mut scratch, |packet| {
+    let _ = rx.receive(&routes(), src, &mut payload, &mut scratch, |packet| {
         assert!(packet.len() <= 1450, "delivered more than the MTU");
         let ip = weft::wire::ipv4::parse(packet).expect("delivered packets are valid IPv4");
         assert!(rx.own.contains(&ip.dst), "delivered a packet not for us");

@@ -109,11 +109,19 @@ pub struct Bed {
     pub etcd: Etcd,
     pub underlay: Netns,
     id: String,
+    /// Receive/transmit queues of each host's underlay veth (1 unless `with_queues`).
+    queues: usize,
 }
 
 impl Bed {
     /// A bed with `n` hosts (no daemons yet) and etcd running with `config` set.
     pub fn new(n: usize, config: &str) -> Bed {
+        Bed::with_queues(n, config, 1)
+    }
+
+    /// As `new`, with `queues` receive and transmit queues on each host's underlay link (multi-queue, as
+    /// a physical NIC has).
+    pub fn with_queues(n: usize, config: &str, queues: usize) -> Bed {
         let id = unique_id();
         let underlay = Netns::new(format!("{id}-ul"));
         let ul = underlay.name.as_str();
@@ -135,6 +143,7 @@ impl Bed {
             etcd,
             underlay,
             id,
+            queues,
         };
         for _ in 0..n {
             bed.add_host();
@@ -148,9 +157,28 @@ impl Bed {
         let ns = Netns::new(format!("{}-h{i}", self.id));
         let ul = &self.underlay.name;
         let port = format!("p{i}");
+        let q = self.queues.to_string();
         ip(&[
-            "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &port,
-            "netns", ul,
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &ns.name,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            ul,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
         ]);
         ip(&["-n", ul, "link", "set", &port, "master", "br0", "up"]);
         let addr = Ipv4Addr::new(10, 250, 0, i as u8);
