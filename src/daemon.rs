@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub busy_poll: Duration,
     /// How the userspace data plane reaches the underlay (UDP sockets or AF_XDP).
     pub underlay: crate::dataplane::UnderlayIo,
+    /// Pin workers to CPUs and steer packets to the worker of the CPU handling them.
+    pub cpu_local: bool,
 }
 
 /// Which data plane carries the overlay's packets.
@@ -404,6 +406,7 @@ async fn start_userspace(
         underlay: opts.underlay,
         iface: underlay.iface.clone(),
         iface_mtu: underlay.mtu,
+        cpu_local: opts.cpu_local,
     };
     Ok(DataPlane::start(dp, shared).await?)
 }

@@ -175,6 +175,10 @@ struct RunArgs {
     /// Where the AF_XDP steering program runs: in the driver where supported, else generic (auto).
     #[arg(long, env = "WEFT_XDP_MODE", value_enum, default_value = "auto")]
     xdp_mode: weft::xdp::XdpModeChoice,
+    /// Pin each worker to a CPU and steer packets to the worker of the CPU that handles them, so that
+    /// handing a packet to weft never wakes another CPU (lower latency; a flow uses one CPU end to end).
+    #[arg(long, env = "WEFT_CPU_LOCAL")]
+    cpu_local: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -293,6 +297,7 @@ async fn dispatch(cmd: Cmd) -> Result<(), String> {
                 },
                 batch: !a.no_batch,
                 busy_poll: Duration::from_micros(a.busy_poll_us),
+                cpu_local: a.cpu_local,
                 underlay: match a.underlay {
                     UnderlayArg::Udp => weft::dataplane::UnderlayIo::Udp,
                     UnderlayArg::AfXdp => weft::dataplane::UnderlayIo::AfXdp(a.xdp_mode),

@@ -43,12 +43,24 @@ fn three_hosts_all_pairs_and_a_50mb_transfer(backend: &str, flags: &[&str]) {
         tx > 1000 && rx > 1000,
         "the data went through weft: tx {tx}, rx {rx}"
     );
+    for i in 0..3 {
+        let log = bed.weft(i).log();
+        assert!(
+            !log.contains("cannot steer"),
+            "steering set up on host {i}: {log}"
+        );
+    }
 }
 
 // The transfers write 1 byte, 4, 13, ... up to 64 KiB at a time, so segments of every size cross.
 #[test]
 fn vxlan_three_hosts() {
     three_hosts_all_pairs_and_a_50mb_transfer("vxlan", &[]);
+}
+
+#[test]
+fn vxlan_three_hosts_cpu_local() {
+    three_hosts_all_pairs_and_a_50mb_transfer("vxlan", &["--cpu-local"]);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod afxdp;
 mod sock;
+mod steer;
 mod tun;
 mod worker;
 
@@ -46,6 +47,8 @@ pub struct DataPlaneConfig {
     /// The underlay interface and its MTU (AF_XDP attaches there).
     pub iface: String,
     pub iface_mtu: u32,
+    /// Pin each worker to a CPU and steer packets to the worker of the CPU handling them.
+    pub cpu_local: bool,
 }
 
 /// The underlay side of the userspace data plane.
@@ -179,8 +182,26 @@ impl DataPlane {
             dp.xdp = Some(s.attachment);
         }
         xsks.resize_with(workers, || None);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu_local = cfg.cpu_local && workers > 1;
+        if cpu_local {
+            use std::os::fd::AsRawFd;
+            if let Err(e) = steer::steer_tun_by_cpu(queues[0].as_raw_fd()) {
+                tracing::warn!(
+                    "cannot steer tun queues by CPU ({e}); the kernel picks them by flow"
+                );
+            }
+        }
         for (i, (queue, xsk)) in queues.into_iter().zip(xsks).enumerate() {
             let io = sock::WorkerSockets::open(cfg.local_ip, cfg.port, cfg.offload.udp_gro)?;
+            if cpu_local && i == 0 {
+                use std::os::fd::AsRawFd;
+                if let Err(e) = steer::steer_reuseport_by_cpu(io.rx_socket().as_raw_fd()) {
+                    tracing::warn!(
+                        "cannot steer UDP receives by CPU ({e}); the kernel picks sockets by flow"
+                    );
+                }
+            }
             let counters = Arc::new(WorkerCounters::default());
             shared
                 .workers
@@ -198,7 +219,14 @@ impl DataPlane {
             );
             let handle = std::thread::Builder::new()
                 .name(format!("weft-worker-{i}"))
-                .spawn(move || w.run())
+                .spawn(move || {
+                    if cpu_local {
+                        if let Err(e) = steer::pin_to(i % cpus) {
+                            tracing::warn!("cannot pin worker {i} to CPU {} ({e})", i % cpus);
+                        }
+                    }
+                    w.run()
+                })
                 .expect("spawn a worker thread");
             dp.threads.push(handle);
         }

@@ -1,4 +1,5 @@
-//! The XDP program that steers the overlay's inbound UDP into AF_XDP sockets, written as eBPF instructions.
+//! The eBPF programs weft loads, written as instructions: the XDP program that steers the overlay's inbound
+//! UDP into AF_XDP sockets, and the tun steering program of `--cpu-local`.
 //!
 //! It is small enough to write by hand, so building weft needs no LLVM and no BPF object: for each frame it
 //! checks Ethernet type IPv4, a 20-byte IPv4 header, protocol UDP, no fragmentation, destination address
@@ -109,6 +110,18 @@ pub fn redirect_program(ip: Ipv4Addr, port: u16, map_fd: i32) -> Vec<Insn> {
         }
     }
     p
+}
+
+/// The helper `bpf_get_smp_processor_id`.
+pub const HELPER_SMP_PROCESSOR_ID: i32 = 8;
+
+/// A socket-filter program returning the current CPU: as a tun steering program, it puts each packet on
+/// the queue (and so the worker) of the CPU that sends it.
+pub fn cpu_program() -> Vec<Insn> {
+    vec![
+        insn(CALL, 0, 0, 0, HELPER_SMP_PROCESSOR_ID),
+        insn(EXIT, 0, 0, 0, 0),
+    ]
 }
 
 /// The instructions as the bytes `BPF_PROG_LOAD` reads.

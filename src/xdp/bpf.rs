@@ -13,6 +13,7 @@ const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 
 /// The name weft's program carries (at most 15 bytes), by which a later start recognises it.
 pub const PROGRAM_NAME: &str = "weft_xsk";
@@ -116,18 +117,27 @@ struct ProgLoad {
 
 /// Loads an XDP program; on rejection the error carries the verifier's log.
 pub fn load_xdp(prog: &[Insn]) -> io::Result<OwnedFd> {
+    load(BPF_PROG_TYPE_XDP, PROGRAM_NAME, prog)
+}
+
+/// Loads a socket-filter program (as tun steering programs are).
+pub fn load_socket_filter(name: &str, prog: &[Insn]) -> io::Result<OwnedFd> {
+    load(BPF_PROG_TYPE_SOCKET_FILTER, name, prog)
+}
+
+fn load(prog_type: u32, name: &str, prog: &[Insn]) -> io::Result<OwnedFd> {
     let insns = to_bytes(prog);
     let license = b"Dual MIT/GPL\0";
     let mut log = vec![0u8; 64 * 1024];
     let mut a = ProgLoad {
-        prog_type: BPF_PROG_TYPE_XDP,
+        prog_type,
         insn_cnt: prog.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         log_level: 1,
         log_size: log.len() as u32,
         log_buf: log.as_mut_ptr() as u64,
-        prog_name: name16(PROGRAM_NAME),
+        prog_name: name16(name),
         ..Default::default()
     };
     match bpf(BPF_PROG_LOAD, &mut a) {
