@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side data plane benchmark on one two-host netns bed, in one run: the underlay itself, kernel VXLAN
-# set up as flanneld does, weft's userspace vxlan (with and without its fast paths, and over AF_XDP), weft udp, and weft's
+# set up as flanneld does, weft's userspace vxlan (with and without its fast paths, with --cpu-local, and over AF_XDP), weft udp, and weft's
 # kernel backend. For each: iperf3 TCP 1 and 4 streams, 64-byte UDP packet rate, ping RTT p50/p99, and weft's
 # CPU seconds per GB moved. Prints one table with every figure also as a ratio to kernel VXLAN, and writes it
 # to bench-results/. A benchmark: it never fails on a number.
@@ -188,6 +188,12 @@ if want weft-vxlan-plain; then
   stop_weft
 fi
 
+if want weft-vxlan-cpu-local; then
+  start_weft vxlan userspace --cpu-local
+  measure weft-vxlan-cpu-local "$C1" "$C2" "$C2IP"
+  stop_weft
+fi
+
 if want weft-vxlan-afxdp; then
   # AF_XDP on the underlay veths: copy mode only (veth has no zero-copy), no UDP GSO/GRO on that path.
   start_weft vxlan userspace --underlay af-xdp
@@ -218,7 +224,7 @@ cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d:
 print(f"weft data plane benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, kernel {platform.release()}, {cpu}, {subprocess.run(['nproc'],capture_output=True,text=True).stdout.strip()} cores")
 print(f"two netns hosts on a veth/bridge underlay (MTU 1500), container to container, {sys.argv[2]} s per test; (x) = ratio to kernel-vxlan")
 cols = ["TCP 1 stream Gbit/s", "TCP 4 streams Gbit/s", "UDP 64B kpps", "RTT p50 us", "RTT p99 us", "weft CPU s/GB"]
-print(f"{'path':<18}" + "".join(f"{c:>24}" for c in cols))
+print(f"{'path':<22}" + "".join(f"{c:>24}" for c in cols))
 for name, v in rows:
     cells = []
     for i, x in enumerate(v):
@@ -228,7 +234,7 @@ for name, v in rows:
             cells.append(f"{x:.2f} ({x / base[i]:.2f}x)" if i < 3 else f"{x:.0f} ({x / base[i]:.2f}x)")
         else:
             cells.append(f"{x:.2f}")
-    print(f"{name:<18}" + "".join(f"{c:>24}" for c in cells))
+    print(f"{name:<22}" + "".join(f"{c:>24}" for c in cells))
 PY
 cat "$OUT"
 echo "(written to $OUT)" >&2
