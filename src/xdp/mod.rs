@@ -65,17 +65,6 @@ pub struct Setup {
     pub sockets: Vec<Xsk>,
 }
 
-fn rx_queues(iface: &str) -> u32 {
-    std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-                .count() as u32
-        })
-        .unwrap_or(1)
-        .max(1)
-}
-
 /// Attaches the redirect program for `ip`:`port` to `iface` and opens AF_XDP sockets for up to `workers`
 /// of its receive queues. A stale program of our own (from a weft that did not exit cleanly) is removed
 /// first; anybody else's is left alone and reported.
@@ -105,7 +94,7 @@ pub fn setup(
         });
     }
     remove_stale(iface, ifindex)?;
-    let queues = rx_queues(iface);
+    let queues = neigh::rx_queues(ifindex).unwrap_or(1).max(1);
     let map = bpf::create_xskmap(queues).map_err(err("create the socket map"))?;
     let prog = bpf::load_xdp(&redirect_program(ip, port, map.as_raw_fd()))
         .map_err(err("load the XDP program"))?;

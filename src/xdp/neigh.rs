@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use netlink_packet_core::NLM_F_REQUEST;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
@@ -137,17 +138,31 @@ fn neighbour(ifindex: u32, ip: Ipv4Addr) -> Option<(MacAddr, NeighbourState)> {
     None
 }
 
-/// The MAC address of interface `ifindex`.
-pub fn link_mac(ifindex: u32) -> Option<MacAddr> {
-    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+fn link_attributes(ifindex: u32) -> Vec<LinkAttribute> {
     let mut msg = LinkMessage::default();
     msg.header.index = ifindex;
-    let replies = request(RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST).ok()?;
-    replies.into_iter().find_map(|r| match r {
-        RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
-            LinkAttribute::Address(b) => <[u8; 6]>::try_from(b.as_slice()).ok().map(MacAddr),
-            _ => None,
-        }),
+    let replies = request(RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST).unwrap_or_default();
+    replies
+        .into_iter()
+        .flat_map(|r| match r {
+            RouteNetlinkMessage::NewLink(l) => l.attributes,
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// The MAC address of interface `ifindex`.
+pub fn link_mac(ifindex: u32) -> Option<MacAddr> {
+    link_attributes(ifindex).into_iter().find_map(|a| match a {
+        LinkAttribute::Address(b) => <[u8; 6]>::try_from(b.as_slice()).ok().map(MacAddr),
+        _ => None,
+    })
+}
+
+/// How many receive queues interface `ifindex` has (from netlink, so it is right in any namespace).
+pub fn rx_queues(ifindex: u32) -> Option<u32> {
+    link_attributes(ifindex).into_iter().find_map(|a| match a {
+        LinkAttribute::NumRxQueues(n) => Some(n),
         _ => None,
     })
 }
