@@ -188,3 +188,31 @@ fn host_traffic_untouched_and_a_stale_program_removed_at_the_next_start() {
         "no XDP program left after a clean stop"
     );
 }
+
+#[test]
+fn somebody_elses_xdp_program_is_left_alone_and_reported() {
+    use std::os::fd::AsRawFd;
+    let mut bed = Bed::new(1, &config("vxlan"));
+    let ns = bed.hosts[0].ns.name.clone();
+    // Another tool's XDP program on the underlay (a pass-everything program under another name).
+    let prog = weft::wire::xdp_filter::redirect_program(std::net::Ipv4Addr::new(0, 0, 0, 0), 1, -1);
+    let pass_all = &prog[prog.len() - 2..];
+    let other = weft::xdp::bpf::load_xdp_named("other_tool", pass_all).expect("load a program");
+    let fd = other.as_raw_fd();
+    common::netns::in_netns(&ns, move || {
+        let idx = nix::net::if_::if_nametoindex("eth0").unwrap();
+        weft::xdp::link::attach(idx, fd, weft::xdp::XdpMode::Generic).expect("attach it");
+    });
+    bed.start_weft(0, &["--underlay=af-xdp"]);
+    let code = bed.hosts[0].weft.as_mut().unwrap().wait_exit(T);
+    assert_ne!(code, Some(0), "weft refused to start");
+    let log = bed.weft(0).log();
+    assert!(
+        log.contains("which is not weft's") && log.contains("other_tool"),
+        "one plain line names the program and the fix: {log}"
+    );
+    assert!(
+        xdp_on(&bed, 0).contains("prog/xdp"),
+        "the other program is still attached"
+    );
+}

@@ -120,6 +120,11 @@ pub fn load_xdp(prog: &[Insn]) -> io::Result<OwnedFd> {
     load(BPF_PROG_TYPE_XDP, PROGRAM_NAME, prog)
 }
 
+/// Loads an XDP program under another name (tests use it to stand for somebody else's program).
+pub fn load_xdp_named(name: &str, prog: &[Insn]) -> io::Result<OwnedFd> {
+    load(BPF_PROG_TYPE_XDP, name, prog)
+}
+
 /// Loads a socket-filter program (as tun steering programs are).
 pub fn load_socket_filter(name: &str, prog: &[Insn]) -> io::Result<OwnedFd> {
     load(BPF_PROG_TYPE_SOCKET_FILTER, name, prog)
