@@ -444,10 +444,12 @@ impl Worker {
             ..
         } = self;
         let Some(x) = xdp else { return false };
-        let mut write = |frame: &[u8]| {
-            if tun.send(frame).is_err() {
-                counters.dropped(DropReason::IoError);
-            }
+        let counters: &WorkerCounters = counters;
+        let mut sink = TunSink {
+            tun,
+            counters,
+            coalescer,
+            vnet: *vnet,
         };
         let n = x.xsk.recv(WORK_LIMIT as u32, |frame| {
             counters.xdp_rx_frames.fetch_add(1, Ordering::Relaxed);
@@ -456,27 +458,9 @@ impl Worker {
                 counters.dropped(DropReason::Truncated);
                 return;
             };
-            let r = rx.receive(
-                &routes,
-                u.src,
-                &mut frame[u.start..u.end],
-                seg_buf,
-                |packet| {
-                    counters.rx(packet.len());
-                    if *vnet {
-                        coalescer.push(packet, &mut write);
-                    } else {
-                        write(packet);
-                    }
-                },
-            );
-            if let Err(reason) = r {
-                counters.dropped(reason);
-            }
+            sink.receive(&rx, &routes, u.src, &mut frame[u.start..u.end], seg_buf);
         });
-        if *vnet {
-            coalescer.flush(&mut write);
-        }
+        sink.flush();
         n as usize >= WORK_LIMIT
     }
 
@@ -525,35 +509,76 @@ impl Worker {
                 vnet,
                 ..
             } = self;
-            let mut write = |frame: &[u8]| {
-                if tun.send(frame).is_err() {
-                    counters.dropped(DropReason::IoError);
-                }
+            let mut sink = TunSink {
+                tun,
+                counters,
+                coalescer,
+                vnet: *vnet,
             };
             for (meta, buf) in rx_meta[..count].iter().zip(rx_bufs.iter_mut()) {
                 let IpAddr::V4(src) = meta.addr.ip() else {
-                    counters.dropped(DropReason::UnknownSender);
+                    sink.counters.dropped(DropReason::UnknownSender);
                     continue;
                 };
                 let stride = datagram_units(&buf[..meta.len], meta.stride, prefix);
                 for payload in buf[..meta.len].chunks_mut(stride) {
-                    let r = rx.receive(&routes, src, payload, seg_buf, |packet| {
-                        counters.rx(packet.len());
-                        if *vnet {
-                            coalescer.push(packet, &mut write);
-                        } else {
-                            write(packet);
-                        }
-                    });
-                    if let Err(reason) = r {
-                        counters.dropped(reason);
-                    }
+                    sink.receive(&rx, &routes, src, payload, seg_buf);
                 }
             }
-            if *vnet {
-                coalescer.flush(&mut write);
-            }
+            sink.flush();
         }
         true
+    }
+}
+
+/// Where inbound packets go: the tun, through the GRO coalescer when the tun takes GSO frames.
+struct TunSink<'a> {
+    tun: &'a SyncDevice,
+    counters: &'a WorkerCounters,
+    coalescer: &'a mut Coalescer,
+    vnet: bool,
+}
+
+impl TunSink<'_> {
+    /// Runs one datagram from underlay address `src` through the inbound checks and delivers what it
+    /// yields; drops are counted by reason.
+    fn receive(
+        &mut self,
+        rx: &Inbound,
+        routes: &RouteSnapshot,
+        src: std::net::Ipv4Addr,
+        payload: &mut [u8],
+        scratch: &mut [u8],
+    ) {
+        let r = rx.receive(routes, src, payload, scratch, |packet| {
+            self.counters.rx(packet.len());
+            self.deliver(packet);
+        });
+        if let Err(reason) = r {
+            self.counters.dropped(reason);
+        }
+    }
+
+    fn deliver(&mut self, packet: &[u8]) {
+        let (tun, counters) = (self.tun, self.counters);
+        if self.vnet {
+            self.coalescer
+                .push(packet, &mut |f: &[u8]| write_tun(tun, counters, f));
+        } else {
+            write_tun(tun, counters, packet);
+        }
+    }
+
+    /// Writes what the coalescer still holds.
+    fn flush(&mut self) {
+        let (tun, counters) = (self.tun, self.counters);
+        self.coalescer
+            .flush(&mut |f: &[u8]| write_tun(tun, counters, f));
+    }
+}
+
+fn write_tun(tun: &SyncDevice, counters: &WorkerCounters, frame: &[u8]) {
+    if tun.send(frame).is_err() {
+        counters.dropped(DropReason::IoError);
     }
 }
