@@ -5,7 +5,8 @@
 # different hosts reaching each other through weft (ping matrix, a short iperf3). Cleans up on exit.
 # With --docker, each host runs a real dockerd (options from `weft docker-opts`, weft doing --ip-masq) and the
 # containers are busybox containers built locally with `docker import`.
-#   usage: netns-fixtures/demo.sh [--hosts N] [--backend vxlan|udp] [--docker] [--keep]
+# With --underlay af-xdp, the hosts' userspace data planes use AF_XDP sockets on their underlay veths.
+#   usage: netns-fixtures/demo.sh [--hosts N] [--backend vxlan|udp] [--underlay udp|af-xdp] [--docker] [--keep]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,13 +14,15 @@ HOSTS=3
 BACKEND=vxlan
 KEEP=0
 DOCKER=0
+UNDERLAY=udp
 while [ $# -gt 0 ]; do
   case "$1" in
     --docker) DOCKER=1; shift ;;
     --hosts) HOSTS="$2"; shift 2 ;;
     --backend) BACKEND="$2"; shift 2 ;;
+    --underlay) UNDERLAY="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    *) echo "usage: $0 [--hosts N] [--backend vxlan|udp] [--docker] [--keep]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--hosts N] [--backend vxlan|udp] [--underlay udp|af-xdp] [--docker] [--keep]" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (it creates network namespaces)" >&2; exit 1; }
@@ -37,7 +40,14 @@ PIDS=()
 
 DPIDS=()
 cleanup() {
+  local rc=$?
   set +e
+  if [ "$rc" != 0 ]; then
+    echo "demo: failed (exit $rc); the last lines of each weft log:" >&2
+    for i in $(seq 1 "$HOSTS"); do
+      [ -s "$WORK/h$i/weft.log" ] && { echo "-- host $i" >&2; tail -5 "$WORK/h$i/weft.log" >&2; }
+    done
+  fi
   for i in $(seq 1 "$HOSTS"); do
     [ -S "$WORK/d$i/docker.sock" ] && docker -H "unix://$WORK/d$i/docker.sock" rm -f "c$i" >/dev/null 2>&1
   done
@@ -90,7 +100,7 @@ for i in $(seq 1 "$HOSTS"); do
   ns="$ID-h$i"
   mkdir -p "$WORK/h$i"
   MASQ=""; [ "$DOCKER" = 1 ] && MASQ="--ip-masq"
-  ip netns exec "$ns" "$WEFT" run "$EP" $MASQ --subnet-file "$WORK/h$i/subnet.env" >"$WORK/h$i/weft.log" 2>&1 &
+  ip netns exec "$ns" "$WEFT" run "$EP" $MASQ --underlay "$UNDERLAY" --subnet-file "$WORK/h$i/subnet.env" >"$WORK/h$i/weft.log" 2>&1 &
   PIDS+=($!)
 done
 for i in $(seq 1 "$HOSTS"); do

@@ -455,8 +455,13 @@ fn print_status(body: &str) -> Result<(), String> {
             lease["mtu"]
         );
     }
+    let underlay = v["underlay"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(|u| format!(", underlay: {u}"))
+        .unwrap_or_default();
     println!(
-        "ready: {}, etcd connected: {}, data plane: {}",
+        "ready: {}, etcd connected: {}, data plane: {}{underlay}",
         v["ready"].as_bool().unwrap_or(false),
         v["etcd_connected"].as_bool().unwrap_or(false),
         v["dataplane"]

@@ -137,7 +137,13 @@ pub fn setup(
     let n = (workers.max(1) as u32).min(queues);
     let mut sockets = Vec::with_capacity(n as usize);
     for q in 0..n {
-        let s = Xsk::open(ifindex, q).map_err(err("open an AF_XDP socket"))?;
+        // Netlink reports the queues allocated; fewer may be in use (veth: one unless configured), and a
+        // socket cannot bind beyond those: the first refusal after queue 0 ends the list.
+        let s = match Xsk::open(ifindex, q) {
+            Ok(s) => s,
+            Err(e) if q > 0 && e.raw_os_error() == Some(libc::EINVAL) => break,
+            Err(e) => return Err(err("open an AF_XDP socket")(e)),
+        };
         bpf::set_xsk(attachment.map.as_raw_fd(), q, s.raw_fd())
             .map_err(err("register the AF_XDP socket"))?;
         sockets.push(s);

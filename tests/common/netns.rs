@@ -109,19 +109,24 @@ pub struct Bed {
     pub etcd: Etcd,
     pub underlay: Netns,
     id: String,
-    /// Receive/transmit queues of each host's underlay veth (1 unless `with_queues`).
-    queues: usize,
+    /// Receive/transmit queues of each host's underlay veth (the kernel's default unless `with_queues`:
+    /// as many allocated as CPUs, one in use).
+    queues: Option<usize>,
 }
 
 impl Bed {
     /// A bed with `n` hosts (no daemons yet) and etcd running with `config` set.
     pub fn new(n: usize, config: &str) -> Bed {
-        Bed::with_queues(n, config, 1)
+        Bed::build(n, config, None)
     }
 
     /// As `new`, with `queues` receive and transmit queues on each host's underlay link (multi-queue, as
     /// a physical NIC has).
     pub fn with_queues(n: usize, config: &str, queues: usize) -> Bed {
+        Bed::build(n, config, Some(queues))
+    }
+
+    fn build(n: usize, config: &str, queues: Option<usize>) -> Bed {
         let id = unique_id();
         let underlay = Netns::new(format!("{id}-ul"));
         let ul = underlay.name.as_str();
@@ -157,29 +162,16 @@ impl Bed {
         let ns = Netns::new(format!("{}-h{i}", self.id));
         let ul = &self.underlay.name;
         let port = format!("p{i}");
-        let q = self.queues.to_string();
-        ip(&[
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            &ns.name,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            ul,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-        ]);
+        let mut args = vec!["link", "add", "eth0", "netns", &ns.name];
+        let q = self.queues.map(|q| q.to_string());
+        let queues = q
+            .as_deref()
+            .map(|q| vec!["numtxqueues", q, "numrxqueues", q])
+            .unwrap_or_default();
+        args.extend(&queues);
+        args.extend(["type", "veth", "peer", "name", &port, "netns", ul]);
+        args.extend(&queues);
+        ip(&args);
         ip(&["-n", ul, "link", "set", &port, "master", "br0", "up"]);
         let addr = Ipv4Addr::new(10, 250, 0, i as u8);
         ip(&[
