@@ -282,8 +282,12 @@ mod tests {
         w1.dropped(DropReason::BadVni);
         w2.dropped(DropReason::BadVni);
         w2.dropped(DropReason::SpoofedSource);
+        w1.xdp_rx_frames.fetch_add(3, Ordering::Relaxed);
+        w2.xdp_rx_frames.fetch_add(4, Ordering::Relaxed);
         let view = MetricsView {
             lease_held: true,
+            dataplane: "userspace",
+            underlay: "af_xdp (driver mode, copy, 2 of 2 workers)".into(),
             peers: 2,
             routes: 2,
             counters: CounterTotals::sum([&w1, &w2]),
@@ -298,5 +302,10 @@ mod tests {
         assert!(text.contains("weft_drops_total{reason=\"spoofed_source\"} 1\n"));
         assert!(text.contains("weft_drops_total{reason=\"truncated\"} 0\n"));
         assert!(!text.contains("weft_lease_ttl_seconds"));
+        assert!(text.contains(
+            "weft_dataplane_info{kind=\"userspace\",underlay=\"af_xdp (driver mode, copy, 2 of 2 workers)\"} 1\n"
+        ));
+        assert!(text.contains("weft_xdp_frames_total{direction=\"rx\"} 7\n"));
+        assert!(!render(&MetricsView::default()).contains("weft_dataplane_info"));
     }
 }

@@ -22,10 +22,10 @@ pub enum XdpSend {
 
 pub struct XdpIo {
     pub xsk: Xsk,
-    pub hops: Arc<NextHops>,
-    pub src_mac: MacAddr,
-    pub src_ip: Ipv4Addr,
-    pub port: u16,
+    hops: Arc<NextHops>,
+    src_mac: MacAddr,
+    src_ip: Ipv4Addr,
+    port: u16,
     ip_id: u16,
 }
 

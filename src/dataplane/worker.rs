@@ -275,18 +275,7 @@ impl Worker {
             }
             if let Some(x) = &mut self.xdp {
                 let d = &self.tx_buf[start..HEADROOM + len];
-                let r = x.send(flow, peer.public_ip, d, d.len());
-                if r == XdpSend::ViaKernel {
-                    self.counters.xdp_via_kernel.fetch_add(1, Ordering::Relaxed);
-                }
-                if let XdpSend::Queued { sent, dropped } = r {
-                    if sent == 1 {
-                        self.counters.tx(len);
-                        self.counters.xdp_tx_frames.fetch_add(1, Ordering::Relaxed);
-                    }
-                    for _ in 0..dropped {
-                        self.counters.dropped(DropReason::IoError);
-                    }
+                if send_via_xdp(x, &self.counters, flow, peer.public_ip, d, d.len(), prefix) {
                     return;
                 }
             }
@@ -325,23 +314,15 @@ impl Worker {
     fn send_train(&mut self, flow: u32, dst: SocketAddr, t: Train, prefix: usize) {
         let inner = |bytes: usize, units: usize| bytes - units * prefix;
         if let (Some(x), IpAddr::V4(ip)) = (&mut self.xdp, dst.ip()) {
-            let r = x.send(flow, ip, &self.train[..t.len], t.stride);
-            if r == XdpSend::ViaKernel {
-                self.counters.xdp_via_kernel.fetch_add(1, Ordering::Relaxed);
-            }
-            if let XdpSend::Queued { sent, dropped } = r {
-                self.counters
-                    .xdp_tx_frames
-                    .fetch_add(sent as u64, Ordering::Relaxed);
-                for i in 0..t.count {
-                    let end = ((i + 1) * t.stride).min(t.len);
-                    if i + dropped < t.count {
-                        self.counters.tx(end - i * t.stride - prefix);
-                    }
-                }
-                for _ in 0..dropped {
-                    self.counters.dropped(DropReason::IoError);
-                }
+            if send_via_xdp(
+                x,
+                &self.counters,
+                flow,
+                ip,
+                &self.train[..t.len],
+                t.stride,
+                prefix,
+            ) {
                 return;
             }
         }
@@ -453,6 +434,7 @@ impl Worker {
         };
         let n = x.xsk.recv(WORK_LIMIT as u32, |frame| {
             counters.xdp_rx_frames.fetch_add(1, Ordering::Relaxed);
+            // The XDP program only passes frames to our address and port; anything else is malformed.
             let Some(u) = parse_udp_frame(frame).filter(|u| u.dst == local && u.dst_port == port)
             else {
                 counters.dropped(DropReason::Truncated);
@@ -528,6 +510,37 @@ impl Worker {
             sink.flush();
         }
         true
+    }
+}
+
+/// Sends `buf` (datagrams of `stride` bytes, each with `prefix` bytes of encapsulation) to `dst` through
+/// the worker's AF_XDP socket and counts it; false if it must go through the kernel's UDP socket instead.
+fn send_via_xdp(
+    x: &mut XdpIo,
+    counters: &WorkerCounters,
+    flow: u32,
+    dst: std::net::Ipv4Addr,
+    buf: &[u8],
+    stride: usize,
+    prefix: usize,
+) -> bool {
+    match x.send(flow, dst, buf, stride) {
+        XdpSend::ViaKernel => {
+            counters.xdp_via_kernel.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        XdpSend::Queued { sent, dropped } => {
+            counters
+                .xdp_tx_frames
+                .fetch_add(sent as u64, Ordering::Relaxed);
+            for unit in buf.chunks(stride.max(1)).take(sent) {
+                counters.tx(unit.len() - prefix);
+            }
+            for _ in 0..dropped {
+                counters.dropped(DropReason::IoError);
+            }
+            true
+        }
     }
 }
 

@@ -129,7 +129,11 @@ pub fn setup(
         ifindex,
         mode,
         prog_id,
-        src_mac: neigh::link_mac(ifindex).unwrap_or(MacAddr([0; 6])),
+        src_mac: neigh::link_mac(ifindex).ok_or_else(|| XdpError::Setup {
+            what: "read the interface's MAC address",
+            iface: iface.to_string(),
+            source: std::io::Error::other("no link-layer address reported"),
+        })?,
         map,
         _prog: prog,
     };

@@ -315,9 +315,8 @@ impl Xsk {
             let d = unsafe { self.rx.slot::<libc::xdp_desc>(idx).read() };
             let len = (d.len as usize).min(MAX_FRAME);
             f(self.frame(d.addr, len));
-            // The fill ring has room for every receive frame, so this never waits.
-            let _ = self.fill.free();
-            // SAFETY: within the fill ring; the frame's base address returns to the kernel.
+            // SAFETY: within the fill ring, which has room for every receive frame; the frame's base
+            // address returns to the kernel.
             unsafe {
                 self.fill
                     .slot::<u64>(self.fill.local)
