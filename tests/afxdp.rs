@@ -216,3 +216,63 @@ fn somebody_elses_xdp_program_is_left_alone_and_reported() {
         "the other program is still attached"
     );
 }
+
+#[test]
+fn next_hop_mac_follows_a_peer_whose_mac_changed() {
+    let mut bed = Bed::new(2, &config("vxlan"));
+    let h0 = bed.hosts[0].ns.name.clone();
+    // Neighbour entries of host 0 go stale within a second and are probed a second after use, so the test
+    // does not wait for the kernel's default 30 s.
+    let out = common::netns::exec(
+        &h0,
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv4.neigh.eth0.base_reachable_time_ms=500",
+            "net.ipv4.neigh.eth0.delay_first_probe_time=1",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    // One worker, so every datagram of host 0 takes the AF_XDP path (no UDP socket keeps the kernel's
+    // neighbour entry fresh behind weft's back).
+    bed.start_weft(0, &["--underlay=af-xdp", "--workers=1"]);
+    bed.start_weft(1, &[]);
+    let c0 = bed.attach_container(0);
+    let c1 = bed.attach_container(1);
+    bed.wait_ping(0, c1, T);
+    bed.wait_ping(1, c0, T);
+    let sent_before = bed
+        .weft(0)
+        .metric("weft_xdp_frames_total{direction=\"tx\"}")
+        .unwrap();
+    // Host 1 (a UDP-underlay host: its kernel drops frames to any other MAC) gets a new MAC address. A MAC
+    // change flushes its neighbour table, and any ARP request it then sent would teach host 0's kernel the
+    // new MAC without weft's help; so in the same breath it learns host 0's and the switch's (etcd's) MACs
+    // for good and never ARPs: host 0 learns it only by probing, which weft must notice and follow.
+    let mac_of = |ns: &str, dev: &str| {
+        let out = common::netns::exec(ns, "cat", &[&format!("/sys/class/net/{dev}/address")]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let script = format!(
+        "ip link set eth0 address 02:aa:bb:cc:dd:01 && \
+         ip neigh replace {} lladdr {} dev eth0 nud permanent && \
+         ip neigh replace {} lladdr {} dev eth0 nud permanent",
+        bed.hosts[0].ip,
+        mac_of(&h0, "eth0"),
+        common::netns::ETCD_IP,
+        mac_of(&bed.underlay.name, "br0"),
+    );
+    let out = common::netns::exec(&bed.hosts[1].ns.name, "sh", &["-c", &script]);
+    assert!(out.status.success(), "{out:?}");
+    bed.wait_ping(0, c1, T);
+    let (sent, got) = bed.transfer(0, 1, 5 << 20);
+    assert_eq!(sent, got, "byte-identical after the change");
+    let sent_after = bed
+        .weft(0)
+        .metric("weft_xdp_frames_total{direction=\"tx\"}")
+        .unwrap();
+    assert!(
+        sent_after > sent_before + 1000,
+        "the traffic after the change still left through AF_XDP: {sent_before} -> {sent_after}"
+    );
+}

@@ -46,45 +46,71 @@ pub struct Attached {
     pub mode: XdpMode,
 }
 
+/// A route-netlink socket for synchronous requests, reusable for many.
+pub(crate) struct Rtnl {
+    sock: Socket,
+    seq: u32,
+}
+
+impl Rtnl {
+    pub(crate) fn open() -> io::Result<Rtnl> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(Rtnl { sock, seq: 0 })
+    }
+
+    /// Sends one request and collects its replies (up to the ACK with NLM_F_ACK, else the first reply);
+    /// replies to earlier requests are skipped by sequence number.
+    pub(crate) fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut nl = NetlinkMessage::from(msg);
+        nl.header.flags = flags;
+        nl.header.sequence_number = self.seq;
+        nl.finalize();
+        let mut buf = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+        let mut replies = Vec::new();
+        loop {
+            let (data, _) = self.sock.recv_from_full()?;
+            let mut off = 0;
+            while off < data.len() {
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = m.header.length as usize;
+                if m.header.sequence_number == self.seq {
+                    match m.payload {
+                        NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                        NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(replies),
+                        NetlinkPayload::InnerMessage(inner) => {
+                            replies.push(inner);
+                            if flags & NLM_F_ACK == 0 {
+                                return Ok(replies);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
+}
+
+/// One request on a socket of its own.
 pub(crate) fn request(
     msg: RouteNetlinkMessage,
     flags: u16,
 ) -> io::Result<Vec<RouteNetlinkMessage>> {
-    let mut sock = Socket::new(NETLINK_ROUTE)?;
-    sock.bind_auto()?;
-    sock.connect(&SocketAddr::new(0, 0))?;
-    let mut nl = NetlinkMessage::from(msg);
-    nl.header.flags = flags;
-    nl.header.sequence_number = 1;
-    nl.finalize();
-    let mut buf = vec![0u8; nl.buffer_len()];
-    nl.serialize(&mut buf);
-    sock.send(&buf, 0)?;
-    let mut replies = Vec::new();
-    loop {
-        let (data, _) = sock.recv_from_full()?;
-        let mut off = 0;
-        while off < data.len() {
-            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let len = m.header.length as usize;
-            match m.payload {
-                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(replies),
-                NetlinkPayload::InnerMessage(inner) => {
-                    replies.push(inner);
-                    if flags & NLM_F_ACK == 0 {
-                        return Ok(replies);
-                    }
-                }
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            off += (len + 3) & !3;
-        }
-    }
+    Rtnl::open()?.request(msg, flags)
 }
 
 fn set_xdp(ifindex: u32, attrs: Vec<LinkXdp>) -> io::Result<()> {

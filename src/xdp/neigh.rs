@@ -16,7 +16,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::link::request;
+use super::link::{request, Rtnl};
 use crate::lease::MacAddr;
 
 /// How often every peer's next hop is looked up again.
@@ -52,11 +52,13 @@ impl NextHops {
     /// Looks up every address in `peers` through interface `ifindex` and publishes the result.
     pub fn refresh(&self, ifindex: u32, peers: impl IntoIterator<Item = Ipv4Addr>) {
         let mut map = HashMap::new();
+        // One netlink socket for the whole round; without one, keep the last answers.
+        let Ok(mut nl) = Rtnl::open() else { return };
         for ip in peers {
-            let Some(via) = route_via(ip, ifindex) else {
+            let Some(via) = route_via(&mut nl, ip, ifindex) else {
                 continue;
             };
-            if let Some((mac, state)) = neighbour(ifindex, via) {
+            if let Some((mac, state)) = neighbour(&mut nl, ifindex, via) {
                 map.insert(
                     ip,
                     Hop {
@@ -84,13 +86,15 @@ impl NextHops {
 
 /// The address whose MAC a frame to `dst` carries (the gateway, or `dst` itself when on-link), if the
 /// kernel routes `dst` out of `ifindex`.
-fn route_via(dst: Ipv4Addr, ifindex: u32) -> Option<Ipv4Addr> {
+fn route_via(nl: &mut Rtnl, dst: Ipv4Addr, ifindex: u32) -> Option<Ipv4Addr> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = AddressFamily::Inet;
     msg.header.destination_prefix_length = 32;
     msg.attributes
         .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
-    let replies = request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST).ok()?;
+    let replies = nl
+        .request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST)
+        .ok()?;
     for r in replies {
         let RouteNetlinkMessage::NewRoute(r) = r else {
             continue;
@@ -110,13 +114,15 @@ fn route_via(dst: Ipv4Addr, ifindex: u32) -> Option<Ipv4Addr> {
 }
 
 /// The kernel's neighbour entry for `ip` on `ifindex`, when it has a usable MAC.
-fn neighbour(ifindex: u32, ip: Ipv4Addr) -> Option<(MacAddr, NeighbourState)> {
+fn neighbour(nl: &mut Rtnl, ifindex: u32, ip: Ipv4Addr) -> Option<(MacAddr, NeighbourState)> {
     let mut msg = NeighbourMessage::default();
     msg.header.family = AddressFamily::Inet;
     msg.header.ifindex = ifindex;
     msg.attributes
         .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-    let replies = request(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_REQUEST).ok()?;
+    let replies = nl
+        .request(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_REQUEST)
+        .ok()?;
     for r in replies {
         let RouteNetlinkMessage::NewNeighbour(n) = r else {
             continue;

@@ -405,37 +405,48 @@ impl Xsk {
             self.tx_pending = 0;
             self.tx.producer().store(self.tx.local, Ordering::Release);
         }
-        // In copy mode each sendto sends a bounded batch; go on until the kernel has taken everything.
-        for _ in 0..256 {
-            if self.tx.consumer().load(Ordering::Acquire) == self.tx.local {
-                break;
+        if self.zero_copy {
+            // The driver sends on its own; it only needs a kick when it asked for one.
+            if self.tx.consumer().load(Ordering::Acquire) != self.tx.local && self.tx.needs_wakeup()
+            {
+                let _ = self.kick();
             }
-            if !self.tx.needs_wakeup() && self.zero_copy {
-                break;
-            }
-            // SAFETY: sendto with no buffer asks the kernel to process the TX ring.
-            let rc = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    std::ptr::null(),
-                    0,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null(),
-                    0,
-                )
-            };
-            if rc < 0 {
-                match io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
-                    Some(libc::EBUSY) | Some(libc::ENOBUFS) => {
-                        self.reap();
-                        continue;
-                    }
-                    _ => break,
+        } else {
+            // In copy mode each sendto sends a bounded batch; go on until the kernel has taken everything.
+            for _ in 0..256 {
+                if self.tx.consumer().load(Ordering::Acquire) == self.tx.local {
+                    break;
+                }
+                match self.kick().map_err(|e| e.raw_os_error()) {
+                    Ok(()) | Err(Some(libc::EAGAIN | libc::EINTR)) => {}
+                    Err(Some(libc::EBUSY | libc::ENOBUFS)) => self.reap(),
+                    Err(_) => break,
                 }
             }
         }
         self.reap();
+    }
+}
+
+impl Xsk {
+    /// Asks the kernel to process the TX ring.
+    fn kick(&self) -> io::Result<()> {
+        // SAFETY: sendto with no buffer and no address only makes the kernel look at the TX ring.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 }
 
