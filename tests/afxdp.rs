@@ -1,6 +1,7 @@
 //! AF_XDP underlay tests in network namespaces on veth with a real etcd: pings and byte-identical
-//! transfers through XDP sockets, a mixed cluster with a kernel flannel.1 host, the host's other traffic
-//! untouched, and no XDP program left behind.
+//! transfers through XDP sockets, a mixed cluster with a kernel flannel.1 host, driver-mode refusal, the
+//! host's other traffic untouched, a peer's MAC change followed, somebody else's XDP program left alone, and
+//! no XDP program left behind.
 
 mod common;
 
@@ -92,7 +93,7 @@ fn udp_backend_over_af_xdp_in_generic_mode() {
 }
 
 #[test]
-fn driver_mode_refused_falls_back_to_generic_mode() {
+fn driver_mode_refused_falls_back_to_generic_mode_or_is_reported() {
     let mut bed = Bed::new(2, &config("vxlan"));
     // veth refuses driver-mode XDP for programs without multi-buffer support when the peer's MTU is
     // larger than a page: the underlay side of host 0's link gets a jumbo MTU.
@@ -126,6 +127,17 @@ fn driver_mode_refused_falls_back_to_generic_mode() {
     );
     let (sent, got) = bed.transfer(0, 1, 10 << 20);
     assert_eq!(sent, got, "byte-identical");
+    // Asked for driver mode outright, weft refuses to start and says what to pass instead.
+    bed.hosts[0].weft.as_mut().unwrap().stop();
+    bed.start_weft(0, &["--underlay=af-xdp", "--xdp-mode=driver"]);
+    let code = bed.hosts[0].weft.as_mut().unwrap().wait_exit(T);
+    assert_ne!(code, Some(0));
+    let log = bed.weft(0).log();
+    assert!(
+        log.contains("refused driver-mode XDP") && log.contains("--xdp-mode auto"),
+        "{log}"
+    );
+    assert_eq!(xdp_on(&bed, 0), "", "nothing left attached");
 }
 
 #[test]

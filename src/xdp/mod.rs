@@ -40,6 +40,11 @@ pub enum XdpError {
         id: u32,
         name: String,
     },
+    #[error("interface {iface} refused driver-mode XDP: {source}; use --xdp-mode auto (falls back to generic mode) or --xdp-mode generic")]
+    DriverRefused {
+        iface: String,
+        source: std::io::Error,
+    },
     #[error("cannot {what} for AF_XDP on {iface}: {source}; AF_XDP needs root (CAP_NET_ADMIN, CAP_BPF) and a kernel with XDP sockets (5.4 or later); --underlay udp does without")]
     Setup {
         what: &'static str,
@@ -102,8 +107,12 @@ pub fn setup(
         bpf::prog_id_and_name(prog.as_raw_fd()).map_err(err("inspect the XDP program"))?;
     let mode = match choice {
         XdpModeChoice::Driver => {
-            link::attach(ifindex, prog.as_raw_fd(), XdpMode::Driver)
-                .map_err(err("attach the XDP program in driver mode"))?;
+            link::attach(ifindex, prog.as_raw_fd(), XdpMode::Driver).map_err(|source| {
+                XdpError::DriverRefused {
+                    iface: iface.to_string(),
+                    source,
+                }
+            })?;
             XdpMode::Driver
         }
         XdpModeChoice::Generic => {
