@@ -25,13 +25,25 @@ pub fn command_in(ns: Option<&str>, program: &str) -> Command {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that is free on 127.0.0.1 and stays so until a fixture binds it: below the kernel's ephemeral
+/// range (32768-60999 by default), so no outgoing connection takes it in the meantime, and never the same
+/// one twice in this process (tests start daemons and etcds in parallel; a daemon whose port another took
+/// cannot serve, and its status would be read from the other one).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Processes (concurrent test binaries) start at different places of the range.
+    let offset = std::process::id().wrapping_mul(2_654_435_761) % COUNT;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < COUNT, "no free port left in {FIRST}..{}", FIRST + COUNT);
+        let port = (FIRST + (offset + n) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout` naming `what`.
@@ -493,9 +505,12 @@ impl Weft {
 
     /// Our leased subnet as the daemon reports it.
     pub fn subnet(&self) -> Option<String> {
-        self.status()?["lease"]["subnet"]
-            .as_str()
-            .map(str::to_string)
+        let st = self.status()?;
+        // Only our own daemon's answer counts (not another one's that holds the port).
+        if st["lease"]["public_ip"].as_str() != Some(self.public_ip.as_str()) {
+            return None;
+        }
+        st["lease"]["subnet"].as_str().map(str::to_string)
     }
 
     /// Waits until the daemon holds a lease and returns its subnet.
