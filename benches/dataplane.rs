@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use weft::lease::MacAddr;
+use weft::control::lease::MacAddr;
 use weft::routes::{Peer, PeerBackend, RouteSnapshot};
 use weft::wire::flow::flow_hash;
 use weft::wire::gso::{Coalescer, VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};

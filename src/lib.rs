@@ -1,19 +1,16 @@
 //! weft: a flannel-compatible overlay network for container hosts.
+//!
+//! The layers, from the bottom: `wire` (packet formats, pure, imports nothing else of weft), `routes` (the
+//! route table the control plane writes and the data planes read), `control` (network config, leases, etcd),
+//! `dataplane` (the userspace packet loop on a tun device, with its AF_XDP underlay), `kernel` (the kernel
+//! VXLAN backend), `host` (this host's interfaces and iptables), `ops` (HTTP endpoints, metrics, status) and
+//! `daemon` (`weft run`: wires the others together).
 
-pub mod alloc;
-pub mod backoff;
-pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
-pub mod http;
-pub mod iface;
-pub mod kernel_state;
-pub mod kernelvxlan;
-pub mod lease;
-pub mod masq;
-pub mod metrics;
+pub mod host;
+pub mod kernel;
+pub mod ops;
 pub mod routes;
-pub mod store;
-pub mod subnet_env;
 pub mod wire;
-pub mod xdp;

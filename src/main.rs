@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use weft::config::NetworkConfig;
+use weft::control::config::NetworkConfig;
+use weft::control::store::{EtcdOptions, Store, DEFAULT_PREFIX};
+use weft::control::subnet_env::{docker_opts, DockerOptsStyle, SubnetEnv};
 use weft::daemon::{self, DataPlaneMode, RunOptions};
-use weft::store::{EtcdOptions, Store, DEFAULT_PREFIX};
-use weft::subnet_env::{docker_opts, DockerOptsStyle, SubnetEnv};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -174,7 +174,7 @@ struct RunArgs {
     underlay: UnderlayArg,
     /// Where the AF_XDP steering program runs: in the driver where supported, else generic (auto).
     #[arg(long, env = "WEFT_XDP_MODE", value_enum, default_value = "auto")]
-    xdp_mode: weft::xdp::XdpModeChoice,
+    xdp_mode: weft::dataplane::xdp::XdpModeChoice,
     /// Pin each worker to a CPU and steer packets to the worker of the CPU that handles them, so that
     /// handing a packet to weft never wakes another CPU (lower latency; a flow uses one CPU end to end).
     #[arg(long, env = "WEFT_CPU_LOCAL")]
@@ -358,7 +358,7 @@ async fn dispatch(cmd: Cmd) -> Result<(), String> {
         Cmd::Leases(etcd) => list_leases(&etcd).await,
         Cmd::Status(h) => {
             let addr = SocketAddr::new(h.healthz_ip, h.healthz_port);
-            let (code, body) = weft::http::get(addr, "/status").await?;
+            let (code, body) = weft::ops::http::get(addr, "/status").await?;
             if code != 200 {
                 return Err(format!("the daemon at {addr} answered {code}: {body}"));
             }

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::lease::{LeaseAttrs, MacAddr};
+use crate::control::lease::{LeaseAttrs, MacAddr};
 
 /// How a peer is reached, from its lease's BackendType and BackendData.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -209,11 +209,13 @@ fn somebody_elses_xdp_program_is_left_alone_and_reported() {
     // Another tool's XDP program on the underlay (a pass-everything program under another name).
     let prog = weft::wire::xdp_filter::redirect_program(std::net::Ipv4Addr::new(0, 0, 0, 0), 1, -1);
     let pass_all = &prog[prog.len() - 2..];
-    let other = weft::xdp::bpf::load_xdp_named("other_tool", pass_all).expect("load a program");
+    let other =
+        weft::dataplane::xdp::bpf::load_xdp_named("other_tool", pass_all).expect("load a program");
     let fd = other.as_raw_fd();
     common::netns::in_netns(&ns, move || {
         let idx = nix::net::if_::if_nametoindex("eth0").unwrap();
-        weft::xdp::link::attach(idx, fd, weft::xdp::XdpMode::Generic).expect("attach it");
+        weft::dataplane::xdp::link::attach(idx, fd, weft::dataplane::xdp::XdpMode::Generic)
+            .expect("attach it");
     });
     bed.start_weft(0, &["--underlay=af-xdp"]);
     let code = bed.hosts[0].weft.as_mut().unwrap().wait_exit(T);

@@ -4,16 +4,16 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(a) = weft::lease::LeaseAttrs::from_json(data) {
+    if let Ok(a) = weft::control::lease::LeaseAttrs::from_json(data) {
         let _ = a.vxlan_data();
-        let _ = weft::lease::LeaseAttrs::from_json(a.to_json().as_bytes())
+        let _ = weft::control::lease::LeaseAttrs::from_json(a.to_json().as_bytes())
             .expect("our own JSON parses");
     }
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = weft::lease::parse_subnet_key(text);
-        if let Ok(cfg) = weft::config::NetworkConfig::parse(text) {
+        let _ = weft::control::lease::parse_subnet_key(text);
+        if let Ok(cfg) = weft::control::config::NetworkConfig::parse(text) {
             assert!(cfg.subnet_count() >= 1);
         }
-        let _ = weft::subnet_env::SubnetEnv::parse(text);
+        let _ = weft::control::subnet_env::SubnetEnv::parse(text);
     }
 });

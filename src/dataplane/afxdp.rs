@@ -5,10 +5,10 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::lease::MacAddr;
+use crate::control::lease::MacAddr;
+use crate::dataplane::xdp::xsk::MAX_FRAME;
+use crate::dataplane::xdp::{NextHops, Xsk};
 use crate::wire::outer::{source_port, OuterPath, OUTER_LEN};
-use crate::xdp::xsk::MAX_FRAME;
-use crate::xdp::{NextHops, Xsk};
 
 /// What became of datagrams handed to the AF_XDP path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

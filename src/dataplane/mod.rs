@@ -1,10 +1,15 @@
 //! The userspace data plane: a tun device and worker threads that move packets between it and the underlay.
+//!
+//! It owns the tun device (`tun`), the workers (`worker`) and their underlay sockets (`sock`, or AF_XDP through
+//! `afxdp` and `xdp`), and CPU steering (`steer`). It reads the route table and counts into its own counters;
+//! it knows nothing of etcd or the daemon.
 
 mod afxdp;
 mod sock;
 mod steer;
 mod tun;
 mod worker;
+pub mod xdp;
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +20,7 @@ use ipnet::Ipv4Net;
 use tracing::info;
 
 use crate::daemon::Shared;
-use crate::metrics::WorkerCounters;
+use crate::ops::metrics::WorkerCounters;
 
 pub use crate::wire::inbound::Encap;
 pub use tun::enable_ip_forwarding;
@@ -57,7 +62,7 @@ pub enum UnderlayIo {
     /// Kernel UDP sockets (with GSO/GRO).
     Udp,
     /// AF_XDP sockets on the underlay interface, with an XDP program steering the overlay's UDP to them.
-    AfXdp(crate::xdp::XdpModeChoice),
+    AfXdp(crate::dataplane::xdp::XdpModeChoice),
 }
 
 /// The fast paths, each of which can be turned off for comparison.
@@ -94,7 +99,7 @@ pub enum DataPlaneError {
         reason: String,
     },
     #[error(transparent)]
-    Xdp(#[from] crate::xdp::XdpError),
+    Xdp(#[from] crate::dataplane::xdp::XdpError),
     #[error("cannot open UDP port {addr}: {source}; is another overlay (flanneld, a kernel VXLAN device) already using it?")]
     Socket {
         addr: std::net::SocketAddr,
@@ -107,7 +112,7 @@ pub struct DataPlane {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     /// The AF_XDP attachment, detached when the data plane is dropped (after the workers stopped).
-    xdp: Option<crate::xdp::Attachment>,
+    xdp: Option<crate::dataplane::xdp::Attachment>,
     /// How the underlay is reached, in words (for status and the log).
     pub underlay: String,
 }
@@ -132,7 +137,7 @@ impl DataPlane {
         if let UnderlayIo::AfXdp(choice) = cfg.underlay {
             // The UDP sockets stay open beside AF_XDP: frames on queues without a socket, and datagrams
             // to peers whose next hop is not known yet, take the kernel's path.
-            let s = crate::xdp::setup(
+            let s = crate::dataplane::xdp::setup(
                 &cfg.iface,
                 cfg.iface_mtu,
                 cfg.local_ip,
@@ -150,7 +155,7 @@ impl DataPlane {
                 workers
             );
             info!(iface = %a.iface, mode = a.mode.as_str(), zero_copy, sockets = s.sockets.len(), "AF_XDP underlay up");
-            let hops = Arc::new(crate::xdp::NextHops::default());
+            let hops = Arc::new(crate::dataplane::xdp::NextHops::default());
             let (ifindex, src_mac) = (a.ifindex, a.src_mac);
             {
                 let (hops, shared, stop) = (hops.clone(), shared.clone(), dp.stop.clone());

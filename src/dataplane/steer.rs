@@ -5,8 +5,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
+use crate::dataplane::xdp::bpf;
 use crate::wire::xdp_filter::cpu_program;
-use crate::xdp::bpf;
 
 /// setsockopt(SOL_SOCKET) option that attaches a classic BPF program choosing a reuseport group member.
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;

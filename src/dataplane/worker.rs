@@ -17,7 +17,7 @@ use super::afxdp::{XdpIo, XdpSend};
 use super::sock::WorkerSockets;
 use super::{DataPlaneConfig, Encap};
 use crate::daemon::Shared;
-use crate::metrics::{DropReason, WorkerCounters};
+use crate::ops::metrics::{DropReason, WorkerCounters};
 use crate::routes::{PeerBackend, RouteSnapshot};
 use crate::wire::flow::flow_hash;
 use crate::wire::gso::{train_from_tun, Coalescer, VnetHdr, VNET_HDR_LEN};

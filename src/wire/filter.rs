@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::ipv4;
-use crate::metrics::DropReason;
+use crate::ops::metrics::DropReason;
 use crate::routes::RouteSnapshot;
 
 /// The sender is the public IP of a current peer; returns the first such peer's subnet.

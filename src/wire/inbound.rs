@@ -9,8 +9,8 @@ use super::csum::complete_l4;
 use super::filter::{check_inner, check_sender};
 use super::segment::split_tcp;
 use super::vxlan::decap;
-use crate::lease::MacAddr;
-use crate::metrics::DropReason;
+use crate::control::lease::MacAddr;
+use crate::ops::metrics::DropReason;
 use crate::routes::RouteSnapshot;
 
 /// How inner packets are wrapped on the underlay.

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use super::ipv4::checksum;
-use crate::lease::MacAddr;
+use crate::control::lease::MacAddr;
 
 pub const ETH_HEADER: usize = 14;
 pub const IP_HEADER: usize = 20;

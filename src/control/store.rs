@@ -10,7 +10,7 @@ use etcd_client::{
 };
 use ipnet::Ipv4Net;
 
-use crate::lease::{parse_subnet_key, subnet_key, LeaseAttrs};
+use crate::control::lease::{parse_subnet_key, subnet_key, LeaseAttrs};
 
 /// Default etcd key prefix, as flannel's.
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";

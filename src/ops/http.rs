@@ -38,7 +38,7 @@ fn route(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            crate::metrics::render(&shared.metrics()),
+            crate::ops::metrics::render(&shared.metrics()),
         ),
         "/status" => reply(
             StatusCode::OK,

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::lease::MacAddr;
+use crate::control::lease::MacAddr;
 use crate::routes::{Peer, PeerBackend};
 
 /// What flanneld's vxlan backend programs on `flannel.<VNI>` for its peers.

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use rand::seq::SliceRandom;
 
-use crate::config::NetworkConfig;
+use crate::control::config::NetworkConfig;
 
 /// How many free subnets, counted from SubnetMin, the random pick chooses among (flannel's figure).
 const RANDOM_POOL: usize = 100;

@@ -12,17 +12,17 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::alloc::{choose_subnet, Choice, Exhausted, ExistingLease};
-use crate::backoff::{renew_after, Backoff};
-use crate::config::{Backend, NetworkConfig};
+use crate::control::alloc::{choose_subnet, Choice, Exhausted, ExistingLease};
+use crate::control::backoff::{renew_after, Backoff};
+use crate::control::config::{Backend, NetworkConfig};
+use crate::control::lease::{LeaseAttrs, MacAddr};
+use crate::control::store::{EtcdOptions, Store, StoreError, StoredLease};
+use crate::control::subnet_env::SubnetEnv;
 use crate::dataplane::{DataPlane, DataPlaneConfig, DataPlaneError, Encap};
-use crate::iface::{self, IfaceError, Underlay};
-use crate::kernelvxlan::{KernelVxlan, KernelVxlanConfig, KernelVxlanError};
-use crate::lease::{LeaseAttrs, MacAddr};
-use crate::metrics::{CounterTotals, MetricsView, WorkerCounters};
+use crate::host::iface::{self, IfaceError, Underlay};
+use crate::kernel::vxlan::{KernelVxlan, KernelVxlanConfig, KernelVxlanError};
+use crate::ops::metrics::{CounterTotals, MetricsView, WorkerCounters};
 use crate::routes::{Peer, RouteTable};
-use crate::store::{EtcdOptions, Store, StoreError, StoredLease};
-use crate::subnet_env::SubnetEnv;
 
 /// How often the lease keeper checks that our key is still ours when nothing else wakes it.
 const CHECK_INTERVAL: Duration = Duration::from_secs(10);
@@ -140,7 +140,7 @@ pub struct Shared {
     /// How the userspace data plane reaches the underlay ("udp" or "af_xdp (...)"; "" otherwise).
     pub underlay: Mutex<String>,
     /// The --ip-masq rule keeper, taken and stopped (rules removed) on a clean exit.
-    pub masq: Mutex<Option<crate::masq::Masquerade>>,
+    pub masq: Mutex<Option<crate::host::masq::Masquerade>>,
     /// Signalled whenever the route table changes (the kernel backend reconciles on it).
     pub routes_changed: Notify,
     own_key_changed: Notify,
@@ -229,7 +229,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             .await
             .map_err(|source| DaemonError::Healthz { addr, source })?;
         info!(%addr, "serving /healthz, /readyz, /metrics and /status");
-        tokio::spawn(crate::http::serve(listener, shared.clone()));
+        tokio::spawn(crate::ops::http::serve(listener, shared.clone()));
     }
     let store = Store::connect(&opts.etcd).await?;
     let main = control_plane(&opts, &underlay, store, shared.clone(), renew_every);
@@ -283,7 +283,7 @@ async fn control_plane(
         None => "none",
     };
     if opts.ip_masq {
-        let m = crate::masq::Masquerade::start(cfg.network, own.subnet)
+        let m = crate::host::masq::Masquerade::start(cfg.network, own.subnet)
             .await
             .map_err(|e| DaemonError::Settings(format!("--ip-masq: {e}")))?;
         *shared.masq.lock().expect("masq lock") = Some(m);
