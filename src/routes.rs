@@ -161,16 +161,32 @@ impl RouteSnapshot {
 }
 
 /// The shared route table: readers `load()` a snapshot without locking; the control plane applies
-/// changes under a mutex of its own and publishes a fresh snapshot, never pausing readers.
-#[derive(Default)]
+/// changes under a mutex of its own and publishes a fresh snapshot, never pausing readers. Every published
+/// change bumps a generation that [`RouteTable::subscribe`]rs wait on (the kernel backend reconciles on it).
 pub struct RouteTable {
     current: ArcSwap<RouteSnapshot>,
     master: Mutex<BTreeMap<Ipv4Net, Peer>>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTable {
+            current: ArcSwap::default(),
+            master: Mutex::default(),
+            generation: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl RouteTable {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A receiver that sees every change published after this call (`changed().await`).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// The current snapshot (lock-free), owned.
@@ -218,6 +234,7 @@ impl RouteTable {
     fn publish(&self, m: &BTreeMap<Ipv4Net, Peer>) {
         self.current
             .store(Arc::new(RouteSnapshot::new(m.values().copied())));
+        self.generation.send_modify(|g| *g += 1);
     }
 }
 

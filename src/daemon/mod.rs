@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -22,6 +21,7 @@ use crate::dataplane::{DataPlane, DataPlaneConfig, DataPlaneError, Encap};
 use crate::host::iface::{self, IfaceError, Underlay};
 use crate::kernel::vxlan::{KernelVxlan, KernelVxlanConfig, KernelVxlanError};
 use crate::ops::metrics::{CounterTotals, MetricsView, WorkerCounters};
+use crate::ops::status::{LeaseStatus, StatusReport, StatusSource};
 use crate::routes::{Peer, RouteTable};
 
 /// How often the lease keeper checks that our key is still ours when nothing else wakes it.
@@ -108,7 +108,7 @@ pub enum DaemonError {
 }
 
 /// This host's lease as held by the running daemon.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct OwnLease {
     pub subnet: Ipv4Net,
     pub network: Ipv4Net,
@@ -116,16 +116,14 @@ pub struct OwnLease {
     pub iface: String,
     pub backend: String,
     pub mtu: u32,
-    #[serde(skip)]
     pub attrs: LeaseAttrs,
-    #[serde(skip)]
     pub etcd_lease: i64,
 }
 
 /// State shared by the control plane, the data plane and the HTTP endpoints.
 #[derive(Default)]
 pub struct Shared {
-    pub routes: RouteTable,
+    pub routes: Arc<RouteTable>,
     pub ready: AtomicBool,
     pub etcd_connected: AtomicBool,
     etcd_seen: AtomicBool,
@@ -141,26 +139,15 @@ pub struct Shared {
     pub underlay: Mutex<String>,
     /// The --ip-masq rule keeper, taken and stopped (rules removed) on a clean exit.
     pub masq: Mutex<Option<crate::host::masq::Masquerade>>,
-    /// Signalled whenever the route table changes (the kernel backend reconciles on it).
-    pub routes_changed: Notify,
     own_key_changed: Notify,
 }
 
-/// The JSON `/status` returns and `weft status` prints.
-#[derive(Debug, Serialize)]
-pub struct StatusReport {
-    pub ready: bool,
-    pub etcd_connected: bool,
-    /// The data plane in use: "userspace", "kernel" or "none" (empty before it started).
-    pub dataplane: &'static str,
-    /// For the userspace data plane: "udp", or "af_xdp (<mode> mode, copy|zero-copy, <n> of <m> workers)".
-    pub underlay: String,
-    pub lease: Option<OwnLease>,
-    pub peers: Vec<Peer>,
-}
+impl StatusSource for Shared {
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
 
-impl Shared {
-    pub fn metrics(&self) -> MetricsView {
+    fn metrics(&self) -> MetricsView {
         let snap = self.routes.load();
         let ttl = self.lease_ttl.load(Ordering::Relaxed);
         let workers = self.workers.lock().expect("workers lock");
@@ -180,17 +167,31 @@ impl Shared {
         }
     }
 
-    pub fn status(&self) -> StatusReport {
+    fn status(&self) -> StatusReport {
         StatusReport {
             ready: self.ready.load(Ordering::Relaxed),
             etcd_connected: self.etcd_connected.load(Ordering::Relaxed),
             dataplane: *self.dataplane.lock().expect("dataplane lock"),
             underlay: self.underlay.lock().expect("underlay lock").clone(),
-            lease: self.own.lock().expect("own lock").clone(),
+            lease: self
+                .own
+                .lock()
+                .expect("own lock")
+                .as_ref()
+                .map(|o| LeaseStatus {
+                    subnet: o.subnet,
+                    network: o.network,
+                    public_ip: o.public_ip,
+                    iface: o.iface.clone(),
+                    backend: o.backend.clone(),
+                    mtu: o.mtu,
+                }),
             peers: self.routes.load().peers().to_vec(),
         }
     }
+}
 
+impl Shared {
     fn set_etcd(&self, up: bool, err: Option<&StoreError>) {
         let was = self.etcd_connected.swap(up, Ordering::Relaxed);
         if up && !self.etcd_seen.swap(true, Ordering::Relaxed) {
@@ -374,7 +375,7 @@ async fn start_kernel(
         mtu: own.mtu,
         own_subnet: own.subnet,
     };
-    Ok(KernelVxlan::start(kc, shared).await?)
+    Ok(KernelVxlan::start(kc, shared.routes.clone()).await?)
 }
 
 async fn start_userspace(
@@ -408,7 +409,13 @@ async fn start_userspace(
         iface_mtu: underlay.mtu,
         cpu_local: opts.cpu_local,
     };
-    Ok(DataPlane::start(dp, shared).await?)
+    let dp = DataPlane::start(dp, shared.routes.clone()).await?;
+    shared
+        .workers
+        .lock()
+        .expect("workers lock")
+        .extend(dp.counters().iter().cloned());
+    Ok(dp)
 }
 
 /// Reads `<prefix>/config` until it exists and is valid, saying so once per state.
@@ -679,7 +686,6 @@ async fn watch_peers(store: Store, shared: Arc<Shared>, own_subnet: Ipv4Net, own
                         })
                         .collect();
                     let (changed, removed) = shared.routes.replace_all(peers);
-                    shared.routes_changed.notify_one();
                     info!(
                         peers = shared.routes.load().len(),
                         changed,
@@ -747,7 +753,6 @@ async fn watch_peers(store: Store, shared: Arc<Shared>, own_subnet: Ipv4Net, own
                             Ok(a) => {
                                 let p = Peer::from_lease(subnet, a);
                                 if shared.routes.upsert(p) {
-                                    shared.routes_changed.notify_one();
                                     info!(subnet = %subnet, public_ip = %a.public_ip, backend = %a.backend_type, "peer added or changed");
                                 }
                             }
@@ -759,7 +764,6 @@ async fn watch_peers(store: Store, shared: Arc<Shared>, own_subnet: Ipv4Net, own
                     }
                     etcd_client::EventType::Delete => {
                         if let Some(p) = shared.routes.remove(&subnet) {
-                            shared.routes_changed.notify_one();
                             info!(subnet = %subnet, public_ip = %p.public_ip, "peer removed");
                         }
                     }

@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 use ipnet::Ipv4Net;
 use tracing::info;
 
-use crate::daemon::Shared;
 use crate::ops::metrics::WorkerCounters;
+use crate::routes::RouteTable;
 
 pub use crate::wire::inbound::Encap;
 pub use tun::enable_ip_forwarding;
@@ -115,13 +115,15 @@ pub struct DataPlane {
     xdp: Option<crate::dataplane::xdp::Attachment>,
     /// How the underlay is reached, in words (for status and the log).
     pub underlay: String,
+    /// Each worker's counters, in worker order.
+    counters: Vec<Arc<WorkerCounters>>,
 }
 
 impl DataPlane {
     /// Creates the tun device and its route, opens the sockets, and starts the workers.
     pub async fn start(
         cfg: DataPlaneConfig,
-        shared: Arc<Shared>,
+        routes: Arc<RouteTable>,
     ) -> Result<DataPlane, DataPlaneError> {
         let workers = cfg.workers.max(1);
         let queues = tun::create(&cfg, workers)?;
@@ -132,6 +134,7 @@ impl DataPlane {
             threads: Vec::with_capacity(workers + 1),
             xdp: None,
             underlay: "udp".to_string(),
+            counters: Vec::with_capacity(workers),
         };
         let mut xsks = Vec::new();
         if let UnderlayIo::AfXdp(choice) = cfg.underlay {
@@ -158,16 +161,8 @@ impl DataPlane {
             let hops = Arc::new(crate::dataplane::xdp::NextHops::default());
             let (ifindex, src_mac) = (a.ifindex, a.src_mac);
             {
-                let (hops, shared, stop) = (hops.clone(), shared.clone(), dp.stop.clone());
-                let peers = move || {
-                    shared
-                        .routes
-                        .load()
-                        .peers()
-                        .iter()
-                        .map(|p| p.public_ip)
-                        .collect()
-                };
+                let (hops, routes, stop) = (hops.clone(), routes.clone(), dp.stop.clone());
+                let peers = move || routes.load().peers().iter().map(|p| p.public_ip).collect();
                 dp.threads.push(
                     std::thread::Builder::new()
                         .name("weft-nexthops".into())
@@ -208,17 +203,13 @@ impl DataPlane {
                 }
             }
             let counters = Arc::new(WorkerCounters::default());
-            shared
-                .workers
-                .lock()
-                .expect("workers lock")
-                .push(counters.clone());
+            dp.counters.push(counters.clone());
             let w = worker::Worker::new(
                 cfg.clone(),
                 queue,
                 io,
                 xsk,
-                shared.clone(),
+                routes.clone(),
                 counters,
                 dp.stop.clone(),
             );
@@ -242,6 +233,13 @@ impl DataPlane {
             "userspace data plane up"
         );
         Ok(dp)
+    }
+}
+
+impl DataPlane {
+    /// The workers' counters (one set per worker), for metrics.
+    pub fn counters(&self) -> &[Arc<WorkerCounters>] {
+        &self.counters
     }
 }
 

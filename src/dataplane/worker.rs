@@ -16,8 +16,8 @@ use tun_rs::SyncDevice;
 use super::afxdp::{XdpIo, XdpSend};
 use super::sock::WorkerSockets;
 use super::{DataPlaneConfig, Encap};
-use crate::daemon::Shared;
 use crate::ops::metrics::{DropReason, WorkerCounters};
+use crate::routes::RouteTable;
 use crate::routes::{PeerBackend, RouteSnapshot};
 use crate::wire::flow::flow_hash;
 use crate::wire::gso::{train_from_tun, Coalescer, VnetHdr, VNET_HDR_LEN};
@@ -48,7 +48,7 @@ pub struct Worker {
     io: WorkerSockets,
     /// The AF_XDP socket this worker sends and receives whole frames on, if the underlay uses AF_XDP.
     xdp: Option<XdpIo>,
-    shared: Arc<Shared>,
+    routes: Arc<RouteTable>,
     counters: Arc<WorkerCounters>,
     stop: Arc<AtomicBool>,
     /// The tun device carries virtio-net headers (TSO reads, GSO writes).
@@ -73,7 +73,7 @@ impl Worker {
         tun: SyncDevice,
         io: WorkerSockets,
         xdp: Option<XdpIo>,
-        shared: Arc<Shared>,
+        routes: Arc<RouteTable>,
         counters: Arc<WorkerCounters>,
         stop: Arc<AtomicBool>,
     ) -> Self {
@@ -89,7 +89,7 @@ impl Worker {
             tun,
             io,
             xdp,
-            shared,
+            routes,
             counters,
             stop,
             vnet,
@@ -211,7 +211,7 @@ impl Worker {
     }
 
     fn outbound_packets(&mut self) -> bool {
-        let routes = self.shared.routes.snapshot();
+        let routes = self.routes.snapshot();
         let limit = if self.cfg.batch { WORK_LIMIT } else { 1 };
         for _ in 0..limit {
             let start = if self.vnet {
@@ -407,7 +407,7 @@ impl Worker {
     /// Receives up to WORK_LIMIT frames from the AF_XDP socket, checks them and writes the good ones to
     /// the tun, as `inbound_batch` does for the UDP socket. Returns true if the limit was reached.
     fn xdp_inbound_batch(&mut self) -> bool {
-        let routes = self.shared.routes.snapshot();
+        let routes = self.routes.snapshot();
         let rx = Inbound {
             own: self.cfg.own_subnet,
             encap: self.cfg.encap,
@@ -449,7 +449,7 @@ impl Worker {
     /// Receives up to WORK_LIMIT datagrams, checks them and writes the good ones to the tun (coalesced
     /// into GSO frames when the tun takes them). Returns true if the limit was reached.
     fn inbound_batch(&mut self) -> bool {
-        let routes = self.shared.routes.snapshot();
+        let routes = self.routes.snapshot();
         let mtu = self.cfg.mtu as usize;
         let rx = Inbound {
             own: self.cfg.own_subnet,

@@ -21,10 +21,10 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::control::lease::MacAddr;
-use crate::daemon::Shared;
 use crate::kernel::state::{
     desired, device_action, diff, Change, DeviceAction, DeviceSeen, DeviceSpec, VxlanEntries,
 };
+use crate::routes::RouteTable;
 
 /// How often the kernel state is compared with the desired state when nothing else triggers it.
 const RESYNC: Duration = Duration::from_secs(2);
@@ -81,8 +81,9 @@ impl KernelVxlan {
     /// Creates (or reuses) the device, applies the current peers, and keeps reconciling.
     pub async fn start(
         cfg: KernelVxlanConfig,
-        shared: Arc<Shared>,
+        routes: Arc<RouteTable>,
     ) -> Result<KernelVxlan, KernelVxlanError> {
+        let mut changed = routes.subscribe();
         let name = cfg.device_name();
         let err = |reason: String| KernelVxlanError::Netlink {
             name: name.clone(),
@@ -109,16 +110,16 @@ impl KernelVxlan {
             name: name.clone(),
             last_error: None,
         };
-        r.reconcile(&shared).await.map_err(err)?;
+        r.reconcile(&routes).await.map_err(err)?;
         info!(device = %name, vni = r.cfg.vni, port = r.cfg.port, mtu = r.cfg.mtu, "kernel VXLAN backend up");
         let task = tokio::spawn(async move {
             let _conn = AbortOnDrop(conn_task);
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(RESYNC) => {},
-                    _ = shared.routes_changed.notified() => {},
+                    _ = changed.changed() => {},
                 }
-                match r.reconcile(&shared).await {
+                match r.reconcile(&routes).await {
                     Ok(()) => {
                         if r.last_error.take().is_some() {
                             info!(device = %r.name, "kernel VXLAN state repaired");
@@ -193,10 +194,10 @@ fn seen(link: &LinkMessage) -> DeviceSeen {
 }
 
 impl Reconciler {
-    async fn reconcile(&mut self, shared: &Shared) -> Result<(), String> {
+    async fn reconcile(&mut self, routes: &RouteTable) -> Result<(), String> {
         let index = self.ensure_device().await?;
         self.ensure_address(index).await?;
-        let want = desired(shared.routes.load().peers(), self.cfg.vni);
+        let want = desired(routes.load().peers(), self.cfg.vni);
         let (actual, msgs) = self.read_entries(index).await?;
         for change in diff(&want, &actual) {
             self.apply(index, change, &msgs).await?;

@@ -1,7 +1,6 @@
 //! The HTTP endpoints of a running daemon (/healthz, /readyz, /metrics, /status) and the client `weft status` uses.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,7 +9,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::daemon::Shared;
+use crate::ops::status::StatusSource;
 
 fn reply(code: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
     Response::builder()
@@ -20,12 +19,12 @@ fn reply(code: StatusCode, ctype: &'static str, body: String) -> Response<Full<B
         .expect("static response parts are valid")
 }
 
-fn route(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
+fn route(source: &dyn StatusSource, path: &str) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     match path {
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),
         "/readyz" => {
-            if shared.ready.load(Ordering::Relaxed) {
+            if source.ready() {
                 reply(StatusCode::OK, TEXT, "ready\n".into())
             } else {
                 reply(
@@ -38,12 +37,12 @@ fn route(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            crate::ops::metrics::render(&shared.metrics()),
+            crate::ops::metrics::render(&source.metrics()),
         ),
         "/status" => reply(
             StatusCode::OK,
             "application/json",
-            serde_json::to_string_pretty(&shared.status()).expect("status serialises"),
+            serde_json::to_string_pretty(&source.status()).expect("status serialises"),
         ),
         _ => reply(
             StatusCode::NOT_FOUND,
@@ -54,15 +53,15 @@ fn route(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
 }
 
 /// Serves the endpoints on `listener` until the process exits.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, source: Arc<dyn StatusSource>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let shared = shared.clone();
+        let source = source.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let resp = route(&shared, req.uri().path());
+                let resp = route(source.as_ref(), req.uri().path());
                 async move { Ok::<_, Infallible>(resp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()

@@ -1,0 +1,41 @@
+//! What a running daemon reports about itself: the `/status` document and the source the HTTP endpoints read.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::ops::metrics::MetricsView;
+use crate::routes::Peer;
+
+/// Where the HTTP endpoints read readiness, metrics and status from (the daemon implements it).
+pub trait StatusSource: Send + Sync + 'static {
+    /// subnet.env is written and the data plane is up.
+    fn ready(&self) -> bool;
+    fn metrics(&self) -> MetricsView;
+    fn status(&self) -> StatusReport;
+}
+
+/// This host's lease as `/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseStatus {
+    pub subnet: Ipv4Net,
+    pub network: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    pub iface: String,
+    pub backend: String,
+    pub mtu: u32,
+}
+
+/// The JSON `/status` returns and `weft status` prints.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub ready: bool,
+    pub etcd_connected: bool,
+    /// The data plane in use: "userspace", "kernel" or "none" (empty before it started).
+    pub dataplane: &'static str,
+    /// For the userspace data plane: "udp", or "af_xdp (<mode> mode, copy|zero-copy, <n> of <m> workers)".
+    pub underlay: String,
+    pub lease: Option<LeaseStatus>,
+    pub peers: Vec<Peer>,
+}
