@@ -8,9 +8,13 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use weft::control::config::NetworkConfig;
+use weft::control::store::StoreError;
 use weft::control::store::{EtcdOptions, Store, DEFAULT_PREFIX};
 use weft::control::subnet_env::{docker_opts, DockerOptsStyle, SubnetEnv};
-use weft::daemon::{self, DataPlaneMode, RunOptions};
+use weft::daemon::{self, DaemonError, DataPlaneMode, RunOptions};
+use weft::dataplane::xdp::XdpModeChoice;
+use weft::ops::http::HttpError;
+use weft::ops::status::StatusReport;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -142,7 +146,7 @@ struct RunArgs {
     ip_masq: bool,
     /// Which data plane forwards the overlay's packets.
     #[arg(long, env = "WEFT_DATAPLANE", value_enum, default_value = "auto")]
-    dataplane: DataPlaneMode,
+    dataplane: DataPlaneArg,
     /// Packet worker threads of the userspace data plane (default: one per core).
     #[arg(long, env = "WEFT_WORKERS")]
     workers: Option<usize>,
@@ -174,7 +178,7 @@ struct RunArgs {
     underlay: UnderlayArg,
     /// Where the AF_XDP steering program runs: in the driver where supported, else generic (auto).
     #[arg(long, env = "WEFT_XDP_MODE", value_enum, default_value = "auto")]
-    xdp_mode: weft::dataplane::xdp::XdpModeChoice,
+    xdp_mode: XdpModeArg,
     /// Pin each worker to a CPU and steer packets to the worker of the CPU that handles them, so that
     /// handing a packet to weft never wakes another CPU (lower latency; a flow uses one CPU end to end).
     #[arg(long, env = "WEFT_CPU_LOCAL")]
@@ -185,6 +189,94 @@ struct RunArgs {
 enum UnderlayArg {
     Udp,
     AfXdp,
+}
+
+/// `--dataplane`'s values (the library's `DataPlaneMode` knows nothing of the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DataPlaneArg {
+    /// The userspace data plane, falling back to the kernel VXLAN backend where it cannot run.
+    Auto,
+    /// weft's own packet loop on a tun device.
+    Userspace,
+    /// The kernel's VXLAN device, programmed over netlink as flanneld's vxlan backend does.
+    Kernel,
+    /// No forwarding: lease and publish only (flannel's "alloc" backend), e.g. when another tool forwards.
+    None,
+}
+
+impl From<DataPlaneArg> for DataPlaneMode {
+    fn from(a: DataPlaneArg) -> Self {
+        match a {
+            DataPlaneArg::Auto => DataPlaneMode::Auto,
+            DataPlaneArg::Userspace => DataPlaneMode::Userspace,
+            DataPlaneArg::Kernel => DataPlaneMode::Kernel,
+            DataPlaneArg::None => DataPlaneMode::None,
+        }
+    }
+}
+
+/// `--xdp-mode`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum XdpModeArg {
+    /// Driver mode where the device supports it, generic mode otherwise.
+    Auto,
+    Driver,
+    Generic,
+}
+
+impl From<XdpModeArg> for XdpModeChoice {
+    fn from(a: XdpModeArg) -> Self {
+        match a {
+            XdpModeArg::Auto => XdpModeChoice::Auto,
+            XdpModeArg::Driver => XdpModeChoice::Driver,
+            XdpModeArg::Generic => XdpModeChoice::Generic,
+        }
+    }
+}
+
+/// Everything a command can fail with; `main` prints it as one line.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("cannot {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("refusing the network config: {0}")]
+    BadConfig(String),
+    #[error("no network config at {0}; set one with `weft config set`")]
+    NoConfig(String),
+    #[error("give the JSON either as an argument or with --file, not both")]
+    TwoConfigs,
+    #[error("the daemon at {addr} answered {code}: {body}")]
+    Status {
+        addr: SocketAddr,
+        code: u16,
+        body: String,
+    },
+    #[error("the daemon sent unreadable status: {0}")]
+    BadStatus(#[source] serde_json::Error),
+    #[error("{path} is not a valid subnet.env: {source}")]
+    BadSubnetEnv {
+        path: String,
+        #[source]
+        source: weft::control::subnet_env::SubnetEnvError,
+    },
+}
+
+impl CliError {
+    fn file(what: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.display().to_string();
+        move |source| CliError::File { what, path, source }
+    }
 }
 
 #[derive(Args)]
@@ -269,7 +361,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cmd: Cmd) -> Result<(), String> {
+async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
     match cmd {
         Cmd::Run(a) => {
             let healthz = (a.healthz.healthz_port != 0)
@@ -283,7 +375,7 @@ async fn dispatch(cmd: Cmd) -> Result<(), String> {
                 renew_margin: a.subnet_lease_renew_margin,
                 healthz,
                 ip_masq: a.ip_masq,
-                dataplane: a.dataplane,
+                dataplane: a.dataplane.into(),
                 workers: a.workers.unwrap_or_else(|| {
                     std::thread::available_parallelism()
                         .map(|n| n.get())
@@ -300,33 +392,27 @@ async fn dispatch(cmd: Cmd) -> Result<(), String> {
                 cpu_local: a.cpu_local,
                 underlay: match a.underlay {
                     UnderlayArg::Udp => weft::dataplane::UnderlayIo::Udp,
-                    UnderlayArg::AfXdp => weft::dataplane::UnderlayIo::AfXdp(a.xdp_mode),
+                    UnderlayArg::AfXdp => weft::dataplane::UnderlayIo::AfXdp(a.xdp_mode.into()),
                 },
             };
-            daemon::run(opts).await.map_err(|e| e.to_string())
+            Ok(daemon::run(opts).await?)
         }
         Cmd::Config(ConfigCmd::Set { json, file, etcd }) => {
             let text = match (json, file) {
                 (Some(j), None) => j,
-                (None, Some(f)) if f.as_os_str() != "-" => std::fs::read_to_string(&f)
-                    .map_err(|e| format!("cannot read {}: {e}", f.display()))?,
-                (None, _) => std::io::read_to_string(std::io::stdin())
-                    .map_err(|e| format!("cannot read the config from standard input: {e}"))?,
-                (Some(_), Some(_)) => {
-                    return Err(
-                        "give the JSON either as an argument or with --file, not both".into(),
-                    )
+                (None, Some(f)) if f.as_os_str() != "-" => {
+                    std::fs::read_to_string(&f).map_err(CliError::file("read", &f))?
                 }
+                (None, _) => std::io::read_to_string(std::io::stdin()).map_err(CliError::file(
+                    "read the config from",
+                    std::path::Path::new("standard input"),
+                ))?,
+                (Some(_), Some(_)) => return Err(CliError::TwoConfigs),
             };
-            let cfg = NetworkConfig::parse(&text)
-                .map_err(|e| format!("refusing the network config: {e}"))?;
-            let store = Store::connect(&etcd.options())
-                .await
-                .map_err(|e| e.to_string())?;
-            store
-                .put_config(text.trim())
-                .await
-                .map_err(|e| e.to_string())?;
+            let cfg =
+                NetworkConfig::parse(&text).map_err(|e| CliError::BadConfig(e.to_string()))?;
+            let store = Store::connect(&etcd.options()).await?;
+            store.put_config(text.trim()).await?;
             println!(
                 "wrote {}: Network {} split into /{} subnets ({} to {}, {} in all), backend {} on UDP port {}",
                 store.config_key(),
@@ -341,18 +427,13 @@ async fn dispatch(cmd: Cmd) -> Result<(), String> {
             Ok(())
         }
         Cmd::Config(ConfigCmd::Get(etcd)) => {
-            let store = Store::connect(&etcd.options())
-                .await
-                .map_err(|e| e.to_string())?;
-            match store.get_config().await.map_err(|e| e.to_string())? {
+            let store = Store::connect(&etcd.options()).await?;
+            match store.get_config().await? {
                 Some(text) => {
                     println!("{text}");
                     Ok(())
                 }
-                None => Err(format!(
-                    "no network config at {}; set one with `weft config set`",
-                    store.config_key()
-                )),
+                None => Err(CliError::NoConfig(store.config_key())),
             }
         }
         Cmd::Leases(etcd) => list_leases(&etcd).await,
@@ -360,19 +441,20 @@ async fn dispatch(cmd: Cmd) -> Result<(), String> {
             let addr = SocketAddr::new(h.healthz_ip, h.healthz_port);
             let (code, body) = weft::ops::http::get(addr, "/status").await?;
             if code != 200 {
-                return Err(format!("the daemon at {addr} answered {code}: {body}"));
+                return Err(CliError::Status { addr, code, body });
             }
-            print_status(&body)
+            let report: StatusReport = serde_json::from_str(&body).map_err(CliError::BadStatus)?;
+            print_status(&report);
+            Ok(())
         }
         Cmd::DockerOpts(a) => {
-            let text = std::fs::read_to_string(&a.subnet_file).map_err(|e| {
-                format!(
-                    "cannot read {}: {e}; is weft running and is -f right?",
-                    a.subnet_file.display()
-                )
-            })?;
-            let env = SubnetEnv::parse(&text).map_err(|e| {
-                format!("{} is not a valid subnet.env: {e}", a.subnet_file.display())
+            let text = std::fs::read_to_string(&a.subnet_file).map_err(CliError::file(
+                "read (is weft running, and is -f right?)",
+                &a.subnet_file,
+            ))?;
+            let env = SubnetEnv::parse(&text).map_err(|source| CliError::BadSubnetEnv {
+                path: a.subnet_file.display().to_string(),
+                source,
             })?;
             let out = docker_opts(
                 &env,
@@ -387,18 +469,15 @@ async fn dispatch(cmd: Cmd) -> Result<(), String> {
                 print!("{out}");
                 Ok(())
             } else {
-                daemon::write_atomically(&a.dest, &out)
-                    .map_err(|e| format!("cannot write {}: {e}", a.dest.display()))
+                daemon::write_atomically(&a.dest, &out).map_err(CliError::file("write", &a.dest))
             }
         }
     }
 }
 
-async fn list_leases(etcd: &EtcdArgs) -> Result<(), String> {
-    let store = Store::connect(&etcd.options())
-        .await
-        .map_err(|e| e.to_string())?;
-    let (leases, _) = store.list_leases().await.map_err(|e| e.to_string())?;
+async fn list_leases(etcd: &EtcdArgs) -> Result<(), CliError> {
+    let store = Store::connect(&etcd.options()).await?;
+    let (leases, _) = store.list_leases().await?;
     println!(
         "{:<20} {:<16} {:<8} {:<18} TIME LEFT",
         "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC"
@@ -410,7 +489,7 @@ async fn list_leases(etcd: &EtcdArgs) -> Result<(), String> {
             match store.time_to_live(l.etcd_lease).await {
                 Ok(t) if t > 0 => format!("{}h{:02}m{:02}s", t / 3600, t / 60 % 60, t % 60),
                 Ok(_) => "expired".into(),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
         };
         match l.attrs {
@@ -438,48 +517,38 @@ async fn list_leases(etcd: &EtcdArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn print_status(body: &str) -> Result<(), String> {
-    let v: serde_json::Value = serde_json::from_str(body)
-        .map_err(|e| format!("the daemon sent unreadable status: {e}"))?;
-    let lease = &v["lease"];
-    if lease.is_null() {
-        println!("no lease yet (waiting for etcd or the network config)");
-    } else {
-        println!(
+fn print_status(v: &StatusReport) {
+    match &v.lease {
+        None => println!("no lease yet (waiting for etcd or the network config)"),
+        Some(l) => println!(
             "this host: subnet {} of network {} via {} ({}), backend {}, MTU {}",
-            lease["subnet"].as_str().unwrap_or("?"),
-            lease["network"].as_str().unwrap_or("?"),
-            lease["public_ip"].as_str().unwrap_or("?"),
-            lease["iface"].as_str().unwrap_or("?"),
-            lease["backend"].as_str().unwrap_or("?"),
-            lease["mtu"]
-        );
+            l.subnet, l.network, l.public_ip, l.iface, l.backend, l.mtu
+        ),
     }
-    let underlay = v["underlay"]
-        .as_str()
+    let underlay = Some(v.underlay.as_str())
         .filter(|s| !s.is_empty())
         .map(|u| format!(", underlay: {u}"))
         .unwrap_or_default();
     println!(
         "ready: {}, etcd connected: {}, data plane: {}{underlay}",
-        v["ready"].as_bool().unwrap_or(false),
-        v["etcd_connected"].as_bool().unwrap_or(false),
-        v["dataplane"]
-            .as_str()
+        v.ready,
+        v.etcd_connected,
+        Some(v.dataplane.as_str())
             .filter(|s| !s.is_empty())
             .unwrap_or("not started")
     );
-    let peers = v["peers"].as_array().cloned().unwrap_or_default();
-    println!("peers: {}", peers.len());
-    for p in peers {
-        let b = &p["backend"];
-        let mac = b["vtep_mac"].as_str().unwrap_or("-");
+    println!("peers: {}", v.peers.len());
+    for p in &v.peers {
+        let (kind, mac) = match p.backend {
+            weft::routes::PeerBackend::Vxlan { vtep_mac, .. } => ("vxlan", vtep_mac.to_string()),
+            weft::routes::PeerBackend::Udp => ("udp", "-".to_string()),
+            weft::routes::PeerBackend::Other => ("other", "-".to_string()),
+        };
         println!(
             "  {:<20} via {:<16} {:<6} {mac}",
-            p["subnet"].as_str().unwrap_or("?"),
-            p["public_ip"].as_str().unwrap_or("?"),
-            b["type"].as_str().unwrap_or("?")
+            p.subnet.to_string(),
+            p.public_ip.to_string(),
+            kind
         );
     }
-    Ok(())
 }

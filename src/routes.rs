@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::control::lease::{LeaseAttrs, MacAddr};
 
 /// How a peer is reached, from its lease's BackendType and BackendData.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum PeerBackend {
     Vxlan {
@@ -25,7 +25,7 @@ pub enum PeerBackend {
 }
 
 /// One remote host: the subnet it leased and where to send that subnet's traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub subnet: Ipv4Net,
     pub public_ip: Ipv4Addr,

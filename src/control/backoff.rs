@@ -34,15 +34,22 @@ impl Backoff {
 
 /// How long after a grant or renewal the lease must be renewed again: at expiry minus the margin.
 /// Refuses a margin that would renew before the lease was even granted.
-pub fn renew_after(ttl: Duration, margin: Duration) -> Result<Duration, String> {
+pub fn renew_after(ttl: Duration, margin: Duration) -> Result<Duration, MarginTooLong> {
     if margin >= ttl {
-        return Err(format!(
-            "--subnet-lease-renew-margin ({}s) must be shorter than the lease TTL ({}s)",
-            margin.as_secs(),
-            ttl.as_secs()
-        ));
+        return Err(MarginTooLong {
+            margin: margin.as_secs(),
+            ttl: ttl.as_secs(),
+        });
     }
     Ok(ttl - margin)
+}
+
+/// A renewal margin that is not shorter than the lease's TTL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--subnet-lease-renew-margin ({margin}s) must be shorter than the lease TTL ({ttl}s)")]
+pub struct MarginTooLong {
+    pub margin: u64,
+    pub ttl: u64,
 }
 
 #[cfg(test)]
@@ -65,6 +72,7 @@ mod tests {
         assert_eq!(renew_after(day, hour).unwrap(), Duration::from_secs(82800));
         assert!(renew_after(hour, day)
             .unwrap_err()
+            .to_string()
             .contains("must be shorter"));
     }
 }

@@ -5,6 +5,18 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+/// Why a subnet.env text could not be read: the variable and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubnetEnvError {
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("{var} is not {expected}")]
+    Malformed {
+        var: &'static str,
+        expected: &'static str,
+    },
+}
+
 /// The contents of subnet.env.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
@@ -28,26 +40,31 @@ impl SubnetEnv {
     }
 
     /// Parses subnet.env text; errors name the variable that is missing or malformed.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, SubnetEnvError> {
         let vars = parse_vars(text);
-        let get = |k: &str| {
+        let get = |k: &'static str| {
             vars.get(k)
                 .map(String::as_str)
-                .ok_or_else(|| format!("{k} is missing"))
+                .ok_or(SubnetEnvError::Missing(k))
         };
         let network: Ipv4Net = get("FLANNEL_NETWORK")?
             .parse()
-            .map_err(|_| "FLANNEL_NETWORK is not an IPv4 network".to_string())?;
+            .map_err(bad("FLANNEL_NETWORK", "an IPv4 network"))?;
         let subnet: Ipv4Net = get("FLANNEL_SUBNET")?
             .parse()
-            .map_err(|_| "FLANNEL_SUBNET is not an IPv4 address/length".to_string())?;
+            .map_err(bad("FLANNEL_SUBNET", "an IPv4 address/length"))?;
         let mtu: u32 = get("FLANNEL_MTU")?
             .parse()
-            .map_err(|_| "FLANNEL_MTU is not a number".to_string())?;
+            .map_err(bad("FLANNEL_MTU", "a number"))?;
         let ipmasq = match vars.get("FLANNEL_IPMASQ").map(String::as_str) {
             None | Some("false") => false,
             Some("true") => true,
-            Some(_) => return Err("FLANNEL_IPMASQ is neither true nor false".into()),
+            Some(_) => {
+                return Err(SubnetEnvError::Malformed {
+                    var: "FLANNEL_IPMASQ",
+                    expected: "true or false",
+                })
+            }
         };
         Ok(SubnetEnv {
             network,
@@ -56,6 +73,11 @@ impl SubnetEnv {
             ipmasq,
         })
     }
+}
+
+/// Maps any parse error to "`var` is not `expected`".
+fn bad<E>(var: &'static str, expected: &'static str) -> impl FnOnce(E) -> SubnetEnvError {
+    move |_| SubnetEnvError::Malformed { var, expected }
 }
 
 /// The subnet's first host address, which dockerd's bridge takes (`--bip`).
@@ -149,11 +171,14 @@ mod tests {
     fn parse_round_trips_and_names_problems() {
         assert_eq!(SubnetEnv::parse(&env().render()).unwrap(), env());
         assert_eq!(
-            SubnetEnv::parse("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_MTU=1450\n").unwrap_err(),
+            SubnetEnv::parse("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_MTU=1450\n")
+                .unwrap_err()
+                .to_string(),
             "FLANNEL_SUBNET is missing"
         );
         assert!(SubnetEnv::parse("FLANNEL_NETWORK=x\n")
             .unwrap_err()
+            .to_string()
             .contains("FLANNEL_NETWORK"));
     }
 

@@ -54,7 +54,7 @@ pub struct RunOptions {
 }
 
 /// Which data plane carries the overlay's packets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataPlaneMode {
     /// The userspace data plane, falling back to the kernel VXLAN backend where it cannot run.
     Auto,
@@ -81,6 +81,8 @@ pub enum DaemonError {
     Exhausted(#[from] Exhausted),
     #[error("{0}")]
     Settings(String),
+    #[error(transparent)]
+    RenewMargin(#[from] crate::control::backoff::MarginTooLong),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -171,7 +173,7 @@ impl StatusSource for Shared {
         StatusReport {
             ready: self.ready.load(Ordering::Relaxed),
             etcd_connected: self.etcd_connected.load(Ordering::Relaxed),
-            dataplane: *self.dataplane.lock().expect("dataplane lock"),
+            dataplane: self.dataplane.lock().expect("dataplane lock").to_string(),
             underlay: self.underlay.lock().expect("underlay lock").clone(),
             lease: self
                 .own
@@ -210,8 +212,7 @@ impl Shared {
 
 /// Runs the daemon until SIGTERM/SIGINT or a fatal error.
 pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
-    let renew_every =
-        renew_after(opts.lease_ttl, opts.renew_margin).map_err(DaemonError::Settings)?;
+    let renew_every = renew_after(opts.lease_ttl, opts.renew_margin)?;
     if matches!(opts.underlay, crate::dataplane::UnderlayIo::AfXdp(_))
         && matches!(opts.dataplane, DataPlaneMode::Kernel | DataPlaneMode::None)
     {

@@ -69,21 +69,44 @@ pub fn rules(network: Ipv4Net, subnet: Ipv4Net) -> Vec<Rule> {
     ]
 }
 
+/// Why the `--ip-masq` rules could not be checked, installed or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum MasqError {
+    #[error("cannot run iptables: {0}; install the iptables package")]
+    NoIptables(String),
+    /// The iptables crate's errors are `Box<dyn Error>` (not `Send`), so they travel as text.
+    #[error("{op}: {reason}")]
+    Iptables { op: String, reason: String },
+    #[error("the iptables task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Names the iptables operation that failed.
+fn op<E: std::fmt::Display>(op: impl Into<String>) -> impl FnOnce(E) -> MasqError {
+    let op = op.into();
+    move |e| MasqError::Iptables {
+        op,
+        reason: e.to_string(),
+    }
+}
+
 /// The iptables driver, numeric (listing a chain must never wait on reverse DNS).
-fn open() -> Result<iptables::IPTables, String> {
-    let mut ipt = iptables::new(false)
-        .map_err(|e| format!("cannot run iptables: {e}; install the iptables package"))?;
+fn open() -> Result<iptables::IPTables, MasqError> {
+    let mut ipt = iptables::new(false).map_err(|e| MasqError::NoIptables(e.to_string()))?;
     ipt.set_numeric(true);
     Ok(ipt)
 }
 
 /// Makes sure every rule exists (creating weft's chains first); returns how many were added.
-fn ensure(rules: &[Rule]) -> Result<usize, String> {
+fn ensure(rules: &[Rule]) -> Result<usize, MasqError> {
     let ipt = open()?;
     for (table, chain) in [("nat", NAT_CHAIN), ("filter", FWD_CHAIN)] {
-        if !ipt.chain_exists(table, chain).map_err(|e| e.to_string())? {
+        if !ipt
+            .chain_exists(table, chain)
+            .map_err(op(format!("looking for {table}/{chain}")))?
+        {
             ipt.new_chain(table, chain)
-                .map_err(|e| format!("creating {table}/{chain}: {e}"))?;
+                .map_err(op(format!("creating {table}/{chain}")))?;
         }
     }
     let mut added = 0;
@@ -98,14 +121,14 @@ fn ensure(rules: &[Rule]) -> Result<usize, String> {
         for r in &body {
             complete &= ipt
                 .exists(table, chain, &r.spec)
-                .map_err(|e| e.to_string())?;
+                .map_err(op(format!("checking `{}` in {table}/{chain}", r.spec)))?;
         }
         if !complete {
             ipt.flush_chain(table, chain)
-                .map_err(|e| format!("flushing {table}/{chain}: {e}"))?;
+                .map_err(op(format!("flushing {table}/{chain}")))?;
             for r in &body {
                 ipt.append(table, chain, &r.spec)
-                    .map_err(|e| format!("adding `{}` to {table}/{chain}: {e}", r.spec))?;
+                    .map_err(op(format!("adding `{}` to {table}/{chain}", r.spec)))?;
             }
             added += body.len();
         }
@@ -115,12 +138,14 @@ fn ensure(rules: &[Rule]) -> Result<usize, String> {
         .iter()
         .filter(|r| r.chain == "POSTROUTING" || r.chain == "FORWARD")
     {
-        if !ipt
-            .exists(r.table, r.chain, &r.spec)
-            .map_err(|e| e.to_string())?
-        {
-            ipt.append(r.table, r.chain, &r.spec)
-                .map_err(|e| format!("adding `{}` to {}/{}: {e}", r.spec, r.table, r.chain))?;
+        if !ipt.exists(r.table, r.chain, &r.spec).map_err(op(format!(
+            "checking `{}` in {}/{}",
+            r.spec, r.table, r.chain
+        )))? {
+            ipt.append(r.table, r.chain, &r.spec).map_err(op(format!(
+                "adding `{}` to {}/{}",
+                r.spec, r.table, r.chain
+            )))?;
             added += 1;
         }
     }
@@ -128,21 +153,25 @@ fn ensure(rules: &[Rule]) -> Result<usize, String> {
 }
 
 /// Removes the jumps and weft's chains.
-fn remove(rules: &[Rule]) -> Result<(), String> {
+fn remove(rules: &[Rule]) -> Result<(), MasqError> {
     let ipt = open()?;
     for r in rules
         .iter()
         .filter(|r| r.chain == "POSTROUTING" || r.chain == "FORWARD")
     {
         if ipt.exists(r.table, r.chain, &r.spec).unwrap_or(false) {
-            ipt.delete(r.table, r.chain, &r.spec)
-                .map_err(|e| e.to_string())?;
+            ipt.delete(r.table, r.chain, &r.spec).map_err(op(format!(
+                "deleting `{}` from {}/{}",
+                r.spec, r.table, r.chain
+            )))?;
         }
     }
     for (table, chain) in [("nat", NAT_CHAIN), ("filter", FWD_CHAIN)] {
         if ipt.chain_exists(table, chain).unwrap_or(false) {
-            ipt.flush_chain(table, chain).map_err(|e| e.to_string())?;
-            ipt.delete_chain(table, chain).map_err(|e| e.to_string())?;
+            ipt.flush_chain(table, chain)
+                .map_err(op(format!("flushing {table}/{chain}")))?;
+            ipt.delete_chain(table, chain)
+                .map_err(op(format!("deleting {table}/{chain}")))?;
         }
     }
     Ok(())
@@ -157,12 +186,10 @@ pub struct Masquerade {
 impl Masquerade {
     /// Installs the rules now (an error here is fatal: the operator asked for masquerading) and keeps
     /// re-checking them.
-    pub async fn start(network: Ipv4Net, subnet: Ipv4Net) -> Result<Masquerade, String> {
+    pub async fn start(network: Ipv4Net, subnet: Ipv4Net) -> Result<Masquerade, MasqError> {
         let rules = rules(network, subnet);
         let r = rules.clone();
-        tokio::task::spawn_blocking(move || ensure(&r))
-            .await
-            .map_err(|e| e.to_string())??;
+        tokio::task::spawn_blocking(move || ensure(&r)).await??;
         info!(%network, %subnet, "ip-masq rules installed");
         let r = rules.clone();
         let task = tokio::spawn(async move {
@@ -177,6 +204,7 @@ impl Masquerade {
                         "ip-masq rules had been removed; put them back"
                     ),
                     Ok(Err(e)) => {
+                        let e = e.to_string();
                         if last_err.as_deref() != Some(e.as_str()) {
                             warn!("cannot check the ip-masq rules: {e}; retrying");
                             last_err = Some(e);

@@ -51,10 +51,35 @@ impl KernelVxlanConfig {
 /// Why the kernel backend could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelVxlanError {
-    #[error("cannot program the kernel VXLAN device {name}: {reason}; does the kernel have VXLAN (modprobe vxlan) and does weft run as root?")]
-    Netlink { name: String, reason: String },
+    #[error("cannot program the kernel VXLAN device {name}: {source}; does the kernel have VXLAN (modprobe vxlan) and does weft run as root?")]
+    Netlink {
+        name: String,
+        #[source]
+        source: ReconcileError,
+    },
     #[error("underlay interface {0} not found")]
     NoUnderlay(String),
+}
+
+/// One reconciling step that failed: the netlink request, and the kernel's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{op}: {source}")]
+    Netlink {
+        op: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("the device vanished right after it was created")]
+    Vanished,
+}
+
+/// Names the netlink request that failed.
+fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> ReconcileError {
+    let op = op.into();
+    move |source| ReconcileError::Netlink { op, source }
 }
 
 /// The running reconciler; dropping it stops reconciling (the device stays, so forwarding survives a
@@ -85,11 +110,12 @@ impl KernelVxlan {
     ) -> Result<KernelVxlan, KernelVxlanError> {
         let mut changed = routes.subscribe();
         let name = cfg.device_name();
-        let err = |reason: String| KernelVxlanError::Netlink {
+        let err = |source: ReconcileError| KernelVxlanError::Netlink {
             name: name.clone(),
-            reason,
+            source,
         };
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| err(e.to_string()))?;
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| err(ReconcileError::Socket(e)))?;
         let conn_task = tokio::spawn(conn);
         let underlay_index = link_index(&handle, &cfg.underlay_iface)
             .await
@@ -126,6 +152,7 @@ impl KernelVxlan {
                         }
                     }
                     Err(e) => {
+                        let e = e.to_string();
                         if r.last_error.as_deref() != Some(e.as_str()) {
                             warn!(device = %r.name, "cannot program the kernel VXLAN device: {e}; retrying");
                             r.last_error = Some(e);
@@ -146,17 +173,17 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, String> {
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, ReconcileError> {
     Ok(get_link(handle, name).await?.map(|l| l.header.index))
 }
 
-async fn get_link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, String> {
+async fn get_link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, ReconcileError> {
     let mut links = handle.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
         Ok(l) => Ok(l),
         // ENODEV: no such device.
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(nl(format!("reading link {name}"))(e)),
     }
 }
 
@@ -194,7 +221,7 @@ fn seen(link: &LinkMessage) -> DeviceSeen {
 }
 
 impl Reconciler {
-    async fn reconcile(&mut self, routes: &RouteTable) -> Result<(), String> {
+    async fn reconcile(&mut self, routes: &RouteTable) -> Result<(), ReconcileError> {
         let index = self.ensure_device().await?;
         self.ensure_address(index).await?;
         let want = desired(routes.load().peers(), self.cfg.vni);
@@ -206,7 +233,7 @@ impl Reconciler {
     }
 
     /// Makes sure the device exists with our settings; returns its index.
-    async fn ensure_device(&self) -> Result<u32, String> {
+    async fn ensure_device(&self) -> Result<u32, ReconcileError> {
         let existing = get_link(&self.handle, &self.name).await?;
         let action = device_action(existing.as_ref().map(seen).as_ref(), &self.spec);
         match (action, existing) {
@@ -222,7 +249,7 @@ impl Reconciler {
                     .set(msg)
                     .execute()
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(nl("adjusting the device"))?;
                 return Ok(l.header.index);
             }
             (DeviceAction::Recreate, Some(l)) => {
@@ -232,7 +259,7 @@ impl Reconciler {
                     .del(l.header.index)
                     .execute()
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(nl("deleting the mismatched device"))?;
             }
             _ => {}
         }
@@ -250,15 +277,15 @@ impl Reconciler {
             .add(msg)
             .execute()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(nl("creating the device"))?;
         info!(device = %self.name, "created kernel VXLAN device");
         link_index(&self.handle, &self.name)
             .await?
-            .ok_or_else(|| "the device vanished right after creation".to_string())
+            .ok_or(ReconcileError::Vanished)
     }
 
     /// `<subnet>.0/32` on the device, as flannel sets it.
-    async fn ensure_address(&self, index: u32) -> Result<(), String> {
+    async fn ensure_address(&self, index: u32) -> Result<(), ReconcileError> {
         let ip = self.cfg.own_subnet.network();
         let mut addrs = self
             .handle
@@ -266,7 +293,11 @@ impl Reconciler {
             .get()
             .set_link_index_filter(index)
             .execute();
-        while let Some(a) = addrs.try_next().await.map_err(|e| e.to_string())? {
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(nl("reading the device's addresses"))?
+        {
             let has = a
                 .attributes
                 .iter()
@@ -280,11 +311,11 @@ impl Reconciler {
             .add(index, IpAddr::V4(ip), 32)
             .execute()
             .await
-            .map_err(|e| e.to_string())
+            .map_err(nl(format!("adding address {ip}/32")))
     }
 
     /// The device's permanent neighbours, FDB entries and gateway routes, with the messages to delete them.
-    async fn read_entries(&self, index: u32) -> Result<(VxlanEntries, Dumped), String> {
+    async fn read_entries(&self, index: u32) -> Result<(VxlanEntries, Dumped), ReconcileError> {
         let mut e = VxlanEntries::default();
         let mut d = Dumped::default();
         for family in [AddressFamily::Inet, AddressFamily::Bridge] {
@@ -294,7 +325,7 @@ impl Reconciler {
                 .get()
                 .set_address_family(family)
                 .execute();
-            while let Some(n) = neigh.try_next().await.map_err(|x| x.to_string())? {
+            while let Some(n) = neigh.try_next().await.map_err(nl("reading neighbours"))? {
                 if n.header.ifindex != index || n.header.state != NeighbourState::Permanent {
                     continue;
                 }
@@ -333,7 +364,7 @@ impl Reconciler {
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute();
-        while let Some(r) = routes.try_next().await.map_err(|x| x.to_string())? {
+        while let Some(r) = routes.try_next().await.map_err(nl("reading routes"))? {
             let mut oif = None;
             let mut gw = None;
             let mut dst = None;
@@ -358,7 +389,12 @@ impl Reconciler {
         Ok((e, d))
     }
 
-    async fn apply(&self, index: u32, change: Change, dumped: &Dumped) -> Result<(), String> {
+    async fn apply(
+        &self,
+        index: u32,
+        change: Change,
+        dumped: &Dumped,
+    ) -> Result<(), ReconcileError> {
         let h = &self.handle;
         let r = match change {
             Change::AddNeighbour(ip, mac) => {
@@ -406,7 +442,7 @@ impl Reconciler {
                 }
             }
         };
-        r.map_err(|e| format!("{change:?}: {e}"))
+        r.map_err(nl(format!("{change:?}")))
     }
 }
 

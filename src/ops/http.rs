@@ -71,29 +71,48 @@ pub async fn serve(listener: TcpListener, source: Arc<dyn StatusSource>) {
     }
 }
 
+/// Why a request to a daemon's endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot reach the weft daemon at {addr}: {source}; is `weft run` running with this --healthz-ip/--healthz-port?")]
+    Connect {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP to {addr} failed: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("cannot request {path}: {source}")]
+    Request {
+        path: String,
+        #[source]
+        source: hyper::http::Error,
+    },
+}
+
 /// GETs `path` from a daemon's HTTP endpoint; returns (status code, body).
-pub async fn get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
+pub async fn get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), HttpError> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("cannot reach the weft daemon at {addr}: {e}; is `weft run` running with this --healthz-ip/--healthz-port?"))?;
+        .map_err(|source| HttpError::Connect { addr, source })?;
+    let http = |source| HttpError::Http { addr, source };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("HTTP to {addr} failed: {e}"))?;
+        .map_err(http)?;
     tokio::spawn(conn);
     let req = Request::get(path)
         .header("host", addr.to_string())
         .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("HTTP to {addr} failed: {e}"))?;
+        .map_err(|source| HttpError::Request {
+            path: path.to_string(),
+            source,
+        })?;
+    let resp = sender.send_request(req).await.map_err(http)?;
     let code = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("HTTP to {addr} failed: {e}"))?
-        .to_bytes();
+    let body = resp.into_body().collect().await.map_err(http)?.to_bytes();
     Ok((code, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ops::metrics::MetricsView;
 use crate::routes::Peer;
@@ -17,7 +17,7 @@ pub trait StatusSource: Send + Sync + 'static {
 }
 
 /// This host's lease as `/status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaseStatus {
     pub subnet: Ipv4Net,
     pub network: Ipv4Net,
@@ -28,12 +28,12 @@ pub struct LeaseStatus {
 }
 
 /// The JSON `/status` returns and `weft status` prints.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct StatusReport {
     pub ready: bool,
     pub etcd_connected: bool,
     /// The data plane in use: "userspace", "kernel" or "none" (empty before it started).
-    pub dataplane: &'static str,
+    pub dataplane: String,
     /// For the userspace data plane: "udp", or "af_xdp (<mode> mode, copy|zero-copy, <n> of <m> workers)".
     pub underlay: String,
     pub lease: Option<LeaseStatus>,

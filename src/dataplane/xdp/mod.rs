@@ -19,7 +19,7 @@ use crate::control::lease::MacAddr;
 use crate::wire::xdp_filter::redirect_program;
 
 /// Which XDP attach mode to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XdpModeChoice {
     /// Driver mode where the device supports it, generic mode otherwise.
     Auto,
