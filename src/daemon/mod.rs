@@ -15,6 +15,7 @@ use crate::control::alloc::{choose_subnet, Choice, Exhausted, ExistingLease};
 use crate::control::backoff::{renew_after, Backoff};
 use crate::control::config::{Backend, NetworkConfig};
 use crate::control::lease::{LeaseAttrs, MacAddr};
+use crate::control::lifecycle::lease_attrs;
 use crate::control::store::{EtcdOptions, Store, StoreError, StoredLease};
 use crate::control::subnet_env::SubnetEnv;
 use crate::dataplane::{DataPlane, DataPlaneConfig, DataPlaneError, Encap};
@@ -463,13 +464,6 @@ fn read_previous_subnet(path: &Path) -> Option<Ipv4Net> {
             warn!(file = %path.display(), "ignoring previous subnet file: {e}");
             None
         }
-    }
-}
-
-fn lease_attrs(cfg: &NetworkConfig, public_ip: Ipv4Addr, mac: MacAddr) -> LeaseAttrs {
-    match &cfg.backend {
-        Backend::Vxlan(v) => LeaseAttrs::vxlan(public_ip, v.vni, mac),
-        Backend::Udp(_) => LeaseAttrs::udp(public_ip),
     }
 }
 
