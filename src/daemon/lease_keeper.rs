@@ -1,217 +1,200 @@
-//! Acquiring and keeping this host's subnet lease in etcd.
+//! Runs the lease lifecycle (`control::lifecycle`) against etcd: performs its requests, feeds back their results and
+//! the time, logs what it reports and keeps the lease metrics.
 
-use std::net::Ipv4Addr;
+use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use tokio::time::Instant;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use tracing::{debug, error, info, warn};
 
-use crate::control::alloc::{choose_subnet, Choice, ExistingLease};
-use crate::control::backoff::Backoff;
+use crate::control::alloc::Choice;
 use crate::control::config::NetworkConfig;
-use crate::control::lease::MacAddr;
-use crate::control::lifecycle::lease_attrs;
-use crate::control::store::{Store, StoreError, StoredLease};
+use crate::control::lifecycle::{
+    Action, Doing, Event, Fatal, LeaseLifecycle, LeaseParams, Outcome,
+};
+use crate::control::store::Store;
 use crate::host::iface::Underlay;
 
 use super::{DaemonError, OwnLease, RunOptions, Shared};
 
-/// How often the lease keeper checks that our key is still ours when nothing else wakes it.
-const CHECK_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Acquires a subnet with flannel's rules; a lost race is retried, an exhausted network is fatal.
-pub(super) async fn acquire(
-    store: &Store,
-    shared: &Shared,
-    cfg: &NetworkConfig,
-    underlay: &Underlay,
-    previous: Option<Ipv4Net>,
-    ttl: Duration,
-) -> Result<OwnLease, DaemonError> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let mut races = 0u32;
-    loop {
-        let (leases, _) = match store.list_leases().await {
-            Ok(l) => {
-                shared.set_etcd(true, None);
-                l
-            }
-            Err(e) => {
-                shared.set_etcd(false, None);
-                warn!("cannot list leases to pick a subnet: {e}; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-                continue;
-            }
-        };
-        let existing: Vec<ExistingLease> = leases
-            .iter()
-            .map(|l| ExistingLease {
-                subnet: l.subnet,
-                // Unparsable values still occupy their subnet.
-                public_ip: l
-                    .attrs
-                    .as_ref()
-                    .map(|a| a.public_ip)
-                    .unwrap_or(Ipv4Addr::UNSPECIFIED),
-            })
-            .collect();
-        let choice = choose_subnet(
-            cfg,
-            &existing,
-            underlay.public_ip,
-            previous,
-            &mut rand::thread_rng(),
-        )?;
-        let subnet = choice.subnet();
-        let old: Option<&StoredLease> = leases.iter().find(|l| l.subnet == subnet);
-        // Keep our VTEP MAC across restarts so peers' neighbour entries stay right.
-        let mac = old
-            .and_then(|l| l.attrs.as_ref().ok())
-            .and_then(|a| a.vxlan_data())
-            .map(|d| d.vtep_mac)
-            .unwrap_or_else(|| MacAddr::random_local(&mut rand::thread_rng()));
-        let attrs = lease_attrs(cfg, underlay.public_ip, mac);
-        let expect_rev = match choice {
-            Choice::Reuse(_) => old.map(|l| l.mod_revision).unwrap_or(0),
-            _ => 0,
-        };
-        let attempt = async {
-            let id = store.grant(ttl).await?;
-            let won = store.put_lease_if(&subnet, &attrs, id, expect_rev).await?;
-            if !won {
-                let _ = store.revoke(id).await;
-            }
-            Ok::<_, StoreError>((won, id))
-        };
-        match attempt.await {
-            Ok((true, id)) => {
-                if let Some(old_id) = old.map(|l| l.etcd_lease).filter(|&o| o != 0 && o != id) {
-                    let _ = store.revoke(old_id).await;
-                }
-                let how = match choice {
-                    Choice::Reuse(_) => "reusing the lease that carries our public IP",
-                    Choice::Previous(_) => "reclaiming the subnet from the previous subnet.env",
-                    Choice::Fresh(_) => "leased a new subnet",
-                };
-                info!(subnet = %subnet, public_ip = %underlay.public_ip, "{how}");
-                return Ok(OwnLease {
-                    subnet,
-                    network: cfg.network,
-                    public_ip: underlay.public_ip,
-                    iface: underlay.iface.clone(),
-                    backend: cfg.backend.type_name().to_string(),
-                    mtu: cfg.backend.overlay_mtu(underlay.mtu),
-                    attrs,
-                    etcd_lease: id,
-                });
-            }
-            Ok((false, _)) => {
-                races += 1;
-                debug!(subnet = %subnet, races, "another host took the subnet first; trying again");
-                let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 10..100u64);
-                tokio::time::sleep(Duration::from_millis(jitter)).await;
-            }
-            Err(e) => {
-                shared.set_etcd(false, Some(&e));
-                warn!("cannot write our lease: {e}; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
-    }
+/// This host's lease, from acquiring it to the daemon's end.
+pub(super) struct LeaseKeeper<'a> {
+    store: &'a Store,
+    shared: &'a Shared,
+    cfg: &'a NetworkConfig,
+    underlay: &'a Underlay,
+    subnet_file: &'a Path,
+    lifecycle: LeaseLifecycle<StdRng>,
 }
 
-/// Keeps our key alive and ours: renews before expiry, re-creates it with the same subnet if it vanished.
-pub(super) async fn keep_lease(
-    store: &Store,
-    shared: &Shared,
-    own: &mut OwnLease,
-    opts: &RunOptions,
-    renew_every: Duration,
-) -> Result<(), DaemonError> {
-    let mut next_renew = Instant::now() + renew_every;
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    let mut wait = CHECK_INTERVAL.min(renew_every);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {},
-            _ = shared.own_key_changed.notified() => {},
+impl<'a> LeaseKeeper<'a> {
+    /// `previous` is the subnet of the previous subnet.env; `renew_every` the TTL minus the renew margin.
+    pub(super) fn new(
+        store: &'a Store,
+        shared: &'a Shared,
+        cfg: &'a NetworkConfig,
+        underlay: &'a Underlay,
+        opts: &'a RunOptions,
+        previous: Option<Ipv4Net>,
+        renew_every: Duration,
+    ) -> Self {
+        let params = LeaseParams {
+            config: cfg.clone(),
+            public_ip: underlay.public_ip,
+            previous,
+            ttl: opts.lease_ttl,
+            renew_every,
+        };
+        LeaseKeeper {
+            store,
+            shared,
+            cfg,
+            underlay,
+            subnet_file: &opts.subnet_file,
+            lifecycle: LeaseLifecycle::new(params, StdRng::from_entropy()),
         }
-        match check_lease(store, shared, own, opts, &mut next_renew, renew_every).await {
-            Ok(()) => {
-                shared.set_etcd(true, None);
-                backoff.reset();
-                wait = CHECK_INTERVAL.min(next_renew.saturating_duration_since(Instant::now()));
+    }
+
+    /// Acquires a subnet with flannel's rules; a lost race is retried, an exhausted network is fatal.
+    pub(super) async fn acquire(&mut self) -> Result<OwnLease, DaemonError> {
+        loop {
+            self.perform().await?;
+            if let Some(held) = self.lifecycle.held() {
+                return Ok(OwnLease {
+                    subnet: held.subnet,
+                    network: self.cfg.network,
+                    public_ip: self.underlay.public_ip,
+                    iface: self.underlay.iface.clone(),
+                    backend: self.cfg.backend.type_name().to_string(),
+                    mtu: self.cfg.backend.overlay_mtu(self.underlay.mtu),
+                    attrs: held.attrs.clone(),
+                    etcd_lease: held.etcd_lease,
+                });
             }
-            Err(DaemonError::Store(e)) => {
-                shared.set_etcd(false, Some(&e));
-                wait = backoff.next_delay();
-            }
-            Err(fatal) => {
+            self.wait(false).await;
+        }
+    }
+
+    /// Keeps our key alive and ours: renews before expiry, re-creates it with the same subnet if it vanished.
+    /// Returns only when the subnet is lost to another host.
+    pub(super) async fn keep(&mut self) -> Result<(), DaemonError> {
+        loop {
+            if let Err(fatal) = self.perform().await {
                 error!("{fatal}");
                 return Err(fatal);
             }
+            self.wait(true).await;
         }
     }
-}
 
-pub(super) async fn check_lease(
-    store: &Store,
-    shared: &Shared,
-    own: &mut OwnLease,
-    opts: &RunOptions,
-    next_renew: &mut Instant,
-    renew_every: Duration,
-) -> Result<(), DaemonError> {
-    let current = store.get_lease(&own.subnet).await?;
-    let ours = match &current {
-        Some(l) if Store::is_ours(&l.attrs, own.public_ip) => {
-            own.etcd_lease = l.etcd_lease;
-            true
+    /// Performs the lifecycle's requests until it has none left.
+    async fn perform(&mut self) -> Result<(), DaemonError> {
+        while let Some(action) = self.lifecycle.poll_action() {
+            let store = self.store;
+            let outcome = match action {
+                Action::ListLeases => Outcome::Listed(store.list_leases().await.map(|(l, _)| l)),
+                Action::Grant { ttl } => Outcome::Granted(store.grant(ttl).await),
+                Action::PutIf {
+                    subnet,
+                    attrs,
+                    lease_id,
+                    expect_rev,
+                } => Outcome::Written(
+                    store
+                        .put_lease_if(&subnet, &attrs, lease_id, expect_rev)
+                        .await,
+                ),
+                Action::ReadOwnKey { subnet } => Outcome::OwnKey(store.get_lease(&subnet).await),
+                Action::KeepAlive { lease_id } => {
+                    Outcome::KeptAlive(store.keep_alive(lease_id).await)
+                }
+                Action::Revoke { lease_id } => Outcome::Revoked(store.revoke(lease_id).await),
+                Action::Fail(fatal) => return Err(self.fatal(fatal)),
+            };
+            self.lifecycle.handle(Instant::now(), outcome);
+            self.report();
         }
-        Some(l) => {
-            return Err(DaemonError::SubnetStolen {
-                subnet: own.subnet,
-                other: match &l.attrs {
-                    Ok(a) => a.public_ip.to_string(),
-                    Err(_) => "with an unreadable lease".into(),
-                },
-                file: opts.subnet_file.display().to_string(),
-            })
-        }
-        None => false,
-    };
-    if ours && own.etcd_lease != 0 && Instant::now() >= *next_renew {
-        let ttl = store.keep_alive(own.etcd_lease).await?;
-        if ttl > 0 {
-            shared.lease_ttl.store(ttl, Ordering::Relaxed);
-            shared.lease_renewals.fetch_add(1, Ordering::Relaxed);
-            *next_renew = Instant::now() + renew_every;
-            debug!(subnet = %own.subnet, ttl, "renewed lease");
-            return Ok(());
-        }
-    } else if ours {
-        return Ok(());
+        Ok(())
     }
-    // The key is gone (expired during an outage, or deleted) or its etcd lease is: claim it again.
-    let id = store.grant(opts.lease_ttl).await?;
-    let expect = current.as_ref().map(|l| l.mod_revision).unwrap_or(0);
-    if store
-        .put_lease_if(&own.subnet, &own.attrs, id, expect)
-        .await?
-    {
-        own.etcd_lease = id;
-        shared
-            .lease_ttl
-            .store(opts.lease_ttl.as_secs() as i64, Ordering::Relaxed);
-        *next_renew = Instant::now() + renew_every;
-        warn!(subnet = %own.subnet, "our lease had disappeared from etcd (expired or deleted); re-created it with the same subnet");
-        Ok(())
-    } else {
-        let _ = store.revoke(id).await;
-        // Someone wrote the key between our read and our write: look again next round.
-        shared.own_key_changed.notify_one();
-        Ok(())
+
+    /// Sleeps until the lifecycle's next deadline or, when holding, until the watch sees our key change.
+    async fn wait(&mut self, own_key_events: bool) {
+        let Some(deadline) = self.lifecycle.poll_timeout() else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {},
+            _ = self.shared.own_key_changed.notified(), if own_key_events => {
+                self.lifecycle.handle_own_key_event(Instant::now());
+            },
+        }
+        self.lifecycle.handle_timeout(Instant::now());
+    }
+
+    /// Logs the lifecycle's events and keeps the etcd and lease metrics.
+    fn report(&mut self) {
+        let shared = self.shared;
+        while let Some(event) = self.lifecycle.poll_event() {
+            match event {
+                Event::EtcdUp => shared.set_etcd(true, None),
+                Event::EtcdFailed {
+                    during: Doing::Listing,
+                    error,
+                } => {
+                    shared.set_etcd(false, None);
+                    warn!("cannot list leases to pick a subnet: {error}; retrying");
+                }
+                Event::EtcdFailed {
+                    during: Doing::Claiming,
+                    error,
+                } => {
+                    shared.set_etcd(false, Some(&error));
+                    warn!("cannot write our lease: {error}; retrying");
+                }
+                Event::EtcdFailed {
+                    during: Doing::Keeping,
+                    error,
+                } => shared.set_etcd(false, Some(&error)),
+                Event::Acquired { choice } => {
+                    let how = match choice {
+                        Choice::Reuse(_) => "reusing the lease that carries our public IP",
+                        Choice::Previous(_) => "reclaiming the subnet from the previous subnet.env",
+                        Choice::Fresh(_) => "leased a new subnet",
+                    };
+                    info!(subnet = %choice.subnet(), public_ip = %self.underlay.public_ip, "{how}");
+                }
+                Event::RaceLost { subnet, races } => {
+                    debug!(subnet = %subnet, races, "another host took the subnet first; trying again");
+                }
+                Event::Renewed { subnet, ttl } => {
+                    shared.lease_ttl.store(ttl, Ordering::Relaxed);
+                    shared.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                    debug!(subnet = %subnet, ttl, "renewed lease");
+                }
+                Event::Recreated { subnet, ttl } => {
+                    shared
+                        .lease_ttl
+                        .store(ttl.as_secs() as i64, Ordering::Relaxed);
+                    warn!(subnet = %subnet, "our lease had disappeared from etcd (expired or deleted); re-created it with the same subnet");
+                }
+            }
+        }
+    }
+
+    fn fatal(&self, fatal: Fatal) -> DaemonError {
+        match fatal {
+            Fatal::Exhausted(e) => DaemonError::Exhausted(e),
+            Fatal::Stolen { subnet, holder } => DaemonError::SubnetStolen {
+                subnet,
+                other: match holder {
+                    Some(ip) => ip.to_string(),
+                    None => "with an unreadable lease".into(),
+                },
+                file: self.subnet_file.display().to_string(),
+            },
+        }
     }
 }

@@ -30,7 +30,7 @@ pub use state::{OwnLease, Shared};
 
 use dataplanes::start_dataplane;
 use files::{notify_systemd_ready, read_previous_subnet};
-use lease_keeper::{acquire, keep_lease};
+use lease_keeper::LeaseKeeper;
 use netconfig::wait_for_config;
 use watch::watch_peers;
 
@@ -99,7 +99,8 @@ async fn control_plane(
     let cfg = wait_for_config(&store, &shared).await;
     info!(network = %cfg.network, backend = cfg.backend.type_name(), "network config read");
     let previous = read_previous_subnet(&opts.subnet_file);
-    let mut own = acquire(&store, &shared, &cfg, underlay, previous, opts.lease_ttl).await?;
+    let mut keeper = LeaseKeeper::new(&store, &shared, &cfg, underlay, opts, previous, renew_every);
+    let own = keeper.acquire().await?;
     let _dataplane = start_dataplane(opts, &cfg, &own, underlay, shared.clone()).await?;
     *shared.dataplane.lock().expect("dataplane lock") = match &_dataplane {
         Some(ActiveDataPlane::Userspace(d)) => {
@@ -137,5 +138,5 @@ async fn control_plane(
     ));
     shared.ready.store(true, Ordering::Relaxed);
     notify_systemd_ready();
-    keep_lease(&store, &shared, &mut own, opts, renew_every).await
+    keeper.keep().await
 }
