@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::control::backoff::Backoff;
 use crate::control::store::{Store, StoredLease};
+use crate::control::watch_cursor::{WatchCursor, WatchStart};
 use crate::routes::Peer;
 
 use super::Shared;
@@ -22,12 +23,13 @@ pub(super) async fn watch_peers(
     own_subnet: Ipv4Net,
     own_ip: Ipv4Addr,
 ) {
-    let mut rev: i64 = 0;
+    let mut cursor = WatchCursor::new();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let is_peer = |l: &StoredLease| l.subnet != own_subnet && !Store::is_ours(&l.attrs, own_ip);
     loop {
-        if rev == 0 {
-            match store.list_leases().await {
+        let from = match cursor.start() {
+            WatchStart::From(rev) => rev,
+            WatchStart::List => match store.list_leases().await {
                 Ok((leases, r)) => {
                     let peers: Vec<Peer> = leases
                         .iter()
@@ -44,16 +46,16 @@ pub(super) async fn watch_peers(
                         revision = r,
                         "loaded peer leases"
                     );
-                    rev = r;
+                    cursor.listed(r)
                 }
                 Err(e) => {
                     debug!("cannot list leases for the watch: {e}");
                     tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
-            }
-        }
-        let mut stream = match store.watch_leases(rev + 1).await {
+            },
+        };
+        let mut stream = match store.watch_leases(from).await {
             Ok(s) => s,
             Err(e) => {
                 debug!("cannot start the lease watch: {e}");
@@ -66,24 +68,26 @@ pub(super) async fn watch_peers(
             let resp = match stream.message().await {
                 Ok(Some(r)) => r,
                 Ok(None) | Err(_) => {
-                    debug!(revision = rev, "lease watch interrupted; resuming");
+                    debug!(
+                        revision = cursor.revision(),
+                        "lease watch interrupted; resuming"
+                    );
                     tokio::time::sleep(backoff.next_delay()).await;
                     break;
                 }
             };
             backoff.reset();
-            if resp.compact_revision() > 0 || resp.canceled() {
+            if let Some(rev) = cursor.relist_if_behind(resp.compact_revision(), resp.canceled()) {
                 warn!(
                     revision = rev,
                     compacted = resp.compact_revision(),
                     "lease watch fell behind etcd's compaction; re-listing all leases"
                 );
-                rev = 0;
                 break;
             }
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
-                rev = rev.max(kv.mod_revision());
+                cursor.saw(kv.mod_revision());
                 let Some(subnet) = store.subnet_of_key(kv.key()) else {
                     continue;
                 };
@@ -121,7 +125,7 @@ pub(super) async fn watch_peers(
                 }
             }
             if let Some(h) = resp.header() {
-                rev = rev.max(h.revision());
+                cursor.saw(h.revision());
             }
         }
     }
