@@ -1,0 +1,121 @@
+//! Selecting and starting the data plane: userspace (tun), the kernel VXLAN backend, or none.
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use crate::control::config::{Backend, NetworkConfig};
+use crate::dataplane::{DataPlane, DataPlaneConfig, DataPlaneError, Encap};
+use crate::host::iface::Underlay;
+use crate::kernel::vxlan::{KernelVxlan, KernelVxlanConfig};
+
+use super::{DaemonError, DataPlaneMode, OwnLease, RunOptions, Shared};
+
+/// The data plane that is running; dropping it stops it.
+pub enum ActiveDataPlane {
+    Userspace(DataPlane),
+    Kernel(KernelVxlan),
+}
+
+pub(super) async fn start_dataplane(
+    opts: &RunOptions,
+    cfg: &NetworkConfig,
+    own: &OwnLease,
+    underlay: &Underlay,
+    shared: Arc<Shared>,
+) -> Result<Option<ActiveDataPlane>, DaemonError> {
+    if opts.dataplane != DataPlaneMode::None {
+        if let Err(e) = crate::dataplane::enable_ip_forwarding() {
+            warn!("cannot enable net.ipv4.ip_forward ({e}); containers' traffic will not be forwarded until it is on");
+        }
+    }
+    match opts.dataplane {
+        DataPlaneMode::None => {
+            info!("data plane disabled (--dataplane none): leasing and publishing only");
+            Ok(None)
+        }
+        DataPlaneMode::Userspace => Ok(Some(ActiveDataPlane::Userspace(
+            start_userspace(opts, cfg, own, underlay, shared).await?,
+        ))),
+        DataPlaneMode::Kernel => Ok(Some(ActiveDataPlane::Kernel(
+            start_kernel(cfg, own, underlay, shared).await?,
+        ))),
+        DataPlaneMode::Auto => {
+            match start_userspace(opts, cfg, own, underlay, shared.clone()).await {
+                Ok(dp) => Ok(Some(ActiveDataPlane::Userspace(dp))),
+                Err(DaemonError::DataPlane(e @ DataPlaneError::Tun { .. }))
+                    if matches!(cfg.backend, Backend::Vxlan(_)) =>
+                {
+                    warn!("userspace data plane unavailable ({e}); falling back to the kernel VXLAN backend");
+                    Ok(Some(ActiveDataPlane::Kernel(
+                        start_kernel(cfg, own, underlay, shared).await?,
+                    )))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+pub(super) async fn start_kernel(
+    cfg: &NetworkConfig,
+    own: &OwnLease,
+    underlay: &Underlay,
+    shared: Arc<Shared>,
+) -> Result<KernelVxlan, DaemonError> {
+    let (Backend::Vxlan(v), Some(d)) = (&cfg.backend, own.attrs.vxlan_data()) else {
+        return Err(DaemonError::KernelNeedsVxlan {
+            backend: cfg.backend.type_name(),
+        });
+    };
+    let kc = KernelVxlanConfig {
+        vni: v.vni,
+        port: cfg.backend.port(),
+        local_ip: underlay.local_ip,
+        underlay_iface: underlay.iface.clone(),
+        mac: d.vtep_mac,
+        mtu: own.mtu,
+        own_subnet: own.subnet,
+    };
+    Ok(KernelVxlan::start(kc, shared.routes.clone()).await?)
+}
+
+pub(super) async fn start_userspace(
+    opts: &RunOptions,
+    cfg: &NetworkConfig,
+    own: &OwnLease,
+    underlay: &Underlay,
+    shared: Arc<Shared>,
+) -> Result<DataPlane, DaemonError> {
+    let encap = match (&cfg.backend, own.attrs.vxlan_data()) {
+        (Backend::Vxlan(v), Some(d)) => Encap::Vxlan {
+            vni: v.vni,
+            mac: d.vtep_mac,
+        },
+        _ => Encap::Udp,
+    };
+    let dp = DataPlaneConfig {
+        encap,
+        port: cfg.backend.port(),
+        local_ip: underlay.local_ip,
+        own_subnet: own.subnet,
+        network: cfg.network,
+        mtu: own.mtu,
+        tun_name: opts.tun_name.clone(),
+        workers: opts.workers,
+        offload: opts.offload,
+        batch: opts.batch,
+        busy_poll: opts.busy_poll,
+        underlay: opts.underlay,
+        iface: underlay.iface.clone(),
+        iface_mtu: underlay.mtu,
+        cpu_local: opts.cpu_local,
+    };
+    let dp = DataPlane::start(dp, shared.routes.clone()).await?;
+    shared
+        .workers
+        .lock()
+        .expect("workers lock")
+        .extend(dp.counters().iter().cloned());
+    Ok(dp)
+}

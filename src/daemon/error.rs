@@ -1,0 +1,54 @@
+//! [`DaemonError`]: the errors that stop `weft run`, each one plain line naming the problem and the fix.
+
+use std::net::SocketAddr;
+
+use ipnet::Ipv4Net;
+
+use crate::control::alloc::Exhausted;
+use crate::control::store::StoreError;
+use crate::dataplane::DataPlaneError;
+use crate::host::iface::IfaceError;
+use crate::kernel::vxlan::KernelVxlanError;
+
+/// Errors that stop the daemon; each is one plain line naming the problem and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Iface(#[from] IfaceError),
+    #[error(transparent)]
+    Exhausted(#[from] Exhausted),
+    #[error(transparent)]
+    RenewMargin(#[from] crate::control::backoff::MarginTooLong),
+    #[error("--underlay af-xdp is part of the userspace data plane; use it with --dataplane userspace (or auto)")]
+    AfXdpNeedsUserspace,
+    #[error("the kernel data plane needs a vxlan network, but the network config says Backend.Type {backend:?}; use --dataplane userspace for udp")]
+    KernelNeedsVxlan { backend: &'static str },
+    #[error("--ip-masq: {0}")]
+    Masq(#[from] crate::host::masq::MasqError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    #[error(transparent)]
+    Kernel(#[from] KernelVxlanError),
+    #[error("cannot serve /healthz on {addr}: {source}; pick another --healthz-ip/--healthz-port")]
+    Healthz {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot write {path}: {source}; check --subnet-file and that its directory is writable"
+    )]
+    SubnetFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("subnet {subnet} was taken by host {other} while our lease was gone; dockerd's --bip no longer matches a lease of this host. Stop dockerd, delete {file}, restart weft for a new subnet, then restart dockerd")]
+    SubnetStolen {
+        subnet: Ipv4Net,
+        other: String,
+        file: String,
+    },
+}

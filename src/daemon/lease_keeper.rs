@@ -1,0 +1,200 @@
+//! Runs the lease lifecycle (`control::lifecycle`) against etcd: performs its requests, feeds back their results and
+//! the time, logs what it reports and keeps the lease metrics.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tracing::{debug, error, info, warn};
+
+use crate::control::alloc::Choice;
+use crate::control::config::NetworkConfig;
+use crate::control::lifecycle::{
+    Action, Doing, Event, Fatal, LeaseLifecycle, LeaseParams, Outcome,
+};
+use crate::control::store::Store;
+use crate::host::iface::Underlay;
+
+use super::{DaemonError, OwnLease, RunOptions, Shared};
+
+/// This host's lease, from acquiring it to the daemon's end.
+pub(super) struct LeaseKeeper<'a> {
+    store: &'a Store,
+    shared: &'a Shared,
+    cfg: &'a NetworkConfig,
+    underlay: &'a Underlay,
+    subnet_file: &'a Path,
+    lifecycle: LeaseLifecycle<StdRng>,
+}
+
+impl<'a> LeaseKeeper<'a> {
+    /// `previous` is the subnet of the previous subnet.env; `renew_every` the TTL minus the renew margin.
+    pub(super) fn new(
+        store: &'a Store,
+        shared: &'a Shared,
+        cfg: &'a NetworkConfig,
+        underlay: &'a Underlay,
+        opts: &'a RunOptions,
+        previous: Option<Ipv4Net>,
+        renew_every: Duration,
+    ) -> Self {
+        let params = LeaseParams {
+            config: cfg.clone(),
+            public_ip: underlay.public_ip,
+            previous,
+            ttl: opts.lease_ttl,
+            renew_every,
+        };
+        LeaseKeeper {
+            store,
+            shared,
+            cfg,
+            underlay,
+            subnet_file: &opts.subnet_file,
+            lifecycle: LeaseLifecycle::new(params, StdRng::from_entropy()),
+        }
+    }
+
+    /// Acquires a subnet with flannel's rules; a lost race is retried, an exhausted network is fatal.
+    pub(super) async fn acquire(&mut self) -> Result<OwnLease, DaemonError> {
+        loop {
+            self.perform().await?;
+            if let Some(held) = self.lifecycle.held() {
+                return Ok(OwnLease {
+                    subnet: held.subnet,
+                    network: self.cfg.network,
+                    public_ip: self.underlay.public_ip,
+                    iface: self.underlay.iface.clone(),
+                    backend: self.cfg.backend.type_name().to_string(),
+                    mtu: self.cfg.backend.overlay_mtu(self.underlay.mtu),
+                    attrs: held.attrs.clone(),
+                    etcd_lease: held.etcd_lease,
+                });
+            }
+            self.wait(false).await;
+        }
+    }
+
+    /// Keeps our key alive and ours: renews before expiry, re-creates it with the same subnet if it vanished.
+    /// Returns only when the subnet is lost to another host.
+    pub(super) async fn keep(&mut self) -> Result<(), DaemonError> {
+        loop {
+            if let Err(fatal) = self.perform().await {
+                error!("{fatal}");
+                return Err(fatal);
+            }
+            self.wait(true).await;
+        }
+    }
+
+    /// Performs the lifecycle's requests until it has none left.
+    async fn perform(&mut self) -> Result<(), DaemonError> {
+        while let Some(action) = self.lifecycle.poll_action() {
+            let store = self.store;
+            let outcome = match action {
+                Action::ListLeases => Outcome::Listed(store.list_leases().await.map(|(l, _)| l)),
+                Action::Grant { ttl } => Outcome::Granted(store.grant(ttl).await),
+                Action::PutIf {
+                    subnet,
+                    attrs,
+                    lease_id,
+                    expect_rev,
+                } => Outcome::Written(
+                    store
+                        .put_lease_if(&subnet, &attrs, lease_id, expect_rev)
+                        .await,
+                ),
+                Action::ReadOwnKey { subnet } => Outcome::OwnKey(store.get_lease(&subnet).await),
+                Action::KeepAlive { lease_id } => {
+                    Outcome::KeptAlive(store.keep_alive(lease_id).await)
+                }
+                Action::Revoke { lease_id } => Outcome::Revoked(store.revoke(lease_id).await),
+                Action::Fail(fatal) => return Err(self.fatal(fatal)),
+            };
+            self.lifecycle.handle(Instant::now(), outcome);
+            self.report();
+        }
+        Ok(())
+    }
+
+    /// Sleeps until the lifecycle's next deadline or, when holding, until the watch sees our key change.
+    async fn wait(&mut self, own_key_events: bool) {
+        let Some(deadline) = self.lifecycle.poll_timeout() else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {},
+            _ = self.shared.own_key_changed.notified(), if own_key_events => {
+                self.lifecycle.handle_own_key_event(Instant::now());
+            },
+        }
+        self.lifecycle.handle_timeout(Instant::now());
+    }
+
+    /// Logs the lifecycle's events and keeps the etcd and lease metrics.
+    fn report(&mut self) {
+        let shared = self.shared;
+        while let Some(event) = self.lifecycle.poll_event() {
+            match event {
+                Event::EtcdUp => shared.set_etcd(true, None),
+                Event::EtcdFailed {
+                    during: Doing::Listing,
+                    error,
+                } => {
+                    shared.set_etcd(false, None);
+                    warn!("cannot list leases to pick a subnet: {error}; retrying");
+                }
+                Event::EtcdFailed {
+                    during: Doing::Claiming,
+                    error,
+                } => {
+                    shared.set_etcd(false, Some(&error));
+                    warn!("cannot write our lease: {error}; retrying");
+                }
+                Event::EtcdFailed {
+                    during: Doing::Keeping,
+                    error,
+                } => shared.set_etcd(false, Some(&error)),
+                Event::Acquired { choice } => {
+                    let how = match choice {
+                        Choice::Reuse(_) => "reusing the lease that carries our public IP",
+                        Choice::Previous(_) => "reclaiming the subnet from the previous subnet.env",
+                        Choice::Fresh(_) => "leased a new subnet",
+                    };
+                    info!(subnet = %choice.subnet(), public_ip = %self.underlay.public_ip, "{how}");
+                }
+                Event::RaceLost { subnet, races } => {
+                    debug!(subnet = %subnet, races, "another host took the subnet first; trying again");
+                }
+                Event::Renewed { subnet, ttl } => {
+                    shared.lease_ttl.store(ttl, Ordering::Relaxed);
+                    shared.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                    debug!(subnet = %subnet, ttl, "renewed lease");
+                }
+                Event::Recreated { subnet, ttl } => {
+                    shared
+                        .lease_ttl
+                        .store(ttl.as_secs() as i64, Ordering::Relaxed);
+                    warn!(subnet = %subnet, "our lease had disappeared from etcd (expired or deleted); re-created it with the same subnet");
+                }
+            }
+        }
+    }
+
+    fn fatal(&self, fatal: Fatal) -> DaemonError {
+        match fatal {
+            Fatal::Exhausted(e) => DaemonError::Exhausted(e),
+            Fatal::Stolen { subnet, holder } => DaemonError::SubnetStolen {
+                subnet,
+                other: match holder {
+                    Some(ip) => ip.to_string(),
+                    None => "with an unreadable lease".into(),
+                },
+                file: self.subnet_file.display().to_string(),
+            },
+        }
+    }
+}

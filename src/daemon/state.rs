@@ -1,0 +1,117 @@
+//! [`Shared`]: the daemon's state read by the HTTP endpoints (its [`StatusSource`] impl), and this host's
+//! [`OwnLease`].
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ipnet::Ipv4Net;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::control::lease::LeaseAttrs;
+use crate::control::store::StoreError;
+use crate::ops::metrics::{CounterTotals, MetricsView, WorkerCounters};
+use crate::ops::status::{LeaseStatus, StatusReport, StatusSource};
+use crate::routes::RouteTable;
+
+/// This host's lease as held by the running daemon.
+#[derive(Debug, Clone)]
+pub struct OwnLease {
+    pub subnet: Ipv4Net,
+    pub network: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    pub iface: String,
+    pub backend: String,
+    pub mtu: u32,
+    pub attrs: LeaseAttrs,
+    pub etcd_lease: i64,
+}
+
+/// State shared by the control plane, the data plane and the HTTP endpoints.
+#[derive(Default)]
+pub struct Shared {
+    pub routes: Arc<RouteTable>,
+    pub ready: AtomicBool,
+    pub etcd_connected: AtomicBool,
+    pub(super) etcd_seen: AtomicBool,
+    pub own: Mutex<Option<OwnLease>>,
+    pub lease_ttl: AtomicI64,
+    pub lease_renewals: AtomicU64,
+    pub watch_events: AtomicU64,
+    pub watch_restarts: AtomicU64,
+    pub workers: Mutex<Vec<Arc<WorkerCounters>>>,
+    /// The data plane in use ("userspace", "kernel", "none"; "" before it started).
+    pub dataplane: Mutex<&'static str>,
+    /// How the userspace data plane reaches the underlay ("udp" or "af_xdp (...)"; "" otherwise).
+    pub underlay: Mutex<String>,
+    /// The --ip-masq rule keeper, taken and stopped (rules removed) on a clean exit.
+    pub masq: Mutex<Option<crate::host::masq::Masquerade>>,
+    pub(super) own_key_changed: Notify,
+}
+
+impl StatusSource for Shared {
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn metrics(&self) -> MetricsView {
+        let snap = self.routes.load();
+        let ttl = self.lease_ttl.load(Ordering::Relaxed);
+        let workers = self.workers.lock().expect("workers lock");
+        MetricsView {
+            lease_held: self.own.lock().expect("own lock").is_some(),
+            dataplane: *self.dataplane.lock().expect("dataplane lock"),
+            underlay: self.underlay.lock().expect("underlay lock").clone(),
+            lease_ttl_seconds: (ttl > 0).then_some(ttl),
+            etcd_connected: self.etcd_connected.load(Ordering::Relaxed),
+            ready: self.ready.load(Ordering::Relaxed),
+            peers: snap.len(),
+            routes: snap.len(),
+            lease_renewals: self.lease_renewals.load(Ordering::Relaxed),
+            watch_events: self.watch_events.load(Ordering::Relaxed),
+            watch_restarts: self.watch_restarts.load(Ordering::Relaxed),
+            counters: CounterTotals::sum(workers.iter().map(|w| w.as_ref())),
+        }
+    }
+
+    fn status(&self) -> StatusReport {
+        StatusReport {
+            ready: self.ready.load(Ordering::Relaxed),
+            etcd_connected: self.etcd_connected.load(Ordering::Relaxed),
+            dataplane: self.dataplane.lock().expect("dataplane lock").to_string(),
+            underlay: self.underlay.lock().expect("underlay lock").clone(),
+            lease: self
+                .own
+                .lock()
+                .expect("own lock")
+                .as_ref()
+                .map(|o| LeaseStatus {
+                    subnet: o.subnet,
+                    network: o.network,
+                    public_ip: o.public_ip,
+                    iface: o.iface.clone(),
+                    backend: o.backend.clone(),
+                    mtu: o.mtu,
+                }),
+            peers: self.routes.load().peers().to_vec(),
+        }
+    }
+}
+
+impl Shared {
+    pub(super) fn set_etcd(&self, up: bool, err: Option<&StoreError>) {
+        let was = self.etcd_connected.swap(up, Ordering::Relaxed);
+        if up && !self.etcd_seen.swap(true, Ordering::Relaxed) {
+            info!("connected to etcd");
+            return;
+        }
+        match (was, up, err) {
+            (true, false, Some(e)) => warn!(
+                "lost etcd: {e}. Keeping our subnet and forwarding as before; retrying with backoff"
+            ),
+            (false, true, _) => info!("etcd reachable again"),
+            _ => {}
+        }
+    }
+}
