@@ -3,9 +3,14 @@
 # set up as flanneld does, weft's userspace vxlan (with and without its fast paths, with --cpu-local, and over AF_XDP), weft udp, and weft's
 # kernel backend. For each: iperf3 TCP 1 and 4 streams, 64-byte UDP packet rate, ping RTT p50/p99, and weft's
 # CPU seconds per GB moved. Prints one table with every figure also as a ratio to kernel VXLAN, and writes it
-# to bench-results/. A benchmark: it never fails on a number.
-#   usage: netns-fixtures/bench.sh [--time SECONDS] [--only "row names"]
+# to bench-results/. A benchmark: it never fails on a number. The bed and its cleanup are netns-fixtures/lib.sh.
+#   usage: [WEFT_BIN=path/to/weft] netns-fixtures/bench.sh [--time SECONDS] [--only "row names"]
+#   rows (in this order): underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-afxdp
+#                         weft-udp weft-kernel
+#   WEFT_BIN: a prebuilt weft binary (e.g. an older commit's) used for every weft row instead of building this
+#   tree with `cargo build --release`; a relative path is taken from the directory bench.sh is started in.
 set -euo pipefail
+[ -z "${WEFT_BIN:-}" ] || WEFT_BIN=$(realpath "$WEFT_BIN")
 cd "$(dirname "$0")/.."
 
 SECS=5
@@ -17,63 +22,23 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--time SECONDS] [--only \"row names\"]" >&2; exit 2 ;;
   esac
 done
-[ "$(id -u)" = 0 ] || { echo "bench: run as root (it creates network namespaces)" >&2; exit 1; }
+. netns-fixtures/lib.sh
+bed_prepare bench
+if [ -n "${WEFT_BIN:-}" ]; then
+  [ -x "$WEFT_BIN" ] || { echo "bench: WEFT_BIN=$WEFT_BIN is not an executable" >&2; exit 1; }
+  echo "== weft: $WEFT_BIN (WEFT_BIN; not building)" >&2
+  WEFT=$WEFT_BIN
+else
+  bed_build_weft >&2
+fi
 
-bash netns-fixtures/deps.sh
-echo "== building weft (release)" >&2
-cargo build --release --quiet
-WEFT="$PWD/target/release/weft"
-
-ID="wb$$"
-UL="$ID-ul"; H1="$ID-h1"; H2="$ID-h2"; C1="$ID-c1"; C2="$ID-c2"
-ETCD_IP=10.250.0.254
-WORK=$(mktemp -d /tmp/weft-bench-XXXXXX)
-PIDS=()
-WPIDS=()
-cleanup() {
-  set +e
-  for p in "${WPIDS[@]}" "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${WPIDS[@]}" "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-  for n in "$C1" "$C2" "$H1" "$H2" "$UL"; do ip netns del "$n" 2>/dev/null; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+bed_init bench wb
+H1="$ID-h1"; H2="$ID-h2"; C1="$ID-c1"; C2="$ID-c2"
+WPIDS=()        # the weft daemons of the current row
 
 # --- the bed: two hosts on an underlay bridge, etcd on the underlay
-ip netns add "$UL"; ip -n "$UL" link set lo up
-ip -n "$UL" link add br0 type bridge; ip -n "$UL" addr add "$ETCD_IP/24" dev br0; ip -n "$UL" link set br0 up
-for i in 1 2; do
-  h="$ID-h$i"; ip netns add "$h"; ip -n "$h" link set lo up
-  ip link add eth0 netns "$h" type veth peer name "p$i" netns "$UL"
-  ip -n "$UL" link set "p$i" master br0 up
-  ip -n "$h" addr add "10.250.0.$i/24" dev eth0; ip -n "$h" link set eth0 up
-  ip -n "$h" route add default via "$ETCD_IP"
-  ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1
-done
-nsenter --net="/var/run/netns/$UL" etcd --name bench --data-dir "$WORK/etcd" \
-  --listen-client-urls "http://$ETCD_IP:2379" --advertise-client-urls "http://$ETCD_IP:2379" \
-  --listen-peer-urls "http://127.0.0.1:2380" --initial-advertise-peer-urls "http://127.0.0.1:2380" \
-  --initial-cluster "bench=http://127.0.0.1:2380" >"$WORK/etcd.log" 2>&1 &
-PIDS+=($!)
-EP="--etcd-endpoints=http://$ETCD_IP:2379"
-for _ in $(seq 1 100); do ip netns exec "$UL" etcdctl --endpoints="http://$ETCD_IP:2379" endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
-
-# Containers: a bridge with <subnet>.1 on each host and a namespace with .2 behind it (dockerd --bip).
-add_containers() { # subnet1 subnet2 mtu   (subnets as a.b.c.0/24)
-  local mtu=$3 i=1
-  for sub in "$1" "$2"; do
-    local h="$ID-h$i" c="$ID-c$i" base=${1%.0/*}; base=${sub%.0/*}
-    ip netns add "$c"; ip -n "$c" link set lo up
-    ip -n "$h" link add cbr0 type bridge; ip -n "$h" addr add "$base.1/24" dev cbr0; ip -n "$h" link set cbr0 up
-    ip link add eth0 netns "$c" mtu "$mtu" type veth peer name vc netns "$h" mtu "$mtu"
-    ip -n "$h" link set vc master cbr0 up
-    ip -n "$c" addr add "$base.2/24" dev eth0; ip -n "$c" link set eth0 up; ip -n "$c" route add default via "$base.1"
-    i=$((i + 1))
-  done
-}
-del_containers() {
-  for i in 1 2; do ip netns del "$ID-c$i" 2>/dev/null || true; ip -n "$ID-h$i" link del cbr0 2>/dev/null || true; done
-}
+bed_up 2
+for h in "$H1" "$H2"; do ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1; done
 
 cpu_ticks() { # total utime+stime (clock ticks) of the weft processes
   local t=0
@@ -129,25 +94,27 @@ start_weft() { # backend dataplane [extra flags...]
   ip netns exec "$UL" "$WEFT" config set "$EP" "{\"Network\":\"10.5.0.0/16\",\"Backend\":{\"Type\":\"$backend\"}}" >/dev/null
   ip netns exec "$UL" etcdctl --endpoints="http://$ETCD_IP:2379" del --prefix /coreos.com/network/subnets/ >/dev/null
   WPIDS=()
+  local i mtu
   for i in 1 2; do
     rm -f "$WORK/s$i.env"
-    ip netns exec "$ID-h$i" "$WEFT" run "$EP" --dataplane "$dp" --subnet-file "$WORK/s$i.env" "$@" >"$WORK/weft$i.log" 2>&1 &
-    WPIDS+=($!)
+    bed_weft_run "$i" "$WORK/s$i.env" "$WORK/weft$i.log" --dataplane "$dp" "$@"
+    WPIDS+=("$BED_PID")
   done
-  for i in 1 2; do for _ in $(seq 1 100); do [ -s "$WORK/s$i.env" ] && break; sleep 0.1; done; done
-  local s1 s2 mtu
-  s1=$(sed -n 's/^FLANNEL_SUBNET=\(.*\)\.1\/24/\1.0\/24/p' "$WORK/s1.env")
-  s2=$(sed -n 's/^FLANNEL_SUBNET=\(.*\)\.1\/24/\1.0\/24/p' "$WORK/s2.env")
-  mtu=$(sed -n 's/^FLANNEL_MTU=//p' "$WORK/s1.env")
-  add_containers "$s1" "$s2" "$mtu"
-  C2IP="${s2%.0/24}.2"
+  for i in 1 2; do bed_weft_wait "$i" "$WORK/s$i.env"; done
+  mtu=$(bed_env "$WORK/s1.env" FLANNEL_MTU)
+  for i in 1 2; do bed_container "$i" "$(bed_env "$WORK/s$i.env" FLANNEL_SUBNET)" "$mtu"; done   # CIP: container 2
 }
 stop_weft() {
-  for p in "${WPIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${WPIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ ${#WPIDS[@]} = 0 ] || bed_kill "${WPIDS[@]}"
   WPIDS=()
-  for i in 1 2; do ip -n "$ID-h$i" link del flannel.1 2>/dev/null || true; done
-  del_containers
+  for i in 1 2; do ip -n "$ID-h$i" link del flannel.1 2>/dev/null || true; bed_container_del "$i"; done
+}
+weft_row() { # name backend dataplane [extra flags...]
+  local name=$1; shift
+  want "$name" || return 0
+  start_weft "$@"
+  measure "$name" "$C1" "$C2" "$CIP"
+  stop_weft
 }
 
 : >"$WORK/results"
@@ -160,7 +127,7 @@ fi
 if want kernel-vxlan; then
   # flanneld's vxlan backend, by hand: flannel.1 with neighbour, FDB and onlink route per peer.
   for i in 1 2; do
-    h="$ID-h$i"; j=$((3 - i))
+    h="$ID-h$i"
     ip -n "$h" link add flannel.1 type vxlan id 1 local "10.250.0.$i" dev eth0 dstport 8472 nolearning
     ip -n "$h" link set flannel.1 address "0e:00:00:00:00:0$i" mtu 1450 up
     ip -n "$h" addr add "10.5.$i.0/32" dev flannel.1
@@ -171,47 +138,18 @@ if want kernel-vxlan; then
     ip netns exec "$h" bridge fdb replace "0e:00:00:00:00:0$j" dst "10.250.0.$j" dev flannel.1 self permanent
     ip -n "$h" route replace "10.5.$j.0/24" via "10.5.$j.0" dev flannel.1 onlink
   done
-  add_containers 10.5.1.0/24 10.5.2.0/24 1450
+  bed_container 1 10.5.1.1/24 1450; bed_container 2 10.5.2.1/24 1450
   measure kernel-vxlan "$C1" "$C2" 10.5.2.2
   stop_weft
 fi
 
-if want weft-vxlan; then
-  start_weft vxlan userspace
-  measure weft-vxlan "$C1" "$C2" "$C2IP"
-  stop_weft
-fi
-
-if want weft-vxlan-plain; then
-  start_weft vxlan userspace --no-offload --no-batch --workers 1
-  measure weft-vxlan-plain "$C1" "$C2" "$C2IP"
-  stop_weft
-fi
-
-if want weft-vxlan-cpu-local; then
-  start_weft vxlan userspace --cpu-local
-  measure weft-vxlan-cpu-local "$C1" "$C2" "$C2IP"
-  stop_weft
-fi
-
-if want weft-vxlan-afxdp; then
-  # AF_XDP on the underlay veths: copy mode only (veth has no zero-copy), no UDP GSO/GRO on that path.
-  start_weft vxlan userspace --underlay af-xdp
-  measure weft-vxlan-afxdp "$C1" "$C2" "$C2IP"
-  stop_weft
-fi
-
-if want weft-udp; then
-  start_weft udp userspace
-  measure weft-udp "$C1" "$C2" "$C2IP"
-  stop_weft
-fi
-
-if want weft-kernel; then
-  start_weft vxlan kernel
-  measure weft-kernel "$C1" "$C2" "$C2IP"
-  stop_weft
-fi
+weft_row weft-vxlan vxlan userspace
+weft_row weft-vxlan-plain vxlan userspace --no-offload --no-batch --workers 1
+weft_row weft-vxlan-cpu-local vxlan userspace --cpu-local
+# AF_XDP on the underlay veths: copy mode only (veth has no zero-copy), no UDP GSO/GRO on that path.
+weft_row weft-vxlan-afxdp vxlan userspace --underlay af-xdp
+weft_row weft-udp udp userspace
+weft_row weft-kernel vxlan kernel
 
 mkdir -p bench-results
 OUT="bench-results/bench-$(date -u +%Y%m%dT%H%M%SZ).txt"
