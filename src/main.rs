@@ -250,6 +250,12 @@ enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read {path}: {source}; is weft running and is -f right?")]
+    NoSubnetFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("refusing the network config: {0}")]
     BadConfig(String),
     #[error("no network config at {0}; set one with `weft config set`")]
@@ -448,10 +454,12 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
             Ok(())
         }
         Cmd::DockerOpts(a) => {
-            let text = std::fs::read_to_string(&a.subnet_file).map_err(CliError::file(
-                "read (is weft running, and is -f right?)",
-                &a.subnet_file,
-            ))?;
+            let text = std::fs::read_to_string(&a.subnet_file).map_err(|source| {
+                CliError::NoSubnetFile {
+                    path: a.subnet_file.display().to_string(),
+                    source,
+                }
+            })?;
             let env = SubnetEnv::parse(&text).map_err(|source| CliError::BadSubnetEnv {
                 path: a.subnet_file.display().to_string(),
                 source,
