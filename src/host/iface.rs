@@ -2,7 +2,13 @@
 
 use std::net::Ipv4Addr;
 
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use regex::Regex;
+
+use crate::host::netlink::Rtnl;
 
 /// The chosen underlay: interface name, its MTU, and the public IP published in the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,12 +93,71 @@ pub fn pick(
         .ok_or_else(|| IfaceError::NoAddress(def.to_string()))
 }
 
-/// The interface of the IPv4 default route, from `/proc/net/route` text (pure).
-pub fn default_route_iface(proc_net_route: &str) -> Option<String> {
-    proc_net_route.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() >= 8 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_string())
+/// The output interface of the IPv4 default route of the main table, among dumped routes (pure).
+pub fn default_route_oif(routes: &[RouteMessage]) -> Option<u32> {
+    routes.iter().find_map(|r| {
+        let table = r
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(r.header.table));
+        let is_default = r.header.address_family == AddressFamily::Inet
+            && r.header.destination_prefix_length == 0
+            && table == u32::from(RouteHeader::RT_TABLE_MAIN);
+        is_default
+            .then(|| {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                })
+            })
+            .flatten()
     })
+}
+
+/// The interface of the IPv4 default route (main table), read over netlink.
+fn default_route_iface() -> Result<Option<String>, IfaceError> {
+    let mut nl = Rtnl::open().map_err(|e| IfaceError::List(e.to_string()))?;
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    let routes: Vec<RouteMessage> = nl
+        .request(
+            RouteNetlinkMessage::GetRoute(msg),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )
+        .map_err(|e| IfaceError::List(format!("reading routes: {e}")))?
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let Some(index) = default_route_oif(&routes) else {
+        return Ok(None);
+    };
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    Ok(link(&mut nl, msg)?.into_iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n),
+        _ => None,
+    }))
+}
+
+/// One link's attributes (by index in the header, or by an `IfName` attribute).
+fn link(nl: &mut Rtnl, msg: LinkMessage) -> Result<Vec<LinkAttribute>, IfaceError> {
+    let replies = nl
+        .request(RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST)
+        .map_err(|e| IfaceError::List(format!("reading a link: {e}")))?;
+    Ok(replies
+        .into_iter()
+        .flat_map(|r| match r {
+            RouteNetlinkMessage::NewLink(l) => l.attributes,
+            _ => Vec::new(),
+        })
+        .collect())
 }
 
 /// Lists this namespace's interfaces that are up, with their IPv4 addresses.
@@ -125,35 +190,26 @@ pub fn list_interfaces() -> Result<Vec<IfaceInfo>, IfaceError> {
     Ok(out)
 }
 
-/// Reads an interface's MTU with SIOCGIFMTU (valid in this network namespace, unlike a stale /sys).
+/// Reads an interface's MTU over netlink (valid in this network namespace, unlike a stale /sys).
 pub fn mtu_of(name: &str) -> Result<u32, IfaceError> {
     let err = |e: String| IfaceError::Mtu(name.to_string(), e);
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(err("interface name too long".into()));
-    }
-    let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| err(e.to_string()))?;
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    use std::os::fd::AsRawFd;
-    // SAFETY: SIOCGIFMTU reads ifr_name (NUL-terminated above, as the name is shorter than IFNAMSIZ)
-    // and writes ifr_mtu within the ifreq we own; the socket fd is valid for the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
-    if rc < 0 {
-        return Err(err(std::io::Error::last_os_error().to_string()));
-    }
-    // SAFETY: after a successful SIOCGIFMTU the kernel filled the ifru_mtu member of the union.
-    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
-    Ok(mtu as u32)
+    let mut nl = Rtnl::open().map_err(|e| err(e.to_string()))?;
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    let attrs = link(&mut nl, msg).map_err(|e| err(e.to_string()))?;
+    attrs
+        .into_iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(m),
+            _ => None,
+        })
+        .ok_or_else(|| err("the kernel reported no MTU".into()))
 }
 
 /// Picks the underlay on this host from the flags.
 pub fn detect(wanted: &[String], public_ip: Option<Ipv4Addr>) -> Result<Underlay, IfaceError> {
     let ifaces = list_interfaces()?;
-    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-    let def = default_route_iface(&routes);
+    let def = default_route_iface()?;
     let (iface, local_ip) = pick(&ifaces, wanted, public_ip, def.as_deref())?;
     let mtu = mtu_of(&iface)?;
     Ok(Underlay {
@@ -241,12 +297,21 @@ mod tests {
     }
 
     #[test]
-    fn parses_proc_net_route() {
-        let t =
-            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-                 eth0\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
-                 eth0\t00000000\t0102000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
-        assert_eq!(default_route_iface(t).as_deref(), Some("eth0"));
-        assert_eq!(default_route_iface("Iface\n"), None);
+    fn finds_the_main_tables_default_route() {
+        let route = |len: u8, table: u8, oif: u32| {
+            let mut r = RouteMessage::default();
+            r.header.address_family = AddressFamily::Inet;
+            r.header.destination_prefix_length = len;
+            r.header.table = table;
+            r.attributes.push(RouteAttribute::Oif(oif));
+            r
+        };
+        let main = RouteHeader::RT_TABLE_MAIN;
+        let local = 255; // RT_TABLE_LOCAL
+                         // A /24 on eth1, a default route in another table, then the main table's default on eth0.
+        let routes = [route(24, main, 3), route(0, local, 4), route(0, main, 2)];
+        assert_eq!(default_route_oif(&routes), Some(2));
+        assert_eq!(default_route_oif(&routes[..2]), None);
+        assert_eq!(default_route_oif(&[]), None);
     }
 }

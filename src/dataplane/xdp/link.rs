@@ -4,10 +4,11 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::host::netlink::request;
 
 /// Fail instead of replacing a program that is already attached.
 const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1;
@@ -44,73 +45,6 @@ impl XdpMode {
 pub struct Attached {
     pub prog_id: u32,
     pub mode: XdpMode,
-}
-
-/// A route-netlink socket for synchronous requests, reusable for many.
-pub(crate) struct Rtnl {
-    sock: Socket,
-    seq: u32,
-}
-
-impl Rtnl {
-    pub(crate) fn open() -> io::Result<Rtnl> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        Ok(Rtnl { sock, seq: 0 })
-    }
-
-    /// Sends one request and collects its replies (up to the ACK with NLM_F_ACK, else the first reply);
-    /// replies to earlier requests are skipped by sequence number.
-    pub(crate) fn request(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut nl = NetlinkMessage::from(msg);
-        nl.header.flags = flags;
-        nl.header.sequence_number = self.seq;
-        nl.finalize();
-        let mut buf = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut buf);
-        self.sock.send(&buf, 0)?;
-        let mut replies = Vec::new();
-        loop {
-            let (data, _) = self.sock.recv_from_full()?;
-            let mut off = 0;
-            while off < data.len() {
-                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = m.header.length as usize;
-                if m.header.sequence_number == self.seq {
-                    match m.payload {
-                        NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                        NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(replies),
-                        NetlinkPayload::InnerMessage(inner) => {
-                            replies.push(inner);
-                            if flags & NLM_F_ACK == 0 {
-                                return Ok(replies);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                if len == 0 {
-                    break;
-                }
-                off += (len + 3) & !3;
-            }
-        }
-    }
-}
-
-/// One request on a socket of its own.
-pub(crate) fn request(
-    msg: RouteNetlinkMessage,
-    flags: u16,
-) -> io::Result<Vec<RouteNetlinkMessage>> {
-    Rtnl::open()?.request(msg, flags)
 }
 
 fn set_xdp(ifindex: u32, attrs: Vec<LinkXdp>) -> io::Result<()> {

@@ -1,0 +1,76 @@
+//! Synchronous route-netlink requests over one socket (netlink-sys + netlink-packet-route messages).
+//!
+//! weft reaches the kernel's routing netlink two ways, each where it fits: async `rtnetlink` where a tokio task
+//! reconciles (the tun device's route, the kernel VXLAN backend), and this blocking helper where there is no
+//! runtime or no await — detaching XDP in `Drop`, the next-hop thread of the AF_XDP underlay, and reading the
+//! underlay interface at start-up.
+
+use std::io;
+
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+/// A route-netlink socket for synchronous requests, reusable for many.
+pub struct Rtnl {
+    sock: Socket,
+    seq: u32,
+}
+
+impl Rtnl {
+    pub fn open() -> io::Result<Rtnl> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(Rtnl { sock, seq: 0 })
+    }
+
+    /// Sends one request and collects its replies (up to the ACK with NLM_F_ACK, up to the end of the
+    /// dump with NLM_F_DUMP, else the first reply); replies to earlier requests are skipped by sequence number.
+    pub fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut nl = NetlinkMessage::from(msg);
+        nl.header.flags = flags;
+        nl.header.sequence_number = self.seq;
+        nl.finalize();
+        let mut buf = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+        let mut replies = Vec::new();
+        loop {
+            let (data, _) = self.sock.recv_from_full()?;
+            let mut off = 0;
+            while off < data.len() {
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = m.header.length as usize;
+                if m.header.sequence_number == self.seq {
+                    match m.payload {
+                        NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                        NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(replies),
+                        NetlinkPayload::InnerMessage(inner) => {
+                            replies.push(inner);
+                            if flags & (NLM_F_ACK | NLM_F_DUMP) == 0 {
+                                return Ok(replies);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
+}
+
+/// One request on a socket of its own.
+pub fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    Rtnl::open()?.request(msg, flags)
+}
