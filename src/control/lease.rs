@@ -7,6 +7,7 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// A MAC address, written in JSON as `"c6:d2:32:6f:8f:44"` as flannel does.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
@@ -93,6 +94,11 @@ pub struct LeaseAttrs {
     pub backend_data: Option<Value>,
 }
 
+/// A lease value that is not flannel's JSON (the parser's error, shared so stored leases stay `Clone`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("lease value is not flannel's JSON: {0}")]
+pub struct LeaseValueError(#[source] pub Arc<serde_json::Error>);
+
 /// The `BackendData` of a vxlan lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VxlanLeaseData {
@@ -127,8 +133,8 @@ impl LeaseAttrs {
     }
 
     /// Parses a lease value.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("lease value is not flannel's JSON: {e}"))
+    pub fn from_json(bytes: &[u8]) -> Result<Self, LeaseValueError> {
+        serde_json::from_slice(bytes).map_err(|e| LeaseValueError(Arc::new(e)))
     }
 
     /// The lease value as flannel's JSON.

@@ -10,7 +10,7 @@ use etcd_client::{
 };
 use ipnet::Ipv4Net;
 
-use crate::control::lease::{parse_subnet_key, subnet_key, LeaseAttrs};
+use crate::control::lease::{parse_subnet_key, subnet_key, LeaseAttrs, LeaseValueError};
 
 /// Default etcd key prefix, as flannel's.
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
@@ -55,7 +55,7 @@ pub enum StoreError {
 pub struct StoredLease {
     pub subnet: Ipv4Net,
     /// The parsed value, or why it could not be parsed.
-    pub attrs: Result<LeaseAttrs, String>,
+    pub attrs: Result<LeaseAttrs, LeaseValueError>,
     /// The etcd lease the key is attached to (0 = none: a reservation).
     pub etcd_lease: i64,
     pub mod_revision: i64,
@@ -314,7 +314,7 @@ impl Store {
     }
 
     /// Whether `attrs` names this host (`public_ip`).
-    pub fn is_ours(attrs: &Result<LeaseAttrs, String>, public_ip: Ipv4Addr) -> bool {
+    pub fn is_ours(attrs: &Result<LeaseAttrs, LeaseValueError>, public_ip: Ipv4Addr) -> bool {
         matches!(attrs, Ok(a) if a.public_ip == public_ip)
     }
 }

@@ -366,7 +366,7 @@ fn exhausted_network_is_fatal() {
         .iter()
         .map(|s| StoredLease {
             subnet: net(s),
-            attrs: Err("not JSON".into()),
+            attrs: LeaseAttrs::from_json(b"not JSON"),
             etcd_lease: 1,
             mod_revision: 1,
         })
@@ -598,7 +598,7 @@ fn an_unreadable_value_in_our_key_is_fatal_too() {
     tick(&mut m, t + CHECK_INTERVAL);
     let garbage = StoredLease {
         subnet,
-        attrs: Err("not JSON".into()),
+        attrs: LeaseAttrs::from_json(b"not JSON"),
         etcd_lease: 0,
         mod_revision: 9,
     };
