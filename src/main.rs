@@ -92,7 +92,22 @@ struct EtcdArgs {
 }
 
 impl EtcdArgs {
-    fn options(&self) -> EtcdOptions {
+    /// Checks the endpoints and TLS files before anything connects; a bad one is a usage error.
+    fn options(&self) -> Result<EtcdOptions, CliError> {
+        for e in &self.etcd_endpoints {
+            check_endpoint(e).map_err(CliError::Usage)?;
+        }
+        let pem = |flag: &str, path: &Option<String>, what: &str| match path {
+            Some(p) => check_pem(flag, p, what).map_err(CliError::Usage),
+            None => Ok(()),
+        };
+        pem("--etcd-cafile", &self.etcd_cafile, "CERTIFICATE")?;
+        pem("--etcd-certfile", &self.etcd_certfile, "CERTIFICATE")?;
+        pem("--etcd-keyfile", &self.etcd_keyfile, "PRIVATE KEY")?;
+        Ok(self.unchecked_options())
+    }
+
+    fn unchecked_options(&self) -> EtcdOptions {
         EtcdOptions {
             endpoints: self.etcd_endpoints.clone(),
             prefix: self.etcd_prefix.clone(),
@@ -234,9 +249,32 @@ impl From<XdpModeArg> for XdpModeChoice {
     }
 }
 
+/// Writes one line to standard output. A closed pipe (`weft leases | head -1`) ends the command quietly
+/// instead of panicking as `println!` does.
+fn out(line: std::fmt::Arguments) -> Result<(), CliError> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError::StdoutClosed),
+        Err(e) => Err(CliError::Stdout(e)),
+    }
+}
+
+macro_rules! outln {
+    ($($t:tt)*) => { out(format_args!($($t)*)) };
+}
+
 /// Everything a command can fail with; `main` prints it as one line.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
+    /// A flag or setting that cannot work (exit status 2).
+    #[error("{0}")]
+    Usage(String),
+    /// Whoever read our output stopped reading: not an error.
+    #[error("standard output closed")]
+    StdoutClosed,
+    #[error("cannot write to standard output: {0}")]
+    Stdout(#[source] std::io::Error),
     #[error(transparent)]
     Daemon(#[from] DaemonError),
     #[error(transparent)]
@@ -311,6 +349,68 @@ struct DockerOptsArgs {
     no_ipmasq: bool,
 }
 
+/// An etcd endpoint must be an http(s) URL with a host (`http://10.0.0.1:2379`).
+fn check_endpoint(e: &str) -> Result<(), String> {
+    let fix = "give --etcd-endpoints as comma-separated URLs such as http://10.0.0.1:2379";
+    let uri: hyper::Uri = e
+        .parse()
+        .map_err(|_| format!("--etcd-endpoints: {e:?} is not a URL; {fix}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!(
+            "--etcd-endpoints: {e:?} is not an http:// or https:// URL; {fix}"
+        ));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("--etcd-endpoints: {e:?} names no host; {fix}"));
+    }
+    Ok(())
+}
+
+/// A TLS file must be readable PEM holding a block of the expected kind.
+fn check_pem(flag: &str, path: &str, kind: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{flag} {path}: cannot read it ({e}); give the path of a PEM file"))?;
+    let found = text
+        .lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.ends_with(&format!("{kind}-----")));
+    if !found {
+        return Err(format!(
+            "{flag} {path}: no PEM \"{kind}\" block in it; give the PEM file itself (-----BEGIN ...{kind}-----)"
+        ));
+    }
+    Ok(())
+}
+
+/// Linux tun queues per device (the kernel's MAX_TAP_QUEUES).
+const MAX_WORKERS: usize = 256;
+
+/// `--workers`: 1 to 256.
+fn check_workers(n: usize) -> Result<usize, String> {
+    if n == 0 || n > MAX_WORKERS {
+        return Err(format!(
+            "--workers {n}: give between 1 and {MAX_WORKERS} (a tun device has at most {MAX_WORKERS} queues); leave it out for one per core"
+        ));
+    }
+    Ok(n)
+}
+
+/// `--tun-name`: a Linux interface name (1 to 15 bytes, no '/', ':' or white space, not "." or "..").
+fn check_tun_name(name: &str) -> Result<(), String> {
+    let bad = name.is_empty()
+        || name.len() >= 16
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if bad {
+        return Err(format!(
+            "--tun-name {name:?} is not a valid interface name: use 1 to 15 characters without '/', ':' or spaces"
+        ));
+    }
+    Ok(())
+}
+
 fn parse_duration(s: &str, bare: u64) -> Result<Duration, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
@@ -359,7 +459,11 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(dispatch(cli.cmd)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
+        Err(e @ CliError::Usage(_)) => {
+            eprintln!("weft: error: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("weft: error: {e}");
             ExitCode::FAILURE
@@ -370,10 +474,11 @@ fn main() -> ExitCode {
 async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
     match cmd {
         Cmd::Run(a) => {
+            check_tun_name(&a.tun_name).map_err(CliError::Usage)?;
             let healthz = (a.healthz.healthz_port != 0)
                 .then(|| SocketAddr::new(a.healthz.healthz_ip, a.healthz.healthz_port));
             let opts = RunOptions {
-                etcd: a.etcd.options(),
+                etcd: a.etcd.options()?,
                 iface: a.iface,
                 public_ip: a.public_ip,
                 subnet_file: a.subnet_file,
@@ -382,11 +487,12 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
                 healthz,
                 ip_masq: a.ip_masq,
                 dataplane: a.dataplane.into(),
-                workers: a.workers.unwrap_or_else(|| {
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1)
-                }),
+                workers: match a.workers {
+                    Some(n) => check_workers(n).map_err(CliError::Usage)?,
+                    None => std::thread::available_parallelism()
+                        .map(|n| n.get().min(MAX_WORKERS))
+                        .unwrap_or(1),
+                },
                 tun_name: a.tun_name,
                 offload: weft::dataplane::Offloads {
                     tun: !(a.no_offload || a.no_tun_offload),
@@ -417,9 +523,9 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
             };
             let cfg =
                 NetworkConfig::parse(&text).map_err(|e| CliError::BadConfig(e.to_string()))?;
-            let store = Store::connect(&etcd.options()).await?;
+            let store = Store::connect(&etcd.options()?).await?;
             store.put_config(text.trim()).await?;
-            println!(
+            outln!(
                 "wrote {}: Network {} split into /{} subnets ({} to {}, {} in all), backend {} on UDP port {}",
                 store.config_key(),
                 cfg.network,
@@ -429,16 +535,12 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
                 cfg.subnet_count(),
                 cfg.backend.type_name(),
                 cfg.backend.port()
-            );
-            Ok(())
+            )
         }
         Cmd::Config(ConfigCmd::Get(etcd)) => {
-            let store = Store::connect(&etcd.options()).await?;
+            let store = Store::connect(&etcd.options()?).await?;
             match store.get_config().await? {
-                Some(text) => {
-                    println!("{text}");
-                    Ok(())
-                }
+                Some(text) => outln!("{text}"),
                 None => Err(CliError::NoConfig(store.config_key())),
             }
         }
@@ -450,8 +552,7 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
                 return Err(CliError::Status { addr, code, body });
             }
             let report: StatusReport = serde_json::from_str(&body).map_err(CliError::BadStatus)?;
-            print_status(&report);
-            Ok(())
+            print_status(&report)
         }
         Cmd::DockerOpts(a) => {
             let text = std::fs::read_to_string(&a.subnet_file).map_err(|source| {
@@ -464,7 +565,7 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
                 path: a.subnet_file.display().to_string(),
                 source,
             })?;
-            let out = docker_opts(
+            let text = docker_opts(
                 &env,
                 &DockerOptsStyle {
                     key: a.key,
@@ -474,22 +575,24 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
                 },
             );
             if a.dest.as_os_str() == "-" {
-                print!("{out}");
-                Ok(())
+                outln!("{}", text.trim_end_matches('\n'))
             } else {
-                daemon::write_atomically(&a.dest, &out).map_err(CliError::file("write", &a.dest))
+                daemon::write_atomically(&a.dest, &text).map_err(CliError::file("write", &a.dest))
             }
         }
     }
 }
 
 async fn list_leases(etcd: &EtcdArgs) -> Result<(), CliError> {
-    let store = Store::connect(&etcd.options()).await?;
+    let store = Store::connect(&etcd.options()?).await?;
     let (leases, _) = store.list_leases().await?;
-    println!(
+    outln!(
         "{:<20} {:<16} {:<8} {:<18} TIME LEFT",
-        "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC"
-    );
+        "SUBNET",
+        "PUBLIC IP",
+        "BACKEND",
+        "VTEP MAC"
+    )?;
     for l in leases {
         let left = if l.etcd_lease == 0 {
             "reserved".to_string()
@@ -511,52 +614,117 @@ async fn list_leases(etcd: &EtcdArgs) -> Result<(), CliError> {
                 } else {
                     a.backend_type.as_str()
                 };
-                println!(
+                outln!(
                     "{:<20} {:<16} {:<8} {:<18} {left}",
                     l.subnet.to_string(),
                     a.public_ip.to_string(),
                     backend,
                     mac
-                );
+                )?;
             }
-            Err(e) => println!("{:<20} (unreadable: {e}) {left}", l.subnet.to_string()),
+            Err(e) => outln!("{:<20} (unreadable: {e}) {left}", l.subnet.to_string())?,
         }
     }
     Ok(())
 }
 
-fn print_status(v: &StatusReport) {
+fn print_status(v: &StatusReport) -> Result<(), CliError> {
     match &v.lease {
-        None => println!("no lease yet (waiting for etcd or the network config)"),
-        Some(l) => println!(
+        None => outln!("no lease yet (waiting for etcd or the network config)")?,
+        Some(l) => outln!(
             "this host: subnet {} of network {} via {} ({}), backend {}, MTU {}",
-            l.subnet, l.network, l.public_ip, l.iface, l.backend, l.mtu
-        ),
+            l.subnet,
+            l.network,
+            l.public_ip,
+            l.iface,
+            l.backend,
+            l.mtu
+        )?,
     }
     let underlay = Some(v.underlay.as_str())
         .filter(|s| !s.is_empty())
         .map(|u| format!(", underlay: {u}"))
         .unwrap_or_default();
-    println!(
+    outln!(
         "ready: {}, etcd connected: {}, data plane: {}{underlay}",
         v.ready,
         v.etcd_connected,
         Some(v.dataplane.as_str())
             .filter(|s| !s.is_empty())
             .unwrap_or("not started")
-    );
-    println!("peers: {}", v.peers.len());
+    )?;
+    outln!("peers: {}", v.peers.len())?;
     for p in &v.peers {
         let (kind, mac) = match p.backend {
             weft::routes::PeerBackend::Vxlan { vtep_mac, .. } => ("vxlan", vtep_mac.to_string()),
             weft::routes::PeerBackend::Udp => ("udp", "-".to_string()),
             weft::routes::PeerBackend::Other => ("other", "-".to_string()),
         };
-        println!(
+        outln!(
             "  {:<20} via {:<16} {:<6} {mac}",
             p.subnet.to_string(),
             p.public_ip.to_string(),
             kind
-        );
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_must_be_http_urls_with_a_host() {
+        assert!(check_endpoint("http://127.0.0.1:2379").is_ok());
+        assert!(check_endpoint("https://etcd.example:2379").is_ok());
+        assert!(check_endpoint("http://[::1]:2379").is_ok());
+        for bad in [
+            "not-a-url",
+            "ftp://10.0.0.1:2379",
+            "10.0.0.1:2379",
+            "http://",
+            "",
+        ] {
+            let e = check_endpoint(bad).unwrap_err();
+            assert!(e.contains("--etcd-endpoints"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn workers_and_tun_names() {
+        assert_eq!(check_workers(1), Ok(1));
+        assert_eq!(check_workers(256), Ok(256));
+        assert!(check_workers(0).is_err());
+        assert!(check_workers(100_000)
+            .unwrap_err()
+            .contains("between 1 and 256"));
+        assert!(check_tun_name("weft0").is_ok());
+        assert!(check_tun_name("fifteen-chars-x").is_ok());
+        for bad in ["", "sixteen-chars-xx", "a/b", "a b", ".", "..", "a:1"] {
+            assert!(check_tun_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tls_files_must_hold_pem_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, "hello\n").unwrap();
+        let p = |f: &std::path::Path| f.to_str().unwrap().to_string();
+        assert!(check_pem("--etcd-cafile", &p(&ca), "CERTIFICATE").is_ok());
+        assert!(check_pem("--etcd-cafile", &p(&junk), "CERTIFICATE")
+            .unwrap_err()
+            .contains("no PEM"));
+        assert!(check_pem("--etcd-keyfile", &p(&ca), "PRIVATE KEY").is_err());
+        assert!(check_pem("--etcd-cafile", "/nonexistent", "CERTIFICATE")
+            .unwrap_err()
+            .contains("cannot read"));
     }
 }

@@ -18,9 +18,10 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A short id unique to this process and call, for namespace names.
 pub fn unique_id() -> String {
+    // The separator keeps (pid 1, call 23) and (pid 12, call 3) apart.
     format!(
-        "wt{}{}",
-        std::process::id() % 100_000,
+        "wt{}-{}",
+        std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
