@@ -49,8 +49,14 @@ fn invalid_flags_are_one_line_and_exit_status_2() {
         (vec!["--workers=100000".into()], "--workers 100000"),
         (vec!["--tun-name=weft-tunnel-number-1".into()], "--tun-name"),
         (vec!["--tun-name=a/b".into()], "--tun-name"),
-        (vec!["--etcd-endpoints=not-a-url".into()], "--etcd-endpoints"),
-        (vec!["--etcd-endpoints=ftp://127.0.0.1:2379".into()], "--etcd-endpoints"),
+        (
+            vec!["--etcd-endpoints=not-a-url".into()],
+            "--etcd-endpoints",
+        ),
+        (
+            vec!["--etcd-endpoints=ftp://127.0.0.1:2379".into()],
+            "--etcd-endpoints",
+        ),
         (vec![format!("--etcd-cafile={junk}")], "--etcd-cafile"),
     ];
     for (flags, names) in cases {
@@ -59,8 +65,14 @@ fn invalid_flags_are_one_line_and_exit_status_2() {
         assert_eq!(code, Some(2), "{flags:?}: exit status, stderr: {stderr}");
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{flags:?}: one line, got: {stderr}");
-        assert!(lines[0].contains(names), "{flags:?}: names the flag: {stderr}");
-        assert!(took < Duration::from_secs(5), "{flags:?}: refused at once, took {took:?}");
+        assert!(
+            lines[0].contains(names),
+            "{flags:?}: names the flag: {stderr}"
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "{flags:?}: refused at once, took {took:?}"
+        );
         // Nothing was created: no tun device, no kernel VXLAN fallback device.
         assert!(
             !links.contains("weft") && !links.contains("flannel"),

@@ -409,3 +409,43 @@ fn watch_relists_after_compaction_while_disconnected() {
     assert!(a.log().contains("re-listing all leases"), "{}", a.log());
     assert_eq!(a.subnet().unwrap(), sa);
 }
+
+#[test]
+fn restart_keeps_the_subnet_of_subnet_env_over_a_stray_lease_with_our_ip() {
+    let etcd = Etcd::start();
+    // Two subnets: an occupier takes the first, so this host gets the second.
+    etcd.set_config(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.2.0","Backend":{"Type":"vxlan"}}"#);
+    let first = "/coreos.com/network/subnets/10.5.1.0-24";
+    let value = |ip: &str| {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}}}"#
+        )
+    };
+    assert!(etcd
+        .etcdctl(&["put", first, &value("127.21.0.9")])
+        .status
+        .success());
+    let mut a = Weft::start(&etcd, "127.21.0.1", &[]);
+    let sa = a.wait_subnet();
+    assert_eq!(sa, "10.5.2.0/24");
+    a.stop();
+    // Left over, or written by someone else: a lease of the other subnet now carries our public IP too, and
+    // it is listed first.
+    assert!(etcd
+        .etcdctl(&["put", first, &value("127.21.0.1")])
+        .status
+        .success());
+    a.start_again();
+    assert_eq!(
+        a.wait_subnet(),
+        sa,
+        "the subnet dockerd uses (subnet.env) is kept"
+    );
+    wait_for("the stray lease reported", T, || {
+        a.log()
+            .contains("other leases carry our public IP too: 10.5.1.0/24")
+            .then_some(())
+    });
+    let stray = etcd.get(first).expect("the stray lease is left alone");
+    assert!(stray.contains("127.21.0.1"), "{stray}");
+}

@@ -49,7 +49,8 @@ pub struct Exhausted {
 }
 
 /// Picks the subnet for a host with public IP `me`, given the leases in etcd and the subnet of the
-/// previous subnet.env, if any.
+/// previous subnet.env, if any. The previous subnet wins while its lease is ours or free: dockerd's `--bip`
+/// already uses it, so a stray lease elsewhere that carries our IP must not move the host.
 pub fn choose_subnet(
     cfg: &NetworkConfig,
     existing: &[ExistingLease],
@@ -57,6 +58,13 @@ pub fn choose_subnet(
     previous: Option<Ipv4Net>,
     rng: &mut impl rand::Rng,
 ) -> Result<Choice, Exhausted> {
+    if let Some(prev) = previous.filter(|p| cfg.fits(p)) {
+        match existing.iter().find(|l| l.subnet == prev) {
+            None => return Ok(Choice::Previous(prev)),
+            Some(l) if l.public_ip == me => return Ok(Choice::Reuse(prev)),
+            Some(_) => {}
+        }
+    }
     if let Some(l) = existing
         .iter()
         .find(|l| l.public_ip == me && cfg.fits(&l.subnet))
@@ -64,11 +72,6 @@ pub fn choose_subnet(
         return Ok(Choice::Reuse(l.subnet));
     }
     let taken: HashSet<Ipv4Net> = existing.iter().map(|l| l.subnet).collect();
-    if let Some(prev) = previous {
-        if cfg.fits(&prev) && !taken.contains(&prev) {
-            return Ok(Choice::Previous(prev));
-        }
-    }
     let size = 1u64 << (32 - cfg.subnet_len);
     let mut free = Vec::with_capacity(RANDOM_POOL);
     let mut addr = u64::from(u32::from(cfg.subnet_min));
@@ -90,6 +93,16 @@ pub fn choose_subnet(
             min: cfg.subnet_min,
             max: cfg.subnet_max,
         })
+}
+
+/// Leases other than `chosen` that carry our public IP `me`: left over, or another host claiming our address.
+/// They are reported, never adopted or deleted.
+pub fn also_ours(existing: &[ExistingLease], me: Ipv4Addr, chosen: Ipv4Net) -> Vec<Ipv4Net> {
+    existing
+        .iter()
+        .filter(|l| l.public_ip == me && l.subnet != chosen)
+        .map(|l| l.subnet)
+        .collect()
 }
 
 #[cfg(test)]
@@ -142,6 +155,28 @@ mod tests {
         let got =
             choose_subnet(&c, &ex, Ipv4Addr::new(1, 1, 1, 1), Some(prev), &mut rng()).unwrap();
         assert!(matches!(got, Choice::Fresh(n) if n != prev));
+    }
+
+    #[test]
+    fn previous_subnet_wins_over_another_lease_with_our_ip() {
+        let c = cfg(r#"{"Network":"10.5.0.0/16"}"#);
+        let me = Ipv4Addr::new(2, 2, 2, 2);
+        let prev: Ipv4Net = "10.5.77.0/24".parse().unwrap();
+        let stray = lease("10.5.9.0/24", [2, 2, 2, 2]);
+        // Its lease still ours: reuse it (in place), whatever else carries our IP.
+        let ex = [stray.clone(), lease("10.5.77.0/24", [2, 2, 2, 2])];
+        let got = choose_subnet(&c, &ex, me, Some(prev), &mut rng()).unwrap();
+        assert_eq!(got, Choice::Reuse(prev));
+        assert_eq!(also_ours(&ex, me, prev), vec![stray.subnet]);
+        // Its lease gone: claim it again rather than jump to the stray one.
+        let ex = [stray.clone()];
+        let got = choose_subnet(&c, &ex, me, Some(prev), &mut rng()).unwrap();
+        assert_eq!(got, Choice::Previous(prev));
+        // Taken by another host: then our IP's lease is the next best.
+        let ex = [stray.clone(), lease("10.5.77.0/24", [9, 9, 9, 9])];
+        let got = choose_subnet(&c, &ex, me, Some(prev), &mut rng()).unwrap();
+        assert_eq!(got, Choice::Reuse(stray.subnet));
+        assert!(also_ours(&ex, me, stray.subnet).is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
-use crate::control::alloc::{choose_subnet, Choice, Exhausted, ExistingLease};
+use crate::control::alloc::{also_ours, choose_subnet, Choice, Exhausted, ExistingLease};
 use crate::control::backoff::Backoff;
 use crate::control::config::{Backend, NetworkConfig};
 use crate::control::lease::{LeaseAttrs, MacAddr};
@@ -126,6 +126,11 @@ pub enum Event {
     EtcdFailed { during: Doing, error: StoreError },
     /// We hold `choice.subnet()` now.
     Acquired { choice: Choice },
+    /// Leases `others` carry our public IP too; we took `subnet` and leave them alone.
+    AlsoOurs {
+        subnet: Ipv4Net,
+        others: Vec<Ipv4Net>,
+    },
     /// Another host wrote `subnet` first; `races` counts the lost races so far.
     RaceLost { subnet: Ipv4Net, races: u32 },
     /// Our etcd lease was renewed with `ttl` seconds left.
@@ -392,6 +397,13 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
             .collect();
         let p = &self.params;
         let choice = choose_subnet(&p.config, &existing, p.public_ip, p.previous, &mut self.rng)?;
+        let others = also_ours(&existing, p.public_ip, choice.subnet());
+        if !others.is_empty() {
+            self.events.push_back(Event::AlsoOurs {
+                subnet: choice.subnet(),
+                others,
+            });
+        }
         let old = leases.iter().find(|l| l.subnet == choice.subnet());
         // Keep our VTEP MAC across restarts so peers' neighbour entries stay right.
         let mac = old

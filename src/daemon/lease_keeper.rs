@@ -166,6 +166,12 @@ impl<'a> LeaseKeeper<'a> {
                     };
                     info!(subnet = %choice.subnet(), public_ip = %self.underlay.public_ip, "{how}");
                 }
+                Event::AlsoOurs { subnet, others } => {
+                    let others: Vec<String> = others.iter().map(|n| n.to_string()).collect();
+                    warn!(subnet = %subnet, public_ip = %self.underlay.public_ip,
+                        "other leases carry our public IP too: {}; keeping {subnet} (the subnet dockerd uses) and leaving them alone. If they are stale, delete them (weft leases shows them)",
+                        others.join(", "));
+                }
                 Event::RaceLost { subnet, races } => {
                     debug!(subnet = %subnet, races, "another host took the subnet first; trying again");
                 }

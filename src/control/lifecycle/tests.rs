@@ -158,7 +158,7 @@ fn fresh_subnet_is_created_only_if_absent() {
 #[test]
 fn the_lease_carrying_our_ip_is_reused_with_its_mac_and_its_old_etcd_lease_revoked() {
     let t = Instant::now();
-    let mut m = machine(params(VXLAN, Some("10.5.40.0/24"), RENEW));
+    let mut m = machine(params(VXLAN, Some("10.5.3.0/24"), RENEW));
     let mac = [2, 0, 0, 0, 0, 9];
     let leases = vec![
         stored("10.5.3.0/24", OTHER, [2, 0, 0, 0, 0, 3], 5, 10),
@@ -172,7 +172,7 @@ fn the_lease_carrying_our_ip_is_reused_with_its_mac_and_its_old_etcd_lease_revok
     assert_eq!(
         subnet,
         net("10.5.9.0/24"),
-        "reuse beats the previous subnet"
+        "reuse beats a previous subnet another host holds"
     );
     assert_eq!(expect, 42, "replaced only if unchanged since the listing");
     assert_eq!(attrs.vxlan_data().unwrap().vtep_mac, MacAddr(mac));
