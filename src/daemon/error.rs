@@ -18,6 +18,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Exhausted(#[from] Exhausted),
     #[error(transparent)]
+    Instance(#[from] crate::host::instance::InstanceError),
+    #[error(transparent)]
     RenewMargin(#[from] crate::control::backoff::MarginTooLong),
     #[error("--underlay af-xdp is part of the userspace data plane; use it with --dataplane userspace (or auto)")]
     AfXdpNeedsUserspace,

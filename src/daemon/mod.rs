@@ -42,6 +42,20 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     {
         return Err(DaemonError::AfXdpNeedsUserspace);
     }
+    let about = format!(
+        "pid {}, subnet file {}{}",
+        std::process::id(),
+        opts.subnet_file.display(),
+        opts.healthz
+            .map(|a| format!(", /status on {a}"))
+            .unwrap_or_default()
+    );
+    // Held until `run` returns: nothing below may touch this namespace while another weft owns it.
+    let _instance = crate::host::instance::acquire(
+        &opts.subnet_file,
+        opts.dataplane != DataPlaneMode::None,
+        &about,
+    )?;
     let underlay = iface::detect(&opts.iface, opts.public_ip)?;
     info!(
         iface = %underlay.iface, public_ip = %underlay.public_ip, mtu = underlay.mtu,
