@@ -449,3 +449,113 @@ fn restart_keeps_the_subnet_of_subnet_env_over_a_stray_lease_with_our_ip() {
     let stray = etcd.get(first).expect("the stray lease is left alone");
     assert!(stray.contains("127.21.0.1"), "{stray}");
 }
+
+#[test]
+fn leases_that_break_flannels_rules_are_ignored_counted_and_logged_once() {
+    let etcd = Etcd::start();
+    etcd.set_config(VXLAN);
+    let a = Weft::start(&etcd, "127.23.0.1", &[]);
+    let b = Weft::start(&etcd, "127.23.0.2", &[]);
+    let (sa, sb) = (a.wait_subnet(), b.wait_subnet());
+    a.wait_peers(std::slice::from_ref(&sb), T);
+    let key = |s: &str| format!("/coreos.com/network/subnets/{}", s.replace('/', "-"));
+    let vxlan = |ip: &str| {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:00:00:00:00:09"}}}}"#
+        )
+    };
+    // A /25 inside B's subnet, one covering the whole Network, one outside it (etcd's own address), a value
+    // without a backend, one of another backend, and one that is not JSON.
+    let half_of_b = sb.replace(".0/24", ".128/25");
+    let bad: Vec<(String, String)> = vec![
+        (key(&half_of_b), vxlan("127.23.0.9")),
+        (key("10.5.0.0/16"), vxlan("127.23.0.9")),
+        (key("127.0.0.1/32"), vxlan("127.23.0.9")),
+        (key("10.5.250.0/24"), r#"{"PublicIP":"127.23.0.9"}"#.into()),
+        (
+            key("10.5.251.0/24"),
+            r#"{"PublicIP":"127.23.0.9","BackendType":"udp"}"#.into(),
+        ),
+        (key("10.5.252.0/24"), "not json".into()),
+    ];
+    for (k, v) in &bad {
+        assert!(etcd.etcdctl(&["put", k, v]).status.success(), "put {k}");
+    }
+    let gauge = |reason: &str| a.metric(&format!("weft_invalid_leases{{reason=\"{reason}\"}}"));
+    wait_for("the invalid leases counted", T, || {
+        (gauge("wrong_length") == Some(2)
+            && gauge("outside_network") == Some(1)
+            && gauge("wrong_backend") == Some(2)
+            && gauge("malformed") == Some(1))
+        .then_some(())
+    });
+    // None of them is routed: A's peers are B alone, and its own subnet is never a peer's.
+    assert_eq!(a.peer_subnets(), Some(vec![sb.clone()]));
+    assert_eq!(b.peer_subnets(), Some(vec![sa.clone()]));
+    // Written again with the same value: still one log line per key.
+    let seen = a.metric("weft_watch_events_total").unwrap();
+    for (k, v) in &bad {
+        assert!(etcd.etcdctl(&["put", k, v]).status.success(), "put {k}");
+    }
+    wait_for("the re-written leases seen", T, || {
+        (a.metric("weft_watch_events_total").unwrap_or(0) >= seen + 6).then_some(())
+    });
+    let log = a.log();
+    for s in [&half_of_b, "10.5.0.0/16", "127.0.0.1/32", "10.5.250.0/24"] {
+        let n = log.matches(&format!("ignoring the lease of {s}:")).count();
+        assert_eq!(n, 1, "{s} logged {n} times:\n{log}");
+    }
+    // Deleted, they are no longer counted.
+    for (k, _) in &bad {
+        assert!(etcd.etcdctl(&["del", k]).status.success(), "del {k}");
+    }
+    wait_for("the invalid leases gone", T, || {
+        (gauge("wrong_length") == Some(0) && gauge("malformed") == Some(0)).then_some(())
+    });
+    assert_eq!(a.peer_subnets(), Some(vec![sb]));
+}
+
+#[test]
+fn a_batch_of_peer_changes_is_one_log_line() {
+    let etcd = Etcd::start();
+    etcd.set_config(VXLAN);
+    let a = Weft::start(&etcd, "127.24.0.1", &[]);
+    a.wait_subnet();
+    // 100 hosts appear in one etcd transaction, so in one watch response.
+    let mut txn = String::from("\n");
+    for i in 100..200 {
+        txn.push_str(&format!(
+            "put /coreos.com/network/subnets/10.5.{i}.0-24 {{\"PublicIP\":\"127.24.1.{}\",\"PublicIPv6\":null,\"BackendType\":\"vxlan\",\"BackendData\":{{\"VNI\":1,\"VtepMAC\":\"02:00:00:00:01:{:02x}\"}}}}\n",
+            i - 99,
+            i - 99
+        ));
+    }
+    txn.push_str("\n\n");
+    let out = etcd.etcdctl_with_input(&["txn"], &txn);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("100 peers", T, || {
+        (a.peer_subnets().map(|p| p.len()) == Some(100)).then_some(())
+    });
+    let log = a.log();
+    // The fixture logs at debug level; an operator's default is info.
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE ") && l.contains("peer"))
+        .collect();
+    assert!(
+        lines.len() <= 3,
+        "peer changes should be summarised, got {} lines:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("peers changed") && l.contains("added_or_changed=100")),
+        "{log}"
+    );
+}

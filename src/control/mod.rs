@@ -9,4 +9,5 @@ pub mod lease;
 pub mod lifecycle;
 pub mod store;
 pub mod subnet_env;
+pub mod validate;
 pub mod watch_cursor;

@@ -142,6 +142,7 @@ async fn control_plane(
     tokio::spawn(watch_peers(
         store.clone(),
         shared.clone(),
+        cfg.clone(),
         own.subnet,
         own.public_ip,
     ));

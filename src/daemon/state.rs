@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::control::lease::LeaseAttrs;
 use crate::control::store::StoreError;
+use crate::control::validate::InvalidLease;
 use crate::ops::metrics::{CounterTotals, MetricsView, WorkerCounters};
 use crate::ops::status::{LeaseStatus, StatusReport, StatusSource};
 use crate::routes::RouteTable;
@@ -48,6 +49,8 @@ pub struct Shared {
     /// The --ip-masq rule keeper, taken and stopped (rules removed) on a clean exit.
     pub masq: Mutex<Option<crate::host::masq::Masquerade>>,
     pub(super) own_key_changed: Notify,
+    /// Peer leases in etcd that are ignored, by reason (see `control::validate`).
+    pub invalid_leases: Mutex<Vec<(InvalidLease, usize)>>,
 }
 
 impl StatusSource for Shared {
@@ -72,6 +75,13 @@ impl StatusSource for Shared {
             watch_events: self.watch_events.load(Ordering::Relaxed),
             watch_restarts: self.watch_restarts.load(Ordering::Relaxed),
             counters: CounterTotals::sum(workers.iter().map(|w| w.as_ref())),
+            invalid_leases: self
+                .invalid_leases
+                .lock()
+                .expect("invalid leases lock")
+                .iter()
+                .map(|(r, n)| (r.label(), *n))
+                .collect(),
         }
     }
 

@@ -8,8 +8,12 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
 
+use std::collections::HashMap;
+
 use crate::control::backoff::Backoff;
+use crate::control::config::NetworkConfig;
 use crate::control::store::{Store, StoredLease};
+use crate::control::validate::{check_peer_lease, InvalidLease};
 use crate::control::watch_cursor::{WatchCursor, WatchStart};
 use crate::routes::Peer;
 
@@ -20,24 +24,27 @@ use super::Shared;
 pub(super) async fn watch_peers(
     store: Store,
     shared: Arc<Shared>,
+    cfg: NetworkConfig,
     own_subnet: Ipv4Net,
     own_ip: Ipv4Addr,
 ) {
     let mut cursor = WatchCursor::new();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let is_peer = |l: &StoredLease| l.subnet != own_subnet && !Store::is_ours(&l.attrs, own_ip);
+    let mut invalid = Invalid::default();
     loop {
         let from = match cursor.start() {
             WatchStart::From(rev) => rev,
             WatchStart::List => match store.list_leases().await {
                 Ok((leases, r)) => {
+                    invalid.relisting();
                     let peers: Vec<Peer> = leases
                         .iter()
                         .filter(|l| is_peer(l))
-                        .filter_map(|l| {
-                            l.attrs.as_ref().ok().map(|a| Peer::from_lease(l.subnet, a))
-                        })
+                        .filter_map(|l| invalid.admit(&cfg, own_subnet, l))
                         .collect();
+                    invalid.previous.clear();
+                    invalid.publish(&shared);
                     let (changed, removed) = shared.routes.replace_all(peers);
                     info!(
                         peers = shared.routes.load().len(),
@@ -77,6 +84,7 @@ pub(super) async fn watch_peers(
                 }
             };
             backoff.reset();
+            let mut batch = Batch::default();
             if let Some(rev) = cursor.relist_if_behind(resp.compact_revision(), resp.canceled()) {
                 warn!(
                     revision = rev,
@@ -103,30 +111,92 @@ pub(super) async fn watch_peers(
                         else {
                             continue;
                         };
-                        match &l.attrs {
-                            Ok(_) if !is_peer(&l) => {}
-                            Ok(a) => {
-                                let p = Peer::from_lease(subnet, a);
+                        if !is_peer(&l) {
+                            continue;
+                        }
+                        match invalid.admit(&cfg, own_subnet, &l) {
+                            Some(p) => {
                                 if shared.routes.upsert(p) {
-                                    info!(subnet = %subnet, public_ip = %a.public_ip, backend = %a.backend_type, "peer added or changed");
+                                    batch.upserted += 1;
+                                    debug!(subnet = %subnet, public_ip = %p.public_ip, "peer added or changed");
                                 }
                             }
-                            Err(e) => {
-                                warn!(subnet = %subnet, "ignoring malformed lease: {e}");
-                                shared.routes.remove(&subnet);
+                            // Never routed: a route it had before goes.
+                            None => {
+                                if shared.routes.remove(&subnet).is_some() {
+                                    batch.removed += 1;
+                                }
                             }
                         }
                     }
                     etcd_client::EventType::Delete => {
+                        invalid.keys.remove(&subnet);
                         if let Some(p) = shared.routes.remove(&subnet) {
-                            info!(subnet = %subnet, public_ip = %p.public_ip, "peer removed");
+                            batch.removed += 1;
+                            debug!(subnet = %subnet, public_ip = %p.public_ip, "peer removed");
                         }
                     }
                 }
+            }
+            invalid.publish(&shared);
+            if batch.upserted + batch.removed > 0 {
+                info!(
+                    added_or_changed = batch.upserted,
+                    removed = batch.removed,
+                    peers = shared.routes.load().len(),
+                    "peers changed"
+                );
             }
             if let Some(h) = resp.header() {
                 cursor.saw(h.revision());
             }
         }
+    }
+}
+
+/// Route changes of one watch response, logged as one line (details at debug level).
+#[derive(Default)]
+struct Batch {
+    upserted: usize,
+    removed: usize,
+}
+
+/// The peer leases currently ignored, each logged once when it becomes (or changes why it is) invalid.
+#[derive(Default)]
+struct Invalid {
+    keys: HashMap<Ipv4Net, InvalidLease>,
+    /// During a re-list: what was invalid before it (not logged again).
+    previous: HashMap<Ipv4Net, InvalidLease>,
+}
+
+impl Invalid {
+    fn relisting(&mut self) {
+        self.previous = std::mem::take(&mut self.keys);
+    }
+
+    /// The peer to route for lease `l`, or None when the lease breaks flannel's rules.
+    fn admit(&mut self, cfg: &NetworkConfig, own: Ipv4Net, l: &StoredLease) -> Option<Peer> {
+        match check_peer_lease(cfg, own, l.subnet, &l.attrs) {
+            Ok(()) => {
+                self.keys.remove(&l.subnet);
+                l.attrs.as_ref().ok().map(|a| Peer::from_lease(l.subnet, a))
+            }
+            Err(why) => {
+                let known = self.previous.get(&l.subnet) == Some(&why);
+                if self.keys.insert(l.subnet, why) != Some(why) && !known {
+                    warn!(subnet = %l.subnet, reason = why.label(),
+                        "ignoring the lease of {}: {}; it is not routed", l.subnet, why.describe(cfg));
+                }
+                None
+            }
+        }
+    }
+
+    fn publish(&self, shared: &Shared) {
+        let counts = InvalidLease::ALL
+            .iter()
+            .map(|r| (*r, self.keys.values().filter(|v| *v == r).count()))
+            .collect();
+        *shared.invalid_leases.lock().expect("invalid leases lock") = counts;
     }
 }

@@ -142,6 +142,8 @@ pub struct MetricsView {
     pub watch_events: u64,
     pub watch_restarts: u64,
     pub counters: CounterTotals,
+    /// Peer leases in etcd that are ignored, by reason label.
+    pub invalid_leases: Vec<(&'static str, usize)>,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
@@ -220,6 +222,10 @@ pub fn render(v: &MetricsView) -> String {
         "Times the etcd watch was re-established",
         v.watch_restarts,
     );
+    let _ = writeln!(o, "# HELP weft_invalid_leases Peer leases in etcd ignored because they break flannel's rules, by reason\n# TYPE weft_invalid_leases gauge");
+    for (reason, n) in &v.invalid_leases {
+        let _ = writeln!(o, "weft_invalid_leases{{reason=\"{reason}\"}} {n}");
+    }
     if !v.dataplane.is_empty() {
         let _ = writeln!(o, "# HELP weft_dataplane_info The data plane in use and how it reaches the underlay\n# TYPE weft_dataplane_info gauge");
         let _ = writeln!(

@@ -188,6 +188,11 @@ impl Etcd {
 
     /// Runs etcdctl against this server.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.etcdctl_with_input(args, "")
+    }
+
+    /// Runs etcdctl against this server with `input` on its standard input (e.g. `txn`).
+    pub fn etcdctl_with_input(&self, args: &[&str], input: &str) -> Output {
         let mut cmd = command_in(self.ns.as_deref(), "etcdctl");
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
@@ -198,7 +203,19 @@ impl Etcd {
                 .arg(format!("--cert={}", t.cert.display()))
                 .arg(format!("--key={}", t.key.display()));
         }
-        cmd.args(args).output().expect("run etcdctl")
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run etcdctl");
+        let mut stdin = child.stdin.take().expect("etcdctl stdin");
+        stdin
+            .write_all(input.as_bytes())
+            .expect("write etcdctl input");
+        drop(stdin);
+        child.wait_with_output().expect("run etcdctl")
     }
 
     /// The value of a key, if present.

@@ -1,0 +1,194 @@
+//! The trust boundary for lease data from etcd: which peer leases may be routed (pure). A lease that breaks
+//! flannel's rules is ignored — never routed — and reported by reason.
+
+use ipnet::Ipv4Net;
+
+use crate::control::config::{Backend, NetworkConfig};
+use crate::control::lease::{LeaseAttrs, LeaseValueError};
+
+/// Why a peer lease is not routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InvalidLease {
+    /// The value is not flannel's JSON.
+    Malformed,
+    /// The subnet is not inside the Network.
+    OutsideNetwork,
+    /// The subnet's length is not the network's SubnetLen (so it may cover other hosts' subnets).
+    WrongLength,
+    /// The subnet overlaps this host's own.
+    OverlapsOwn,
+    /// No usable PublicIP.
+    NoPublicIp,
+    /// BackendType is not the network's backend.
+    WrongBackend,
+    /// BackendData is missing or does not match the network (vxlan: VNI and VtepMAC).
+    BadBackendData,
+}
+
+impl InvalidLease {
+    pub const ALL: [InvalidLease; 7] = [
+        InvalidLease::Malformed,
+        InvalidLease::OutsideNetwork,
+        InvalidLease::WrongLength,
+        InvalidLease::OverlapsOwn,
+        InvalidLease::NoPublicIp,
+        InvalidLease::WrongBackend,
+        InvalidLease::BadBackendData,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            InvalidLease::Malformed => "malformed",
+            InvalidLease::OutsideNetwork => "outside_network",
+            InvalidLease::WrongLength => "wrong_length",
+            InvalidLease::OverlapsOwn => "overlaps_own",
+            InvalidLease::NoPublicIp => "no_public_ip",
+            InvalidLease::WrongBackend => "wrong_backend",
+            InvalidLease::BadBackendData => "bad_backend_data",
+        }
+    }
+
+    /// What is wrong, in words for the log.
+    pub fn describe(self, cfg: &NetworkConfig) -> String {
+        match self {
+            InvalidLease::Malformed => "its value is not flannel's lease JSON".into(),
+            InvalidLease::OutsideNetwork => format!("it lies outside the Network {}", cfg.network),
+            InvalidLease::WrongLength => {
+                format!("it is not a /{} (the network's SubnetLen)", cfg.subnet_len)
+            }
+            InvalidLease::OverlapsOwn => "it overlaps this host's own subnet".into(),
+            InvalidLease::NoPublicIp => "it carries no usable PublicIP".into(),
+            InvalidLease::WrongBackend => format!(
+                "its BackendType is not the network's {:?}",
+                cfg.backend.type_name()
+            ),
+            InvalidLease::BadBackendData => {
+                "its BackendData does not match the network's backend (vxlan: VNI and VtepMAC)"
+                    .into()
+            }
+        }
+    }
+}
+
+/// Checks a peer's lease of `subnet` against the network config and this host's own subnet.
+pub fn check_peer_lease(
+    cfg: &NetworkConfig,
+    own: Ipv4Net,
+    subnet: Ipv4Net,
+    attrs: &Result<LeaseAttrs, LeaseValueError>,
+) -> Result<(), InvalidLease> {
+    let Ok(a) = attrs else {
+        return Err(InvalidLease::Malformed);
+    };
+    if !cfg.network.contains(&subnet) {
+        return Err(InvalidLease::OutsideNetwork);
+    }
+    if subnet.prefix_len() != cfg.subnet_len {
+        return Err(InvalidLease::WrongLength);
+    }
+    if subnet.contains(&own) || own.contains(&subnet) {
+        return Err(InvalidLease::OverlapsOwn);
+    }
+    if a.public_ip.is_unspecified() || a.public_ip.is_broadcast() || a.public_ip.is_multicast() {
+        return Err(InvalidLease::NoPublicIp);
+    }
+    match &cfg.backend {
+        Backend::Vxlan(v) => {
+            if a.backend_type != "vxlan" {
+                return Err(InvalidLease::WrongBackend);
+            }
+            match a.vxlan_data() {
+                Some(d) if d.vni == v.vni => Ok(()),
+                _ => Err(InvalidLease::BadBackendData),
+            }
+        }
+        // flannel's udp backend writes no BackendType at all.
+        Backend::Udp(_) => match a.backend_type.as_str() {
+            "udp" | "" => Ok(()),
+            _ => Err(InvalidLease::WrongBackend),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn cfg(json: &str) -> NetworkConfig {
+        NetworkConfig::parse(json).unwrap()
+    }
+
+    fn vx(ip: [u8; 4], vni: u32) -> Result<LeaseAttrs, LeaseValueError> {
+        Ok(LeaseAttrs::vxlan(
+            Ipv4Addr::from(ip),
+            vni,
+            "02:00:00:00:00:01".parse().unwrap(),
+        ))
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn flannels_rules() {
+        let c = cfg(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let own = net("10.5.7.0/24");
+        let ok = vx([192, 0, 2, 1], 1);
+        assert_eq!(check_peer_lease(&c, own, net("10.5.8.0/24"), &ok), Ok(()));
+        let cases = [
+            ("10.6.0.0/24", ok.clone(), InvalidLease::OutsideNetwork),
+            ("192.0.2.1/32", ok.clone(), InvalidLease::OutsideNetwork),
+            ("10.5.0.0/16", ok.clone(), InvalidLease::WrongLength),
+            ("10.5.8.0/25", ok.clone(), InvalidLease::WrongLength),
+            ("10.5.7.128/25", ok.clone(), InvalidLease::WrongLength),
+            ("10.5.7.0/24", ok.clone(), InvalidLease::OverlapsOwn),
+            ("10.5.8.0/24", vx([0, 0, 0, 0], 1), InvalidLease::NoPublicIp),
+            (
+                "10.5.8.0/24",
+                vx([192, 0, 2, 1], 2),
+                InvalidLease::BadBackendData,
+            ),
+            (
+                "10.5.8.0/24",
+                Ok(LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 1))),
+                InvalidLease::WrongBackend,
+            ),
+            (
+                "10.5.8.0/24",
+                LeaseAttrs::from_json(b"{}"),
+                InvalidLease::Malformed,
+            ),
+        ];
+        for (s, a, want) in cases {
+            assert_eq!(check_peer_lease(&c, own, net(s), &a), Err(want), "{s}");
+        }
+        // A vxlan lease without its data.
+        let mut bare = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 1));
+        bare.backend_type = "vxlan".into();
+        assert_eq!(
+            check_peer_lease(&c, own, net("10.5.8.0/24"), &Ok(bare)),
+            Err(InvalidLease::BadBackendData)
+        );
+    }
+
+    #[test]
+    fn udp_network_takes_flannels_udp_leases() {
+        let c = cfg(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}"#);
+        let own = net("10.5.7.0/24");
+        let flannel = LeaseAttrs::from_json(br#"{"PublicIP":"192.0.2.1"}"#);
+        assert_eq!(
+            check_peer_lease(&c, own, net("10.5.8.0/24"), &flannel),
+            Ok(())
+        );
+        assert_eq!(
+            check_peer_lease(&c, own, net("10.5.8.0/24"), &vx([192, 0, 2, 1], 1)),
+            Err(InvalidLease::WrongBackend)
+        );
+        for r in InvalidLease::ALL {
+            assert!(!r.describe(&c).is_empty() && !r.label().is_empty());
+        }
+    }
+}
