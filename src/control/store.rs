@@ -1,7 +1,13 @@
 //! etcd access in flannel's schema: network config, subnet leases (created in transactions), keep-alive, watch.
+//!
+//! Each endpoint has a client of its own. A request goes to the member that answered last; when that member
+//! cannot be reached it is retried on the next one, as etcd's own clients do, so one dead member among
+//! several costs nothing, and a request fails only when no member answers.
 
 use std::future::Future;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
@@ -61,10 +67,19 @@ pub struct StoredLease {
     pub mod_revision: i64,
 }
 
+/// One etcd member's endpoint and its client, made on first use.
+struct Member {
+    url: String,
+    client: tokio::sync::OnceCell<Client>,
+}
+
 /// etcd in flannel's layout under one prefix.
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
+    members: Arc<[Member]>,
+    options: ConnectOptions,
+    /// The member that answered last: the first one tried.
+    preferred: Arc<AtomicUsize>,
     prefix: String,
     endpoints: String,
 }
@@ -118,12 +133,80 @@ impl Store {
             eps.push(e.clone());
         }
         let prefix = opts.prefix.trim_end_matches('/').to_string();
-        let client = timed(&endpoints, "connecting", Client::connect(eps, Some(co))).await?;
+        let members = eps
+            .into_iter()
+            .map(|url| Member {
+                url,
+                client: tokio::sync::OnceCell::new(),
+            })
+            .collect();
         Ok(Store {
-            client,
+            members,
+            options: co,
+            preferred: Arc::new(AtomicUsize::new(0)),
             prefix,
             endpoints,
         })
+    }
+
+    /// Runs `call` on the member that answered last, then on each other member in turn while the member
+    /// cannot be reached (connection refused, timed out, unavailable). An answer from etcd itself, even an
+    /// error, ends the round. The error returned is the last member's.
+    async fn request<T, F, Fut>(&self, doing: &str, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.members.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let m = &self.members[i];
+            let attempt = async {
+                let client = m
+                    .client
+                    .get_or_try_init(|| {
+                        Client::connect([m.url.as_str()], Some(self.options.clone()))
+                    })
+                    .await?;
+                call(client.clone()).await
+            };
+            let err = match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
+                Ok(Ok(v)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Ok(Err(e)) if !unreachable(&e) => {
+                    return Err(StoreError::Etcd {
+                        endpoints: m.url.clone(),
+                        doing: doing.to_string(),
+                        reason: short_reason(&e),
+                    })
+                }
+                Ok(Err(e)) => StoreError::Etcd {
+                    endpoints: self.tried(n),
+                    doing: doing.to_string(),
+                    reason: short_reason(&e),
+                },
+                Err(_) => StoreError::Timeout {
+                    endpoints: self.tried(n),
+                    doing: doing.to_string(),
+                },
+            };
+            tracing::debug!(endpoint = %m.url, "etcd member unreachable while {doing}: {err}");
+            last = Some(err);
+        }
+        Err(last.expect("at least one endpoint"))
+    }
+
+    /// The endpoints a failed round tried, for its error message.
+    fn tried(&self, n: usize) -> String {
+        if n == 1 {
+            self.endpoints.clone()
+        } else {
+            format!("{} (no member answered)", self.endpoints)
+        }
     }
 
     pub fn endpoints(&self) -> &str {
@@ -145,13 +228,12 @@ impl Store {
     /// The network config's JSON text, or None if the key does not exist.
     pub async fn get_config(&self) -> Result<Option<String>, StoreError> {
         let key = self.config_key();
-        let mut kv = self.client.kv_client();
-        let resp = timed(
-            &self.endpoints,
-            "reading the network config",
-            kv.get(key, None),
-        )
-        .await?;
+        let resp = self
+            .request("reading the network config", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(resp
             .kvs()
             .first()
@@ -160,25 +242,24 @@ impl Store {
 
     /// Writes the network config's JSON text.
     pub async fn put_config(&self, json: &str) -> Result<(), StoreError> {
-        let mut kv = self.client.kv_client();
-        timed(
-            &self.endpoints,
-            "writing the network config",
-            kv.put(self.config_key(), json, None),
-        )
+        let key = self.config_key();
+        self.request("writing the network config", |mut c| {
+            let (key, json) = (key.clone(), json.to_string());
+            async move { c.put(key, json, None).await }
+        })
         .await?;
         Ok(())
     }
 
     /// Every lease under `<prefix>/subnets/` and the revision of that snapshot.
     pub async fn list_leases(&self) -> Result<(Vec<StoredLease>, i64), StoreError> {
-        let mut kv = self.client.kv_client();
-        let resp = timed(
-            &self.endpoints,
-            "listing subnet leases",
-            kv.get(self.subnets_prefix(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let prefix = self.subnets_prefix();
+        let resp = self
+            .request("listing subnet leases", |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let leases = resp
             .kvs()
@@ -190,13 +271,13 @@ impl Store {
 
     /// The lease for one subnet, if its key exists.
     pub async fn get_lease(&self, subnet: &Ipv4Net) -> Result<Option<StoredLease>, StoreError> {
-        let mut kv = self.client.kv_client();
-        let resp = timed(
-            &self.endpoints,
-            "reading our subnet lease",
-            kv.get(self.lease_key(subnet), None),
-        )
-        .await?;
+        let key = self.lease_key(subnet);
+        let resp = self
+            .request("reading our subnet lease", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(resp
             .kvs()
             .first()
@@ -228,20 +309,21 @@ impl Store {
 
     /// Grants an etcd lease (TTL) for a subnet key.
     pub async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
-        let mut lc = self.client.lease_client();
-        let resp = timed(
-            &self.endpoints,
-            "granting an etcd lease",
-            lc.grant(ttl.as_secs().max(1) as i64, None),
-        )
-        .await?;
+        let ttl = ttl.as_secs().max(1) as i64;
+        let resp = self
+            .request("granting an etcd lease", |mut c| async move {
+                c.lease_grant(ttl, None).await
+            })
+            .await?;
         Ok(resp.id())
     }
 
     /// Revokes an etcd lease (deleting keys attached to it).
     pub async fn revoke(&self, id: i64) -> Result<(), StoreError> {
-        let mut lc = self.client.lease_client();
-        timed(&self.endpoints, "revoking an etcd lease", lc.revoke(id)).await?;
+        self.request("revoking an etcd lease", |mut c| async move {
+            c.lease_revoke(id).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -265,17 +347,19 @@ impl Store {
             attrs.to_json(),
             Some(PutOptions::new().with_lease(id)),
         )]);
-        let mut kv = self.client.kv_client();
-        let resp = timed(&self.endpoints, "writing our subnet lease", kv.txn(txn)).await?;
+        let resp = self
+            .request("writing our subnet lease", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         Ok(resp.succeeded())
     }
 
     /// Renews etcd lease `id` once; returns the TTL left (0 or less: the lease has expired).
     pub async fn keep_alive(&self, id: i64) -> Result<i64, StoreError> {
-        let mut lc = self.client.lease_client();
-        let ep = &self.endpoints;
-        timed(ep, "renewing our subnet lease", async move {
-            let (mut keeper, mut stream) = lc.keep_alive(id).await?;
+        self.request("renewing our subnet lease", |mut c| async move {
+            let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
             keeper.keep_alive().await?;
             Ok(stream.message().await?.map(|r| r.ttl()).unwrap_or(0))
         })
@@ -284,32 +368,32 @@ impl Store {
 
     /// Seconds left on etcd lease `id` (negative: expired or not found).
     pub async fn time_to_live(&self, id: i64) -> Result<i64, StoreError> {
-        let mut lc = self.client.lease_client();
-        let resp = timed(
-            &self.endpoints,
-            "reading lease TTLs",
-            lc.time_to_live(id, None),
-        )
-        .await?;
+        let resp = self
+            .request("reading lease TTLs", |mut c| async move {
+                c.lease_time_to_live(id, None).await
+            })
+            .await?;
         Ok(resp.ttl())
     }
 
     /// Watches the subnets prefix from revision `from_rev` (inclusive).
     pub async fn watch_leases(&self, from_rev: i64) -> Result<WatchStream, StoreError> {
-        let mut wc = self.client.watch_client();
-        timed(
-            &self.endpoints,
-            "starting the lease watch",
-            wc.watch(
-                self.subnets_prefix(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(from_rev)
-                        .with_progress_notify(),
-                ),
-            ),
-        )
+        let prefix = self.subnets_prefix();
+        self.request("starting the lease watch", |mut c| {
+            let prefix = prefix.clone();
+            async move {
+                c.watch(
+                    prefix,
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(from_rev)
+                            .with_progress_notify(),
+                    ),
+                )
+                .await
+            }
+        })
         .await
     }
 
@@ -327,22 +411,20 @@ fn read(what: &'static str, path: &str) -> Result<Vec<u8>, StoreError> {
     })
 }
 
-async fn timed<T>(
-    endpoints: &str,
-    doing: &str,
-    fut: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(StoreError::Etcd {
-            endpoints: endpoints.to_string(),
-            doing: doing.to_string(),
-            reason: short_reason(&e),
-        }),
-        Err(_) => Err(StoreError::Timeout {
-            endpoints: endpoints.to_string(),
-            doing: doing.to_string(),
-        }),
+/// Whether an error means the member could not be reached (so another member may answer), rather than an
+/// answer from etcd.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown
+        ),
+        _ => false,
     }
 }
 

@@ -89,6 +89,9 @@ pub struct Etcd {
     /// Network namespace and address it serves on (None: the test's own namespace, 127.0.0.1).
     ns: Option<String>,
     host: String,
+    /// Member name and `--initial-cluster` (a one-member cluster of its own unless part of `EtcdCluster`).
+    name: String,
+    initial_cluster: Option<String>,
 }
 
 impl Etcd {
@@ -115,6 +118,8 @@ impl Etcd {
             tls,
             ns: None,
             host: "127.0.0.1".into(),
+            name: "t".into(),
+            initial_cluster: None,
         };
         e.spawn();
         e
@@ -134,6 +139,8 @@ impl Etcd {
             tls: None,
             ns: Some(ns.to_string()),
             host: ip.to_string(),
+            name: "t".into(),
+            initial_cluster: None,
         };
         e.spawn();
         e
@@ -156,14 +163,18 @@ impl Etcd {
             .open(self.dir.path().join("etcd.log"))
             .expect("etcd log");
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let cluster = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={peer}", self.name));
         let mut cmd = command_in(self.ns.as_deref(), "etcd");
-        cmd.arg("--name=t")
+        cmd.arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--listen-client-urls={}", self.endpoint()))
             .arg(format!("--advertise-client-urls={}", self.endpoint()))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=t={peer}"))
+            .arg(format!("--initial-cluster={cluster}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
@@ -178,6 +189,10 @@ impl Etcd {
             .spawn()
             .expect("start etcd (install Debian's etcd-server: the README's test command does)");
         self.child = Some(child);
+        if self.initial_cluster.is_some() {
+            // A member answers only once a quorum is up: the cluster waits for all of them.
+            return;
+        }
         wait_for("etcd to answer", Duration::from_secs(20), || {
             self.etcdctl(&["endpoint", "health"])
                 .status
@@ -266,6 +281,67 @@ impl Etcd {
             "weft config set failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// A real three-member etcd cluster on loopback ports, each member with its own data dir.
+pub struct EtcdCluster {
+    pub members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    pub fn start() -> EtcdCluster {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client_port, peer_port))| {
+                let mut e = Etcd {
+                    child: None,
+                    dir: tempfile::Builder::new()
+                        .prefix("weft-etcd-")
+                        .tempdir()
+                        .expect("tempdir"),
+                    client_port,
+                    peer_port,
+                    tls: None,
+                    ns: None,
+                    host: "127.0.0.1".into(),
+                    name: format!("m{i}"),
+                    initial_cluster: Some(cluster.clone()),
+                };
+                e.spawn();
+                e
+            })
+            .collect();
+        for m in &members {
+            wait_for(
+                "the etcd cluster to answer",
+                Duration::from_secs(30),
+                || {
+                    m.etcdctl(&["endpoint", "health"])
+                        .status
+                        .success()
+                        .then_some(())
+                },
+            );
+        }
+        EtcdCluster { members }
+    }
+
+    /// The members' endpoints, comma-separated, in member order.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(Etcd::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -412,6 +488,19 @@ impl Weft {
         Self::launch(etcd, Some(ns.to_string()), public_ip, args, None)
     }
 
+    /// A control-plane-only daemon (as `start`) given its etcd endpoints as they are (any list, dead ones
+    /// included).
+    pub fn start_with_endpoints(endpoints: &str, public_ip: &str, extra: &[&str]) -> Weft {
+        let mut args = vec![
+            format!("--etcd-endpoints={endpoints}"),
+            "--iface=lo".to_string(),
+            format!("--public-ip={public_ip}"),
+            "--dataplane=none".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::launch_with(None, public_ip, args, None)
+    }
+
     fn launch(
         etcd: &Etcd,
         ns: Option<String>,
@@ -419,12 +508,21 @@ impl Weft {
         extra: Vec<String>,
         pre: Option<String>,
     ) -> Weft {
+        let mut args = etcd.weft_args();
+        args.extend(extra);
+        Self::launch_with(ns, public_ip, args, pre)
+    }
+
+    fn launch_with(
+        ns: Option<String>,
+        public_ip: &str,
+        args: Vec<String>,
+        pre: Option<String>,
+    ) -> Weft {
         let dir = tempfile::Builder::new()
             .prefix("weft-host-")
             .tempdir()
             .expect("tempdir");
-        let mut args = etcd.weft_args();
-        args.extend(extra);
         let mut w = Weft {
             child: None,
             dir,
