@@ -225,6 +225,9 @@ fn subnet_taken_by_another_host_is_a_loud_exit() {
         log.contains(&format!("subnet {sa} was taken by host 127.15.0.99")),
         "{log}"
     );
+    // Said once, as the last line, not once by the daemon and again by main.
+    let n = log.matches("was taken by host").count();
+    assert_eq!(n, 1, "the fatal error printed {n} times:\n{log}");
 }
 
 #[test]
@@ -558,4 +561,22 @@ fn a_batch_of_peer_changes_is_one_log_line() {
             .any(|l| l.contains("peers changed") && l.contains("added_or_changed=100")),
         "{log}"
     );
+}
+
+#[test]
+fn vxlan_options_weft_does_not_support_are_named_once() {
+    let etcd = Etcd::start();
+    etcd.set_config(
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true,"GBP":true}}"#,
+    );
+    let a = Weft::start(&etcd, "127.26.0.1", &[]);
+    a.wait_subnet();
+    let log = a.log();
+    for option in ["Backend.DirectRouting", "Backend.GBP"] {
+        let n = log
+            .matches(&format!("sets {option}, which weft does not support yet"))
+            .count();
+        assert_eq!(n, 1, "{option} named {n} times:\n{log}");
+    }
+    assert!(!log.contains("Backend.Learning"), "{log}");
 }

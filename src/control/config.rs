@@ -86,6 +86,21 @@ struct RawConfig {
 
 impl Backend {
     /// The `BackendType` string written in leases.
+    /// Options the config turns on that weft parses but does not act on yet (said once at start).
+    pub fn unsupported_options(&self) -> Vec<&'static str> {
+        match self {
+            Backend::Vxlan(v) => [
+                (v.gbp, "Backend.GBP"),
+                (v.learning, "Backend.Learning"),
+                (v.direct_routing, "Backend.DirectRouting"),
+            ]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect(),
+            Backend::Udp(_) => Vec::new(),
+        }
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             Backend::Vxlan(_) => "vxlan",

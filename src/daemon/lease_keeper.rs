@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::control::alloc::Choice;
 use crate::control::config::NetworkConfig;
@@ -82,10 +82,8 @@ impl<'a> LeaseKeeper<'a> {
     /// Returns only when the subnet is lost to another host.
     pub(super) async fn keep(&mut self) -> Result<(), DaemonError> {
         loop {
-            if let Err(fatal) = self.perform().await {
-                error!("{fatal}");
-                return Err(fatal);
-            }
+            // A fatal error is printed once, by main, as the process's last line.
+            self.perform().await?;
             self.wait(true).await;
         }
     }

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::control::backoff::renew_after;
 use crate::control::store::Store;
@@ -109,6 +109,9 @@ async fn control_plane(
 ) -> Result<(), DaemonError> {
     let cfg = wait_for_config(&store, &shared).await;
     info!(network = %cfg.network, backend = cfg.backend.type_name(), "network config read");
+    for option in cfg.backend.unsupported_options() {
+        warn!("the network config sets {option}, which weft does not support yet; it is ignored");
+    }
     let previous = read_previous_subnet(&opts.subnet_file);
     let mut keeper = LeaseKeeper::new(&store, &shared, &cfg, underlay, opts, previous, renew_every);
     let own = keeper.acquire().await?;
