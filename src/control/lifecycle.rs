@@ -41,6 +41,8 @@ pub struct LeaseParams {
     pub public_ip: Ipv4Addr,
     /// The subnet of the previous subnet.env, if there is one.
     pub previous: Option<Ipv4Net>,
+    /// The VTEP MAC in use for `previous` (a data plane already forwarding with it), kept if the key is gone.
+    pub previous_mac: Option<MacAddr>,
     /// TTL of the etcd leases we grant.
     pub ttl: Duration,
     /// How long after a grant or renewal to renew again (TTL minus the renew margin).
@@ -410,6 +412,9 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
             .and_then(|l| l.attrs.as_ref().ok())
             .and_then(|a| a.vxlan_data())
             .map(|d| d.vtep_mac)
+            .or(p
+                .previous_mac
+                .filter(|_| Some(choice.subnet()) == p.previous))
             .unwrap_or_else(|| MacAddr::random_local(&mut self.rng));
         let expect_rev = match choice {
             Choice::Reuse(_) => old.map(|l| l.mod_revision).unwrap_or(0),

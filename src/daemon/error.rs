@@ -19,6 +19,8 @@ pub enum DaemonError {
     Exhausted(#[from] Exhausted),
     #[error(transparent)]
     Instance(#[from] crate::host::instance::InstanceError),
+    #[error("the network config in etcd changed while etcd was unreachable and weft ran from its saved state; restart weft (and then dockerd) to follow the new config")]
+    ConfigChanged,
     #[error(transparent)]
     RenewMargin(#[from] crate::control::backoff::MarginTooLong),
     #[error("--underlay af-xdp is part of the userspace data plane; use it with --dataplane userspace (or auto)")]

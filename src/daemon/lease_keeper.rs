@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::control::alloc::Choice;
 use crate::control::config::NetworkConfig;
+use crate::control::lease::MacAddr;
 use crate::control::lifecycle::{
     Action, Doing, Event, Fatal, LeaseLifecycle, LeaseParams, Outcome,
 };
@@ -19,6 +20,14 @@ use crate::control::store::Store;
 use crate::host::iface::Underlay;
 
 use super::{DaemonError, OwnLease, RunOptions, Shared};
+
+/// What this host used before: the subnet of the previous subnet.env, and the VTEP MAC a data plane already
+/// forwards with (when it came up from the saved state).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Previous {
+    pub(super) subnet: Option<Ipv4Net>,
+    pub(super) mac: Option<MacAddr>,
+}
 
 /// This host's lease, from acquiring it to the daemon's end.
 pub(super) struct LeaseKeeper<'a> {
@@ -38,13 +47,14 @@ impl<'a> LeaseKeeper<'a> {
         cfg: &'a NetworkConfig,
         underlay: &'a Underlay,
         opts: &'a RunOptions,
-        previous: Option<Ipv4Net>,
+        previous: Previous,
         renew_every: Duration,
     ) -> Self {
         let params = LeaseParams {
             config: cfg.clone(),
             public_ip: underlay.public_ip,
-            previous,
+            previous: previous.subnet,
+            previous_mac: previous.mac,
             ttl: opts.lease_ttl,
             renew_every,
         };

@@ -8,6 +8,7 @@ mod files;
 mod lease_keeper;
 mod netconfig;
 mod options;
+mod saved;
 mod state;
 mod watch;
 
@@ -30,9 +31,11 @@ pub use state::{OwnLease, Shared};
 
 use dataplanes::start_dataplane;
 use files::{notify_systemd_ready, read_previous_subnet};
-use lease_keeper::LeaseKeeper;
+use lease_keeper::{LeaseKeeper, Previous};
 use netconfig::wait_for_config;
+use saved::SavedState;
 use watch::watch_peers;
+use watch::StateSaver;
 
 /// Runs the daemon until SIGTERM/SIGINT or a fatal error.
 pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
@@ -107,14 +110,69 @@ async fn control_plane(
     shared: Arc<Shared>,
     renew_every: Duration,
 ) -> Result<(), DaemonError> {
-    let cfg = wait_for_config(&store, &shared).await;
+    let state_file = SavedState::path_for(&opts.subnet_file);
+    let saved = SavedState::load(&state_file, underlay.public_ip);
+    // With a saved state, an unreachable etcd does not keep the host off the overlay: come up from what
+    // we last knew, then reconcile with etcd when it answers.
+    let offline = match &saved {
+        Some((s, _)) => match store.get_config().await {
+            Err(e) => {
+                shared.set_etcd(false, None);
+                warn!(
+                    "etcd is unreachable ({e}); starting from the state saved at {}: subnet {}, {} peers. Reconciling with etcd when it answers",
+                    state_file.display(),
+                    s.subnet,
+                    s.peers.len()
+                );
+                true
+            }
+            Ok(_) => false,
+        },
+        None => false,
+    };
+    let (cfg, cfg_text, offline_own) = if offline {
+        let (s, cfg) = saved.clone().expect("offline only with a saved state");
+        let own = OwnLease {
+            subnet: s.subnet,
+            network: cfg.network,
+            public_ip: underlay.public_ip,
+            iface: underlay.iface.clone(),
+            backend: cfg.backend.type_name().to_string(),
+            mtu: cfg.backend.overlay_mtu(underlay.mtu),
+            attrs: s.lease.clone(),
+            etcd_lease: 0,
+        };
+        shared.routes.replace_all(s.peers.iter().copied());
+        (cfg, s.config, Some(own))
+    } else {
+        let (cfg, text) = wait_for_config(&store, &shared).await;
+        (cfg, text, None)
+    };
+    let mut keeper = None;
+    let own = match offline_own {
+        Some(own) => own,
+        None => {
+            let mut k = LeaseKeeper::new(
+                &store,
+                &shared,
+                &cfg,
+                underlay,
+                opts,
+                Previous {
+                    subnet: read_previous_subnet(&opts.subnet_file),
+                    mac: None,
+                },
+                renew_every,
+            );
+            let own = k.acquire().await?;
+            keeper = Some(k);
+            own
+        }
+    };
     info!(network = %cfg.network, backend = cfg.backend.type_name(), "network config read");
     for option in cfg.backend.unsupported_options() {
         warn!("the network config sets {option}, which weft does not support yet; it is ignored");
     }
-    let previous = read_previous_subnet(&opts.subnet_file);
-    let mut keeper = LeaseKeeper::new(&store, &shared, &cfg, underlay, opts, previous, renew_every);
-    let own = keeper.acquire().await?;
     let _dataplane = start_dataplane(opts, &cfg, &own, underlay, shared.clone()).await?;
     *shared.dataplane.lock().expect("dataplane lock") = match &_dataplane {
         Some(ActiveDataPlane::Userspace(d)) => {
@@ -142,14 +200,56 @@ async fn control_plane(
     })?;
     info!(file = %opts.subnet_file.display(), subnet = %own.subnet, mtu = own.mtu, "wrote subnet.env");
     *shared.own.lock().expect("own lock") = Some(own.clone());
+    shared.ready.store(true, Ordering::Relaxed);
+    notify_systemd_ready();
+    let mut keeper = match keeper.take() {
+        Some(k) => k,
+        None => {
+            // Forwarding from the saved state; now wait for etcd, and hold the same subnet there.
+            let (now_cfg, _) = wait_for_config(&store, &shared).await;
+            if now_cfg != cfg {
+                return Err(DaemonError::ConfigChanged);
+            }
+            let mac = own.attrs.vxlan_data().map(|d| d.vtep_mac);
+            let mut k = LeaseKeeper::new(
+                &store,
+                &shared,
+                &cfg,
+                underlay,
+                opts,
+                Previous {
+                    subnet: Some(own.subnet),
+                    mac,
+                },
+                renew_every,
+            );
+            let held = k.acquire().await?;
+            if held.subnet != own.subnet {
+                return Err(DaemonError::SubnetStolen {
+                    subnet: own.subnet,
+                    other: "another host (while etcd was unreachable)".into(),
+                    file: opts.subnet_file.display().to_string(),
+                });
+            }
+            info!(subnet = %own.subnet, "etcd answers again; holding the same subnet there");
+            *shared.own.lock().expect("own lock") = Some(held);
+            k
+        }
+    };
+    let saver = StateSaver {
+        path: state_file,
+        config: cfg_text,
+        subnet: own.subnet,
+        lease: own.attrs.clone(),
+    };
+    saver.save(&shared);
     tokio::spawn(watch_peers(
         store.clone(),
         shared.clone(),
         cfg.clone(),
         own.subnet,
         own.public_ip,
+        saver,
     ));
-    shared.ready.store(true, Ordering::Relaxed);
-    notify_systemd_ready();
     keeper.keep().await
 }

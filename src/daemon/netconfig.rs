@@ -10,8 +10,8 @@ use crate::control::store::Store;
 
 use super::Shared;
 
-/// Reads `<prefix>/config` until it exists and is valid, saying so once per state.
-pub(super) async fn wait_for_config(store: &Store, shared: &Shared) -> NetworkConfig {
+/// Reads `<prefix>/config` until it exists and is valid, saying so once per state; returns it with its text.
+pub(super) async fn wait_for_config(store: &Store, shared: &Shared) -> (NetworkConfig, String) {
     let mut last_problem = String::new();
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
     loop {
@@ -19,7 +19,7 @@ pub(super) async fn wait_for_config(store: &Store, shared: &Shared) -> NetworkCo
             Ok(Some(text)) => {
                 shared.set_etcd(true, None);
                 match NetworkConfig::parse(&text) {
-                    Ok(cfg) => return cfg,
+                    Ok(cfg) => return (cfg, text),
                     Err(e) => format!(
                         "the network config at {} is invalid: {e}; fix it with `weft config set`",
                         store.config_key()

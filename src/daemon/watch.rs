@@ -27,6 +27,7 @@ pub(super) async fn watch_peers(
     cfg: NetworkConfig,
     own_subnet: Ipv4Net,
     own_ip: Ipv4Addr,
+    saver: StateSaver,
 ) {
     let mut cursor = WatchCursor::new();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -46,6 +47,7 @@ pub(super) async fn watch_peers(
                     invalid.previous.clear();
                     invalid.publish(&shared);
                     let (changed, removed) = shared.routes.replace_all(peers);
+                    saver.save(&shared);
                     info!(
                         peers = shared.routes.load().len(),
                         changed,
@@ -140,6 +142,7 @@ pub(super) async fn watch_peers(
             }
             invalid.publish(&shared);
             if batch.upserted + batch.removed > 0 {
+                saver.save(&shared);
                 info!(
                     added_or_changed = batch.upserted,
                     removed = batch.removed,
@@ -151,6 +154,27 @@ pub(super) async fn watch_peers(
                 cursor.saw(h.revision());
             }
         }
+    }
+}
+
+/// Saves what weft knows (config, our lease, the peers) whenever the peers change, for restarts during an
+/// etcd outage.
+pub(super) struct StateSaver {
+    pub(super) path: std::path::PathBuf,
+    pub(super) config: String,
+    pub(super) subnet: Ipv4Net,
+    pub(super) lease: crate::control::lease::LeaseAttrs,
+}
+
+impl StateSaver {
+    pub(super) fn save(&self, shared: &Shared) {
+        super::saved::SavedState {
+            config: self.config.clone(),
+            subnet: self.subnet,
+            lease: self.lease.clone(),
+            peers: shared.routes.load().peers().to_vec(),
+        }
+        .save(&self.path);
     }
 }
 

@@ -31,6 +31,7 @@ fn params(network: &str, previous: Option<&str>, renew_every: Duration) -> Lease
         config: NetworkConfig::parse(network).unwrap(),
         public_ip: ME,
         previous: previous.map(net),
+        previous_mac: None,
         ttl: TTL,
         renew_every,
     }
