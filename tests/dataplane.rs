@@ -209,10 +209,12 @@ fn hostile_input_is_dropped_and_counted(backend: &str, flags: &[&str]) {
     };
     // A container on host 0 listens; only the control packet may arrive.
     let ns0 = bed.container_ns(0);
+    let (bound_tx, bound) = std::sync::mpsc::channel();
     let listener = std::thread::spawn(move || {
         common::netns::in_netns(&ns0, move || {
             let s = UdpSocket::bind((c0, 7777)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            bound_tx.send(()).unwrap();
             let mut got = Vec::new();
             let mut buf = [0u8; 2048];
             while let Ok(n) = s.recv(&mut buf) {
@@ -221,7 +223,10 @@ fn hostile_input_is_dropped_and_counted(backend: &str, flags: &[&str]) {
             got
         })
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Send only once the listener's socket exists.
+    bound
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the listener bound its socket");
     let h1 = bed.hosts[1].ns.name.clone();
     let ip1 = bed.hosts[1].ip;
     let dst = SocketAddrV4::new(bed.hosts[0].ip, port);
