@@ -209,3 +209,28 @@ fn auto_falls_back_to_the_kernel_backend_without_tun() {
     let (sent, got) = bed.transfer(1, 0, 10 << 20);
     assert_eq!(sent, got);
 }
+
+#[test]
+fn a_tun_problem_weft_can_name_is_an_error_not_a_fallback() {
+    let mut bed = Bed::new(1, VXLAN);
+    let ns = bed.hosts[0].ns.name.clone();
+    // Something else already owns the name weft0: that is for the operator to fix, not a missing tun.
+    common::netns::ip(&["-n", &ns, "link", "add", "weft0", "type", "bridge"]);
+    bed.start_weft(0, &[]);
+    let w = bed.hosts[0].weft.as_mut().unwrap();
+    let code = w.wait_exit(T);
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "exit {code:?}:\n{}",
+        w.log()
+    );
+    let log = w.log();
+    assert!(log.contains("cannot create tun device weft0"), "{log}");
+    assert!(!log.contains("falling back"), "{log}");
+    let links = common::netns::exec(&ns, "ip", &["-o", "link"]);
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        !links.contains("flannel.1"),
+        "a kernel VXLAN device was left: {links}"
+    );
+}

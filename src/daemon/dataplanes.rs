@@ -43,8 +43,8 @@ pub(super) async fn start_dataplane(
         DataPlaneMode::Auto => {
             match start_userspace(opts, cfg, own, underlay, shared.clone()).await {
                 Ok(dp) => Ok(Some(ActiveDataPlane::Userspace(dp))),
-                Err(DaemonError::DataPlane(e @ DataPlaneError::Tun { .. }))
-                    if matches!(cfg.backend, Backend::Vxlan(_)) =>
+                Err(DaemonError::DataPlane(e))
+                    if matches!(cfg.backend, Backend::Vxlan(_)) && tun_unavailable(&e) =>
                 {
                     warn!("userspace data plane unavailable ({e}); falling back to the kernel VXLAN backend");
                     Ok(Some(ActiveDataPlane::Kernel(
@@ -55,6 +55,18 @@ pub(super) async fn start_dataplane(
             }
         }
     }
+}
+
+/// Whether a tun error means this host has no usable tun device (so the kernel backend should carry the
+/// overlay), rather than a problem with this device or these settings (which the operator must fix).
+fn tun_unavailable(e: &DataPlaneError) -> bool {
+    let DataPlaneError::Tun { source, .. } = e else {
+        return false;
+    };
+    matches!(
+        source.raw_os_error(),
+        Some(libc::ENOENT | libc::ENODEV | libc::ENXIO | libc::ENOTTY | libc::EPERM | libc::EACCES)
+    )
 }
 
 pub(super) async fn start_kernel(
