@@ -4,7 +4,8 @@ set -euo pipefail
 
 # gcc + libc6-dev: rustup brings no C compiler or linker (and gcc only recommends libc6-dev); libprotobuf-dev:
 # protobuf-compiler only recommends it, and etcd-client's build needs its descriptor.proto.
-packages=(gcc libc6-dev etcd-server etcd-client protobuf-compiler libprotobuf-dev iproute2 iperf3 openssl procps iputils-ping curl iptables docker.io busybox-static tar util-linux)
+# prometheus: its promtool checks /metrics against the exposition format in the tests.
+packages=(gcc libc6-dev etcd-server etcd-client protobuf-compiler libprotobuf-dev iproute2 iperf3 openssl procps iputils-ping curl iptables docker.io busybox-static tar util-linux prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -245,6 +245,14 @@ pub fn render(v: &MetricsView) -> String {
         o,
         "# HELP weft_drops_total Packets dropped, by reason\n# TYPE weft_drops_total counter"
     );
+    for r in DropReason::ALL {
+        let _ = writeln!(
+            o,
+            "weft_drops_total{{reason=\"{}\"}} {}",
+            r.label(),
+            c.drops[r as usize]
+        );
+    }
     let _ = writeln!(o, "# HELP weft_xdp_frames_total Underlay frames moved through AF_XDP sockets\n# TYPE weft_xdp_frames_total counter");
     let _ = writeln!(
         o,
@@ -263,14 +271,6 @@ pub fn render(v: &MetricsView) -> String {
         "Datagrams the AF_XDP path sent through the kernel instead (next hop unknown or being revalidated)",
         c.xdp_via_kernel,
     );
-    for r in DropReason::ALL {
-        let _ = writeln!(
-            o,
-            "weft_drops_total{{reason=\"{}\"}} {}",
-            r.label(),
-            c.drops[r as usize]
-        );
-    }
     o
 }
 
