@@ -5,8 +5,8 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use weft::control::lease::MacAddr;
 use weft::routes::{Peer, PeerBackend, RouteSnapshot};
+use weft::wire::ethernet::MacAddr;
 use weft::wire::flow::flow_hash;
 use weft::wire::gso::{Coalescer, VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
 use weft::wire::inbound::{Encap, Inbound};

@@ -14,7 +14,7 @@ use tracing::{debug, error, info, warn};
 use crate::control::alloc::{choose_subnet, Choice, Exhausted, ExistingLease};
 use crate::control::backoff::{renew_after, Backoff};
 use crate::control::config::{Backend, NetworkConfig};
-use crate::control::lease::{LeaseAttrs, MacAddr};
+use crate::control::lease::LeaseAttrs;
 use crate::control::store::{EtcdOptions, Store, StoreError, StoredLease};
 use crate::control::subnet_env::SubnetEnv;
 use crate::dataplane::{DataPlane, DataPlaneConfig, DataPlaneError, Encap};
@@ -23,6 +23,7 @@ use crate::kernel::vxlan::{KernelVxlan, KernelVxlanConfig, KernelVxlanError};
 use crate::ops::metrics::{CounterTotals, MetricsView, WorkerCounters};
 use crate::ops::status::{LeaseStatus, StatusReport, StatusSource};
 use crate::routes::{Peer, RouteTable};
+use crate::wire::ethernet::MacAddr;
 
 /// How often the lease keeper checks that our key is still ours when nothing else wakes it.
 const CHECK_INTERVAL: Duration = Duration::from_secs(10);

@@ -1,6 +1,8 @@
 //! Packet formats, pure and I/O-free: inner IPv4 views, VXLAN, flow hashing and the inbound checks.
 
 pub mod csum;
+mod drop;
+pub mod ethernet;
 pub mod filter;
 pub mod flow;
 pub mod gso;
@@ -10,3 +12,5 @@ pub mod outer;
 pub mod segment;
 pub mod vxlan;
 pub mod xdp_filter;
+
+pub use drop::DropReason;

@@ -3,8 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+use super::ethernet::MacAddr;
 use super::ipv4::checksum;
-use crate::control::lease::MacAddr;
 
 pub const ETH_HEADER: usize = 14;
 pub const IP_HEADER: usize = 20;

@@ -1,7 +1,7 @@
 //! VXLAN (RFC 7348) as Linux's flannel.1 speaks it: 8-byte header, inner Ethernet, inner IPv4; encap and checked decap.
 
-use crate::control::lease::MacAddr;
-use crate::ops::metrics::DropReason;
+use super::ethernet::MacAddr;
+use super::DropReason;
 
 /// VXLAN header length.
 pub const VXLAN_HEADER: usize = 8;

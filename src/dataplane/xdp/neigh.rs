@@ -17,7 +17,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::link::{request, Rtnl};
-use crate::control::lease::MacAddr;
+use crate::wire::ethernet::MacAddr;
 
 /// How often every peer's next hop is looked up again.
 const REFRESH: Duration = Duration::from_secs(1);
