@@ -11,6 +11,7 @@ use super::filter::{check_inner, check_sender, PeerTable};
 use super::segment::split_tcp;
 use super::vxlan::decap;
 use super::DropReason;
+use super::{be16, ipv4};
 
 /// How inner packets are wrapped on the underlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +45,12 @@ pub fn datagram_units(payload: &[u8], stride: usize, prefix: usize) -> usize {
     if stride == 0 || stride >= whole {
         return whole;
     }
-    match payload.get(prefix + 2..prefix + 4) {
-        Some(l) if usize::from(u16::from_be_bytes([l[0], l[1]])) == payload.len() - prefix => whole,
+    // The inner IPv4 total length, read without any other check: a hint, not a validation.
+    match payload
+        .get(prefix..)
+        .and_then(|ip| ip.get(ipv4::field::LENGTH))
+    {
+        Some(l) if usize::from(be16(l)) == payload.len() - prefix => whole,
         _ => stride,
     }
 }
