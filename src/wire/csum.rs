@@ -98,10 +98,9 @@ mod tests {
     use crate::wire::ipv4::tests::udp_packet;
 
     fn with_full_udp_checksum(mut p: Vec<u8>) -> Vec<u8> {
-        let mut pseudo = checksum_add(0, &p[12..20]);
-        pseudo += 17 + (p.len() - 20) as u32;
-        let c = checksum_finish(pseudo + sum_words(&p[20..]));
-        p[26..28].copy_from_slice(&c.to_be_bytes());
+        let ip = ipv4::Packet::new_checked(&p[..]).unwrap();
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        udp::Packet::new_unchecked(&mut p[ipv4::HEADER_LEN..]).fill_checksum(src, dst);
         p
     }
 
