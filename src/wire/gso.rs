@@ -173,10 +173,9 @@ impl Coalescer {
         self.segments = 1;
         let payload = packet.len() - hl - thl;
         // `coalescable` checked both headers.
-        let ip = ipv4::Packet::new_unchecked(packet);
         let seg = tcp::Packet::new_unchecked(&packet[hl..]);
         let mut key = [0u8; 12];
-        key[..8].copy_from_slice(&ip.header()[ipv4::field::ADDRESSES]);
+        key[..8].copy_from_slice(&packet[ipv4::field::ADDRESSES]);
         key[8..].copy_from_slice(seg.ports());
         self.flow = Some(FlowState {
             key,
@@ -199,17 +198,17 @@ impl Coalescer {
         if hl != f.hl || thl != f.thl {
             return false;
         }
+        // `coalescable` checked `p`; the first segment's headers are in `buf`, of the same lengths.
         let (ip, seg) = (
             ipv4::Packet::new_unchecked(p),
             tcp::Packet::new_unchecked(&p[hl..]),
         );
-        let first_ip =
-            ipv4::Packet::new_unchecked(&self.buf[VNET_HDR_LEN..VNET_HDR_LEN + hl + thl]);
-        let first =
-            tcp::Packet::new_unchecked(&self.buf[VNET_HDR_LEN + hl..VNET_HDR_LEN + hl + thl]);
+        let first_ip = ipv4::Packet::new_unchecked(&self.buf[VNET_HDR_LEN..]);
+        let first = tcp::Packet::new_unchecked(&self.buf[VNET_HDR_LEN + hl..]);
+        let options = tcp::field::OPTIONS..thl;
         let payload = p.len() - hl - thl;
         let seq = seg.seq_number();
-        let same = ip.header()[ipv4::field::ADDRESSES] == f.key[..8]
+        let same = p[ipv4::field::ADDRESSES] == f.key[..8]
             && seg.ports() == &f.key[8..]
             && seq == f.next_seq
             && payload <= f.seg_size
@@ -217,13 +216,13 @@ impl Coalescer {
             && ip.ttl() == first_ip.ttl()
             && seg.ack_bytes() == first.ack_bytes()
             && seg.window_bytes() == first.window_bytes()
-            && seg.options() == first.options(); // timestamps
+            && p[hl..][options.clone()] == self.buf[VNET_HDR_LEN + hl..][options]; // timestamps
         if !same {
             return false;
         }
         let psh = seg.flags() & TCP_PSH;
         let at = VNET_HDR_LEN + self.len;
-        self.buf[at..at + payload].copy_from_slice(seg.payload());
+        self.buf[at..at + payload].copy_from_slice(&p[hl + thl..]);
         self.len += payload;
         self.segments += 1;
         let mut first = tcp::Packet::new_unchecked(&mut self.buf[VNET_HDR_LEN + hl..]);
@@ -276,17 +275,19 @@ impl Coalescer {
 /// options or fragmentation, only ACK (and PSH) set, some payload.
 fn coalescable(p: &[u8]) -> Option<(usize, usize)> {
     let ip = ipv4::Packet::new_checked(p).ok()?;
+    let hl = ip.header_len();
     if ip.protocol() != PROTO_TCP
-        || ip.header_len() != ipv4::HEADER_LEN
+        || hl != ipv4::HEADER_LEN
         || ip.is_fragment()
         || ip.total_len() != p.len()
     {
         return None;
     }
-    let seg = tcp::Packet::new_checked(ip.payload()).ok()?;
-    let (hl, thl) = (ip.header_len(), seg.header_len());
+    // The IP payload is the rest of `p` (the total length is the buffer's).
+    let seg = tcp::Packet::new_checked(&p[hl..]).ok()?;
+    let thl = seg.header_len();
     let flags = seg.flags();
-    if seg.payload().is_empty() || flags & !(TCP_ACK | TCP_PSH) != 0 || flags & TCP_ACK == 0 {
+    if thl >= p.len() - hl || flags & !(TCP_ACK | TCP_PSH) != 0 || flags & TCP_ACK == 0 {
         return None;
     }
     Some((hl, thl))
