@@ -5,37 +5,56 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use weft::control::lease::MacAddr;
 use weft::routes::{Peer, PeerBackend, RouteSnapshot};
+use weft::wire::ethernet::MacAddr;
 use weft::wire::flow::flow_hash;
 use weft::wire::gso::{Coalescer, VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
 use weft::wire::inbound::{Encap, Inbound};
-use weft::wire::ipv4::{checksum, checksum_add};
 use weft::wire::segment::split_into_train;
 use weft::wire::vxlan::{decap, VxlanTemplate, VXLAN_ENCAP};
+use weft::wire::{ipv4, tcp};
 
 const OURS: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
 const PEER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
 const PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
-/// An IPv4 TCP packet of `total` bytes from a peer's subnet to ours, checksums valid.
+/// An IPv4 TCP packet of `total` bytes from a peer's subnet to ours, checksums valid, built with the
+/// wire views.
 fn tcp_packet(total: usize, seq: u32) -> Vec<u8> {
-    let mut p = vec![
-        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 5, 2, 9, 10, 5, 1, 7,
-    ];
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    let c = checksum(&p);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut t = vec![
-        0x9c, 0x40, 0x00, 0x50, 0, 0, 0, 0, 0, 0, 0, 1, 0x50, 0x10, 0x01, 0xf5, 0, 0, 0, 0,
-    ];
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&t);
-    p.resize(total, 0xab);
-    let sum = checksum_add(0, &p[12..20]) + 6 + (total - 20) as u32 + checksum_add(0, &p[20..]);
-    let c = weft::wire::ipv4::checksum_finish(sum);
-    p[36..38].copy_from_slice(&c.to_be_bytes());
+    let ip = ipv4::Repr {
+        src_addr: Ipv4Addr::new(10, 5, 2, 9),
+        dst_addr: Ipv4Addr::new(10, 5, 1, 7),
+        protocol: ipv4::PROTO_TCP,
+        payload_len: total - ipv4::HEADER_LEN,
+        ttl: 64,
+        ident: 1,
+        dont_frag: true,
+        dscp_ecn: 0,
+    };
+    let mut p = vec![0xab; total];
+    ip.emit(&mut ipv4::Packet::new_unchecked(&mut p[..]));
+    let mut t = tcp::Packet::new_unchecked(&mut p[ipv4::HEADER_LEN..]);
+    tcp::Repr {
+        src_port: 40000,
+        dst_port: 80,
+        seq_number: seq,
+        ack_number: 1,
+        flags: tcp::flags::ACK,
+        window_len: 0x01f5,
+        options: &[],
+    }
+    .emit(&mut t);
+    t.fill_checksum(ip.src_addr, ip.dst_addr);
     p
+}
+
+/// Sets the TCP flags of `tcp_packet`'s packet and recomputes its checksum.
+fn set_tcp_flags(p: &mut [u8], flags: u8) {
+    let ip = ipv4::Packet::new_checked(&*p).expect("IPv4");
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let mut t = tcp::Packet::new_unchecked(&mut p[ipv4::HEADER_LEN..]);
+    t.set_flags(flags);
+    t.fill_checksum(src, dst);
 }
 
 fn routes() -> RouteSnapshot {
@@ -111,7 +130,7 @@ fn encap_decap(c: &mut Criterion) {
 
 fn tso_split(c: &mut Criterion) {
     let mut p = tcp_packet(20 + 20 + 64_000, 1);
-    p[13 + 20] = 0x18;
+    set_tcp_flags(&mut p, tcp::flags::PSH | tcp::flags::ACK);
     let mut out = vec![0u8; 128 * 1024];
     let mut g = c.benchmark_group("64 KB TSO packet");
     g.throughput(Throughput::Bytes(64_000));

@@ -9,7 +9,9 @@ use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::control::lease::{LeaseAttrs, MacAddr};
+use crate::control::lease::LeaseAttrs;
+use crate::wire::ethernet::MacAddr;
+use crate::wire::filter::PeerTable;
 
 /// How a peer is reached, from its lease's BackendType and BackendData.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +162,19 @@ impl RouteSnapshot {
     }
 }
 
+/// The inbound checks' view of the table: senders by public IP, address owners by longest prefix.
+impl PeerTable for RouteSnapshot {
+    #[inline]
+    fn sender_subnet(&self, public_ip: Ipv4Addr) -> Option<Ipv4Net> {
+        self.by_public_ip(public_ip).map(|p| p.subnet)
+    }
+
+    #[inline]
+    fn owner(&self, addr: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.lookup(addr).map(|p| p.public_ip)
+    }
+}
+
 /// The shared route table: readers `load()` a snapshot without locking; the control plane applies
 /// changes under a mutex of its own and publishes a fresh snapshot, never pausing readers. Every published
 /// change bumps a generation that [`RouteTable::subscribe`]rs wait on (the kernel backend reconciles on it).
@@ -263,6 +278,27 @@ mod tests {
         assert_eq!(ip("10.5.8.1"), 2);
         assert_eq!(ip("10.6.0.1"), 1);
         assert_eq!(ip("192.168.1.1"), 4);
+    }
+
+    #[test]
+    fn answers_the_inbound_checks() {
+        let t = RouteSnapshot::new([
+            peer("10.5.2.0/24", [192, 0, 2, 2]),
+            peer("10.5.3.0/24", [192, 0, 2, 3]),
+            peer("10.5.4.0/24", [192, 0, 2, 2]),
+        ]);
+        let sender = t.sender_subnet(Ipv4Addr::new(192, 0, 2, 2));
+        assert_eq!(
+            sender,
+            Some("10.5.2.0/24".parse().unwrap()),
+            "the first lease"
+        );
+        assert_eq!(t.sender_subnet(Ipv4Addr::new(192, 0, 2, 99)), None);
+        assert_eq!(
+            t.owner(Ipv4Addr::new(10, 5, 4, 9)),
+            Some(Ipv4Addr::new(192, 0, 2, 2))
+        );
+        assert_eq!(t.owner(Ipv4Addr::new(8, 8, 8, 8)), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use weft::control::lease::MacAddr;
+use weft::wire::ethernet::MacAddr;
 use weft::routes::{Peer, PeerBackend, RouteSnapshot};
 use weft::wire::inbound::{Encap, Inbound};
 

@@ -5,7 +5,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use weft::control::lease::MacAddr;
+use weft::wire::ethernet::MacAddr;
 use weft::wire::inbound::Encap;
 use weft::wire::vxlan::{VxlanTemplate, VXLAN_ENCAP};
 

@@ -6,7 +6,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use weft::control::lease::MacAddr;
+use weft::wire::ethernet::MacAddr;
 use weft::wire::inbound::Encap;
 use weft::wire::outer::{parse_udp_frame, OuterPath, OUTER_LEN};
 

@@ -21,8 +21,9 @@ use ipnet::Ipv4Net;
 use crate::control::alloc::{also_ours, choose_subnet, Choice, Exhausted, ExistingLease};
 use crate::control::backoff::Backoff;
 use crate::control::config::{Backend, NetworkConfig};
-use crate::control::lease::{LeaseAttrs, MacAddr};
+use crate::control::lease::LeaseAttrs;
 use crate::control::store::{Store, StoreError, StoredLease};
+use crate::wire::ethernet::MacAddr;
 
 /// How often our key is checked when nothing else asks for it.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);

@@ -12,12 +12,12 @@ use tracing::{debug, info, warn};
 
 use crate::control::alloc::Choice;
 use crate::control::config::NetworkConfig;
-use crate::control::lease::MacAddr;
 use crate::control::lifecycle::{
     Action, Doing, Event, Fatal, LeaseLifecycle, LeaseParams, Outcome,
 };
 use crate::control::store::Store;
 use crate::host::iface::Underlay;
+use crate::wire::ethernet::MacAddr;
 
 use super::{DaemonError, OwnLease, RunOptions, Shared};
 

@@ -5,9 +5,9 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::control::lease::MacAddr;
 use crate::dataplane::xdp::xsk::MAX_FRAME;
 use crate::dataplane::xdp::{NextHops, Xsk};
+use crate::wire::ethernet::MacAddr;
 use crate::wire::outer::{source_port, OuterPath, OUTER_LEN};
 
 /// What became of datagrams handed to the AF_XDP path.

@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::control::lease::MacAddr;
 use crate::routes::{Peer, PeerBackend};
+use crate::wire::ethernet::MacAddr;
 
 /// What flanneld's vxlan backend programs on `flannel.<VNI>` for its peers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -20,11 +20,11 @@ use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::control::lease::MacAddr;
 use crate::kernel::state::{
     desired, device_action, diff, Change, DeviceAction, DeviceSeen, DeviceSpec, VxlanEntries,
 };
 use crate::routes::RouteTable;
+use crate::wire::ethernet::MacAddr;
 
 /// How often the kernel state is compared with the desired state when nothing else triggers it.
 const RESYNC: Duration = Duration::from_secs(2);

@@ -5,7 +5,8 @@
 //! kernel at the far end trusts that metadata. A userspace receiver sees only bytes, so it completes such
 //! checksums itself before handing the packet on.
 
-use super::ipv4::{self, checksum_add, checksum_finish};
+use super::ipv4::{self, checksum_add, checksum_finish, PROTO_TCP, PROTO_UDP};
+use super::{be16, tcp, udp};
 
 /// Fast one's-complement sum of `data` (big-endian 16-bit words). Adds 32-bit big-endian words into four
 /// 64-bit accumulators (no carries to track; the compiler vectorises it), then folds: the sum of 32-bit
@@ -53,42 +54,41 @@ pub enum L4Checksum {
 /// Verifies the TCP/UDP checksum of a complete IPv4 packet and completes it if the sender left it
 /// partial (the field holds the folded pseudo-header sum).
 pub fn complete_l4(packet: &mut [u8]) -> L4Checksum {
-    let Some(ip) = ipv4::parse(packet) else {
+    let Ok(ip) = ipv4::Packet::new_checked(&*packet) else {
         return L4Checksum::Fine;
     };
-    let more_fragments = packet[6] & 0x20 != 0;
-    if ip.later_fragment || more_fragments {
+    if ip.is_fragment() {
         return L4Checksum::Fine;
     }
-    let off = match ip.protocol {
-        6 => 16,
-        17 => 6,
+    let protocol = ip.protocol();
+    let off = match protocol {
+        PROTO_TCP => tcp::field::CHECKSUM.start,
+        PROTO_UDP => udp::field::CHECKSUM.start,
         _ => return L4Checksum::Fine,
     };
-    let l4_len = ip.total_len - ip.header_len;
+    let (hl, total) = (ip.header_len(), ip.total_len());
+    let l4_len = total - hl;
     if l4_len < off + 2 {
         return L4Checksum::Fine;
     }
-    let field_at = ip.header_len + off;
-    let field = u16::from_be_bytes([packet[field_at], packet[field_at + 1]]);
-    if ip.protocol == 17 && field == 0 {
+    let pseudo = ip.pseudo_header_sum(l4_len);
+    let l4 = &mut packet[hl..total];
+    let field = be16(&l4[off..off + 2]);
+    if protocol == PROTO_UDP && field == 0 {
         return L4Checksum::Fine;
     }
-    let mut pseudo = checksum_add(0, &packet[12..20]);
-    pseudo += u32::from(ip.protocol) + l4_len as u32;
-    let l4 = &packet[ip.header_len..ip.total_len];
     if checksum_finish(pseudo + sum_words(l4)) == 0 {
         return L4Checksum::Fine;
     }
     if field != fold(pseudo) {
         return L4Checksum::Bad;
     }
-    packet[field_at..field_at + 2].copy_from_slice(&[0, 0]);
-    let mut c = checksum_finish(pseudo + sum_words(&packet[ip.header_len..ip.total_len]));
-    if ip.protocol == 17 && c == 0 {
+    l4[off..off + 2].copy_from_slice(&[0, 0]);
+    let mut c = checksum_finish(pseudo + sum_words(l4));
+    if protocol == PROTO_UDP && c == 0 {
         c = 0xffff;
     }
-    packet[field_at..field_at + 2].copy_from_slice(&c.to_be_bytes());
+    l4[off..off + 2].copy_from_slice(&c.to_be_bytes());
     L4Checksum::Completed
 }
 
@@ -98,10 +98,9 @@ mod tests {
     use crate::wire::ipv4::tests::udp_packet;
 
     fn with_full_udp_checksum(mut p: Vec<u8>) -> Vec<u8> {
-        let mut pseudo = checksum_add(0, &p[12..20]);
-        pseudo += 17 + (p.len() - 20) as u32;
-        let c = checksum_finish(pseudo + sum_words(&p[20..]));
-        p[26..28].copy_from_slice(&c.to_be_bytes());
+        let ip = ipv4::Packet::new_checked(&p[..]).unwrap();
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        udp::Packet::new_unchecked(&mut p[ipv4::HEADER_LEN..]).fill_checksum(src, dst);
         p
     }
 

@@ -5,24 +5,32 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::ipv4;
-use crate::ops::metrics::DropReason;
-use crate::routes::RouteSnapshot;
+use super::DropReason;
+
+/// What the inbound checks ask of the route table. `routes::RouteSnapshot` implements it; the checks are
+/// generic over it (monomorphised, no `dyn`), so the lookups inline as direct calls would.
+pub trait PeerTable {
+    /// The subnet of the first current peer whose public (underlay) IP is `public_ip`.
+    fn sender_subnet(&self, public_ip: Ipv4Addr) -> Option<Ipv4Net>;
+    /// The public IP of the peer whose subnet is the longest prefix containing `addr`.
+    fn owner(&self, addr: Ipv4Addr) -> Option<Ipv4Addr>;
+}
 
 /// The sender is the public IP of a current peer; returns the first such peer's subnet.
 #[inline]
-pub fn check_sender(routes: &RouteSnapshot, src: Ipv4Addr) -> Result<Ipv4Net, DropReason> {
-    routes
-        .by_public_ip(src)
-        .map(|p| p.subnet)
-        .ok_or(DropReason::UnknownSender)
+pub fn check_sender<R: PeerTable + ?Sized>(
+    routes: &R,
+    src: Ipv4Addr,
+) -> Result<Ipv4Net, DropReason> {
+    routes.sender_subnet(src).ok_or(DropReason::UnknownSender)
 }
 
 /// Checks an inner IPv4 packet from peer `src` (whose lease is `peer_subnet`): it parses completely, its
 /// source lies in a subnet leased by that peer, its destination in `own`. Returns the packet's IP total
 /// length (the packet without any Ethernet padding after it).
 #[inline]
-pub fn check_inner(
-    routes: &RouteSnapshot,
+pub fn check_inner<R: PeerTable + ?Sized>(
+    routes: &R,
     own: Ipv4Net,
     src: Ipv4Addr,
     peer_subnet: Ipv4Net,
@@ -31,7 +39,7 @@ pub fn check_inner(
     let ip = ipv4::parse(inner).ok_or(DropReason::Truncated)?;
     if !peer_subnet.contains(&ip.src) {
         // A host may hold more than one lease (e.g. a stale one); accept any of its subnets.
-        let owner = routes.lookup(ip.src).map(|p| p.public_ip);
+        let owner = routes.owner(ip.src);
         if owner != Some(src) {
             return Err(DropReason::SpoofedSource);
         }
@@ -43,23 +51,27 @@ pub fn check_inner(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::routes::{Peer, PeerBackend};
     use crate::wire::ipv4::tests::udp_packet;
 
-    fn routes() -> RouteSnapshot {
-        RouteSnapshot::new([
-            Peer {
-                subnet: "10.5.2.0/24".parse().unwrap(),
-                public_ip: Ipv4Addr::new(192, 0, 2, 2),
-                backend: PeerBackend::Udp,
-            },
-            Peer {
-                subnet: "10.5.3.0/24".parse().unwrap(),
-                public_ip: Ipv4Addr::new(192, 0, 2, 3),
-                backend: PeerBackend::Udp,
-            },
+    /// A peer table for tests: (subnet, public IP) pairs, searched linearly with the route table's rules.
+    pub(crate) struct TestPeers(pub Vec<(Ipv4Net, Ipv4Addr)>);
+
+    impl PeerTable for TestPeers {
+        fn sender_subnet(&self, public_ip: Ipv4Addr) -> Option<Ipv4Net> {
+            self.0.iter().find(|p| p.1 == public_ip).map(|p| p.0)
+        }
+        fn owner(&self, addr: Ipv4Addr) -> Option<Ipv4Addr> {
+            let hit = self.0.iter().filter(|p| p.0.contains(&addr));
+            hit.max_by_key(|p| p.0.prefix_len()).map(|p| p.1)
+        }
+    }
+
+    fn routes() -> TestPeers {
+        TestPeers(vec![
+            ("10.5.2.0/24".parse().unwrap(), Ipv4Addr::new(192, 0, 2, 2)),
+            ("10.5.3.0/24".parse().unwrap(), Ipv4Addr::new(192, 0, 2, 3)),
         ])
     }
 

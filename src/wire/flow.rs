@@ -1,6 +1,8 @@
 //! Inner-flow hashing: keeps one flow on one outer UDP source port (and so one receive queue), spreads flows.
 
-use super::ipv4::parse;
+use super::be32;
+use super::ipv4::{parse, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use super::tcp::field::PORTS;
 
 /// A hash of the inner packet's flow: addresses, protocol and, for TCP/UDP/SCTP first fragments, ports.
 /// Returns 0 for packets that are not IPv4.
@@ -9,9 +11,12 @@ pub fn flow_hash(packet: &[u8]) -> u32 {
     let Some(ip) = parse(packet) else { return 0 };
     let mut h = u64::from(u32::from(ip.src)) << 32 | u64::from(u32::from(ip.dst));
     h ^= u64::from(ip.protocol) << 56;
-    if matches!(ip.protocol, 6 | 17 | 132) && !ip.later_fragment {
-        if let Some(p) = packet.get(ip.header_len..ip.header_len + 4) {
-            h ^= u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
+    if matches!(ip.protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) && !ip.later_fragment {
+        // The ports lead all three headers. (Read from the buffer: a header cut short by the total length
+        // hashes what follows, as before the views.)
+        let l4 = &packet[ip.header_len..];
+        if let Some(p) = l4.get(PORTS) {
+            h ^= u64::from(be32(p));
         }
     }
     h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);

@@ -3,8 +3,10 @@
 //! super-packet for a single tun write.
 
 use super::csum::{complete_l4, sum_words};
-use super::ipv4::{self, checksum, checksum_add, checksum_finish};
+use super::ipv4::{self, checksum_finish, PROTO_TCP};
 use super::segment::{split_into_train, SegmentError, Train};
+use super::tcp::{self, flags::ACK as TCP_ACK, flags::PSH as TCP_PSH};
+use super::Field;
 
 /// Length of the virtio-net header the tun device prepends (IFF_VNET_HDR).
 pub const VNET_HDR_LEN: usize = 10;
@@ -28,25 +30,38 @@ pub struct VnetHdr {
 impl VnetHdr {
     pub fn parse(b: &[u8]) -> Option<VnetHdr> {
         let b = b.get(..VNET_HDR_LEN)?;
-        let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let u = |f: Field| u16::from_le_bytes([b[f.start], b[f.start + 1]]);
         Some(VnetHdr {
-            flags: b[0],
-            gso_type: b[1],
-            hdr_len: u(2),
-            gso_size: u(4),
-            csum_start: u(6),
-            csum_offset: u(8),
+            flags: b[vnet_field::FLAGS],
+            gso_type: b[vnet_field::GSO_TYPE],
+            hdr_len: u(vnet_field::HDR_LEN),
+            gso_size: u(vnet_field::GSO_SIZE),
+            csum_start: u(vnet_field::CSUM_START),
+            csum_offset: u(vnet_field::CSUM_OFFSET),
         })
     }
 
+    /// Writes the header into the first `VNET_HDR_LEN` bytes of `b`.
     pub fn write(&self, b: &mut [u8]) {
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        b[vnet_field::FLAGS] = self.flags;
+        b[vnet_field::GSO_TYPE] = self.gso_type;
+        b[vnet_field::HDR_LEN].copy_from_slice(&self.hdr_len.to_le_bytes());
+        b[vnet_field::GSO_SIZE].copy_from_slice(&self.gso_size.to_le_bytes());
+        b[vnet_field::CSUM_START].copy_from_slice(&self.csum_start.to_le_bytes());
+        b[vnet_field::CSUM_OFFSET].copy_from_slice(&self.csum_offset.to_le_bytes());
     }
+}
+
+/// Byte ranges of `struct virtio_net_hdr` (without `num_buffers`).
+pub mod vnet_field {
+    use crate::wire::Field;
+
+    pub const FLAGS: usize = 0;
+    pub const GSO_TYPE: usize = 1;
+    pub const HDR_LEN: Field = 2..4;
+    pub const GSO_SIZE: Field = 4..6;
+    pub const CSUM_START: Field = 6..8;
+    pub const CSUM_OFFSET: Field = 8..10;
 }
 
 /// Turns one tun read (`hdr` and the packet behind it) into a train in `out`: segments behind `prefix`
@@ -87,8 +102,6 @@ pub fn train_from_tun(
     }
 }
 
-const TCP_ACK: u8 = 0x10;
-const TCP_PSH: u8 = 0x08;
 /// Largest IPv4 packet a coalesced frame may become.
 const MAX_COALESCED: usize = 65_535;
 
@@ -159,22 +172,18 @@ impl Coalescer {
         self.len = packet.len();
         self.segments = 1;
         let payload = packet.len() - hl - thl;
-        let seq = u32::from_be_bytes([
-            packet[hl + 4],
-            packet[hl + 5],
-            packet[hl + 6],
-            packet[hl + 7],
-        ]);
+        // `coalescable` checked both headers.
+        let seg = tcp::Packet::new_unchecked(&packet[hl..]);
         let mut key = [0u8; 12];
-        key[..8].copy_from_slice(&packet[12..20]);
-        key[8..].copy_from_slice(&packet[hl..hl + 4]);
+        key[..8].copy_from_slice(&packet[ipv4::field::ADDRESSES]);
+        key[8..].copy_from_slice(seg.ports());
         self.flow = Some(FlowState {
             key,
             hl,
             thl,
-            next_seq: seq.wrapping_add(payload as u32),
+            next_seq: seg.seq_number().wrapping_add(payload as u32),
             seg_size: payload,
-            closed: packet[hl + 13] & TCP_PSH != 0 || packet.len() > self.mtu,
+            closed: seg.flags() & TCP_PSH != 0 || packet.len() > self.mtu,
         });
     }
 
@@ -186,29 +195,39 @@ impl Coalescer {
         let Some((hl, thl)) = coalescable(p) else {
             return false;
         };
-        let first = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + f.hl + f.thl];
+        if hl != f.hl || thl != f.thl {
+            return false;
+        }
+        // `coalescable` checked `p`; the first segment's headers are in `buf`, of the same lengths.
+        let (ip, seg) = (
+            ipv4::Packet::new_unchecked(p),
+            tcp::Packet::new_unchecked(&p[hl..]),
+        );
+        let first_ip = ipv4::Packet::new_unchecked(&self.buf[VNET_HDR_LEN..]);
+        let first = tcp::Packet::new_unchecked(&self.buf[VNET_HDR_LEN + hl..]);
+        let options = tcp::field::OPTIONS..thl;
         let payload = p.len() - hl - thl;
-        let seq = u32::from_be_bytes([p[hl + 4], p[hl + 5], p[hl + 6], p[hl + 7]]);
-        let same = hl == f.hl
-            && thl == f.thl
-            && p[12..20] == f.key[..8]
-            && p[hl..hl + 4] == f.key[8..]
+        let seq = seg.seq_number();
+        let same = p[ipv4::field::ADDRESSES] == f.key[..8]
+            && seg.ports() == &f.key[8..]
             && seq == f.next_seq
             && payload <= f.seg_size
-            && p[1] == first[1] // TOS
-            && p[8] == first[8] // TTL
-            && p[hl + 8..hl + 12] == first[hl + 8..hl + 12] // ACK number
-            && p[hl + 14..hl + 16] == first[hl + 14..hl + 16] // window
-            && p[hl + 20..hl + thl] == first[hl + 20..hl + thl]; // options (timestamps)
+            && ip.dscp_ecn() == first_ip.dscp_ecn()
+            && ip.ttl() == first_ip.ttl()
+            && seg.ack_bytes() == first.ack_bytes()
+            && seg.window_bytes() == first.window_bytes()
+            && p[hl..][options.clone()] == self.buf[VNET_HDR_LEN + hl..][options]; // timestamps
         if !same {
             return false;
         }
+        let psh = seg.flags() & TCP_PSH;
         let at = VNET_HDR_LEN + self.len;
         self.buf[at..at + payload].copy_from_slice(&p[hl + thl..]);
         self.len += payload;
         self.segments += 1;
-        let psh = p[hl + 13] & TCP_PSH;
-        self.buf[VNET_HDR_LEN + hl + 13] |= psh;
+        let mut first = tcp::Packet::new_unchecked(&mut self.buf[VNET_HDR_LEN + hl..]);
+        let flags = first.flags();
+        first.set_flags(flags | psh);
         self.flow = Some(FlowState {
             next_seq: seq.wrapping_add(payload as u32),
             closed: payload < f.seg_size || psh != 0,
@@ -226,15 +245,11 @@ impl Coalescer {
         // for the kernel to complete: no pass over the payload here, and a checksum a kernel peer left
         // partial on a virtual link needs no repair. The outer UDP checksum covered the bytes in transit.
         let total = p.len();
-        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        p[10..12].copy_from_slice(&[0, 0]);
-        let c = checksum(&p[..f.hl]);
-        p[10..12].copy_from_slice(&c.to_be_bytes());
-        let mut pseudo = checksum_add(0, &p[12..20]) + 6 + (total - f.hl) as u32;
-        while pseudo >> 16 != 0 {
-            pseudo = (pseudo & 0xffff) + (pseudo >> 16);
-        }
-        p[f.hl + 16..f.hl + 18].copy_from_slice(&(pseudo as u16).to_be_bytes());
+        let mut ip = ipv4::Packet::new_unchecked(&mut *p);
+        ip.set_total_len(total);
+        ip.fill_checksum();
+        let pseudo = ip.pseudo_header_sum(total - f.hl);
+        tcp::Packet::new_unchecked(&mut p[f.hl..]).set_checksum(!checksum_finish(pseudo));
         let single = self.segments == 1 && total <= self.mtu;
         let seg = if self.segments == 1 {
             self.mtu - f.hl - f.thl
@@ -247,7 +262,7 @@ impl Coalescer {
             hdr_len: (f.hl + f.thl) as u16,
             gso_size: if single { 0 } else { seg as u16 },
             csum_start: f.hl as u16,
-            csum_offset: 16,
+            csum_offset: tcp::field::CHECKSUM.start as u16,
         }
         .write(hdr);
         emit(frame);
@@ -259,22 +274,20 @@ impl Coalescer {
 /// (IP header length, TCP header length) if `p` is a TCP segment that may be coalesced: IPv4 without
 /// options or fragmentation, only ACK (and PSH) set, some payload.
 fn coalescable(p: &[u8]) -> Option<(usize, usize)> {
-    let ip = ipv4::parse(p)?;
-    if ip.protocol != 6
-        || ip.header_len != 20
-        || ip.later_fragment
-        || p[6] & 0x20 != 0
-        || ip.total_len != p.len()
+    let ip = ipv4::Packet::new_checked(p).ok()?;
+    let hl = ip.header_len();
+    if ip.protocol() != PROTO_TCP
+        || hl != ipv4::HEADER_LEN
+        || ip.is_fragment()
+        || ip.total_len() != p.len()
     {
         return None;
     }
-    let hl = ip.header_len;
-    let t = p.get(hl..)?;
-    if t.len() < 20 {
-        return None;
-    }
-    let thl = usize::from(t[12] >> 4) * 4;
-    if thl < 20 || thl >= t.len() || t[13] & !(TCP_ACK | TCP_PSH) != 0 || t[13] & TCP_ACK == 0 {
+    // The IP payload is the rest of `p` (the total length is the buffer's).
+    let seg = tcp::Packet::new_checked(&p[hl..]).ok()?;
+    let thl = seg.header_len();
+    let flags = seg.flags();
+    if thl >= p.len() - hl || flags & !(TCP_ACK | TCP_PSH) != 0 || flags & TCP_ACK == 0 {
         return None;
     }
     Some((hl, thl))
@@ -284,6 +297,7 @@ fn coalescable(p: &[u8]) -> Option<(usize, usize)> {
 mod tests {
     use super::*;
     use crate::wire::csum::L4Checksum;
+    use crate::wire::ipv4::checksum;
     use crate::wire::segment::{split_tcp, tests::tcp_packet};
 
     fn segments(payload: usize, mss: usize, flags: u8) -> Vec<Vec<u8>> {

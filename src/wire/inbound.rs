@@ -6,12 +6,12 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::csum::complete_l4;
-use super::filter::{check_inner, check_sender};
+use super::ethernet::MacAddr;
+use super::filter::{check_inner, check_sender, PeerTable};
 use super::segment::split_tcp;
 use super::vxlan::decap;
-use crate::control::lease::MacAddr;
-use crate::ops::metrics::DropReason;
-use crate::routes::RouteSnapshot;
+use super::DropReason;
+use super::{be16, ipv4};
 
 /// How inner packets are wrapped on the underlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +45,12 @@ pub fn datagram_units(payload: &[u8], stride: usize, prefix: usize) -> usize {
     if stride == 0 || stride >= whole {
         return whole;
     }
-    match payload.get(prefix + 2..prefix + 4) {
-        Some(l) if usize::from(u16::from_be_bytes([l[0], l[1]])) == payload.len() - prefix => whole,
+    // The inner IPv4 total length, read without any other check: a hint, not a validation.
+    match payload
+        .get(prefix..)
+        .and_then(|ip| ip.get(ipv4::field::LENGTH))
+    {
+        Some(l) if usize::from(be16(l)) == payload.len() - prefix => whole,
         _ => stride,
     }
 }
@@ -55,9 +59,9 @@ impl Inbound {
     /// Checks one datagram `payload` from underlay address `src` and hands each packet to deliver (at
     /// most `mtu` bytes each) to `deliver`. `scratch` holds segments of oversized TCP packets.
     #[inline]
-    pub fn receive(
+    pub fn receive<R: PeerTable + ?Sized>(
         &self,
-        routes: &RouteSnapshot,
+        routes: &R,
         src: Ipv4Addr,
         payload: &mut [u8],
         scratch: &mut [u8],
@@ -86,19 +90,18 @@ impl Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::{Peer, PeerBackend};
+    use crate::wire::filter::tests::TestPeers;
     use crate::wire::ipv4::tests::udp_packet;
     use crate::wire::vxlan::{VxlanTemplate, VXLAN_ENCAP};
     use rand::{Rng, SeedableRng};
 
     const OURS: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
 
-    fn routes() -> RouteSnapshot {
-        RouteSnapshot::new([Peer {
-            subnet: "10.5.2.0/24".parse().unwrap(),
-            public_ip: Ipv4Addr::new(192, 0, 2, 2),
-            backend: PeerBackend::Udp,
-        }])
+    fn routes() -> TestPeers {
+        TestPeers(vec![(
+            "10.5.2.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 0, 2, 2),
+        )])
     }
 
     #[test]

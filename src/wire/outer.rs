@@ -3,12 +3,12 @@
 
 use std::net::Ipv4Addr;
 
-use super::ipv4::checksum;
-use crate::control::lease::MacAddr;
+use super::ethernet::{self, Frame, MacAddr};
+use super::{ipv4, udp};
 
-pub const ETH_HEADER: usize = 14;
-pub const IP_HEADER: usize = 20;
-pub const UDP_HEADER: usize = 8;
+pub const ETH_HEADER: usize = ethernet::HEADER_LEN;
+pub const IP_HEADER: usize = ipv4::HEADER_LEN;
+pub const UDP_HEADER: usize = udp::HEADER_LEN;
 /// Bytes in front of the UDP payload of a frame weft builds.
 pub const OUTER_LEN: usize = ETH_HEADER + IP_HEADER + UDP_HEADER;
 /// TTL of outer packets (the kernel's default).
@@ -37,29 +37,30 @@ impl OuterPath {
     /// IPv4); the inner packet carries its own checksums.
     #[inline]
     pub fn write(&self, hdr: &mut [u8], payload_len: usize, src_port: u16, ip_id: u16) {
-        let hdr = &mut hdr[..OUTER_LEN];
-        hdr[0..6].copy_from_slice(&self.dst_mac.0);
-        hdr[6..12].copy_from_slice(&self.src_mac.0);
-        hdr[12..14].copy_from_slice(&[0x08, 0x00]);
-        let ip = &mut hdr[ETH_HEADER..ETH_HEADER + IP_HEADER];
-        let total = (IP_HEADER + UDP_HEADER + payload_len) as u16;
-        ip[0] = 0x45;
-        ip[1] = 0;
-        ip[2..4].copy_from_slice(&total.to_be_bytes());
-        ip[4..6].copy_from_slice(&ip_id.to_be_bytes());
-        ip[6..8].copy_from_slice(&[0x40, 0]); // don't fragment, as the kernel's VXLAN
-        ip[8] = TTL;
-        ip[9] = 17;
-        ip[10..12].fill(0);
-        ip[12..16].copy_from_slice(&self.src_ip.octets());
-        ip[16..20].copy_from_slice(&self.dst_ip.octets());
-        let c = checksum(ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let udp = &mut hdr[ETH_HEADER + IP_HEADER..];
-        udp[0..2].copy_from_slice(&src_port.to_be_bytes());
-        udp[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
-        udp[4..6].copy_from_slice(&((UDP_HEADER + payload_len) as u16).to_be_bytes());
-        udp[6..8].fill(0);
+        let mut frame = Frame::new_unchecked(&mut hdr[..OUTER_LEN]);
+        ethernet::Repr {
+            src_addr: self.src_mac,
+            dst_addr: self.dst_mac,
+            ethertype: ethernet::ETHERTYPE_IPV4,
+        }
+        .emit(&mut frame);
+        let (ip, udp_hdr) = frame.payload_mut().split_at_mut(IP_HEADER);
+        ipv4::Repr {
+            src_addr: self.src_ip,
+            dst_addr: self.dst_ip,
+            protocol: ipv4::PROTO_UDP,
+            payload_len: UDP_HEADER + payload_len,
+            ttl: TTL,
+            ident: ip_id,
+            dont_frag: true, // as the kernel's VXLAN
+            dscp_ecn: 0,
+        }
+        .emit(&mut ipv4::Packet::new_unchecked(ip));
+        udp::Repr {
+            src_port,
+            dst_port: self.dst_port,
+        }
+        .emit(&mut udp::Packet::new_unchecked(udp_hdr), payload_len);
     }
 }
 
@@ -78,31 +79,25 @@ pub struct UdpFrame {
 /// the lengths do not add up. Ethernet padding after the IP packet is ignored. The outer checksums are
 /// not verified: the link's CRC covers the frame, and over virtual links the kernel leaves them partial.
 pub fn parse_udp_frame(f: &[u8]) -> Option<UdpFrame> {
-    if f.len() < OUTER_LEN || f[12..14] != [0x08, 0x00] {
+    if f.len() < OUTER_LEN {
         return None;
     }
-    let ip = &f[ETH_HEADER..];
-    if ip[0] >> 4 != 4 || ip[9] != 17 {
+    let eth = Frame::new_checked(f).ok()?;
+    if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
         return None;
     }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let frag = u16::from_be_bytes([ip[6], ip[7]]);
-    if ihl < IP_HEADER || frag & 0x3fff != 0 || total < ihl + UDP_HEADER || total > ip.len() {
+    let ip = ipv4::Packet::new_checked(eth.payload()).ok()?;
+    if ip.protocol() != ipv4::PROTO_UDP || ip.is_fragment() {
         return None;
     }
-    let udp = &ip[ihl..];
-    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    if udp_len < UDP_HEADER || udp_len > total - ihl {
-        return None;
-    }
-    let start = ETH_HEADER + ihl + UDP_HEADER;
+    let udp = udp::Packet::new_checked(ip.payload()).ok()?;
+    let start = ETH_HEADER + ip.header_len() + UDP_HEADER;
     Some(UdpFrame {
-        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
-        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
-        dst_port: u16::from_be_bytes([udp[2], udp[3]]),
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+        dst_port: udp.dst_port(),
         start,
-        end: start + udp_len - UDP_HEADER,
+        end: start + udp.payload().len(),
     })
 }
 

@@ -6,11 +6,9 @@
 //! virtual link sent whole.
 
 use super::csum::sum_words;
-use super::ipv4::{checksum, checksum_add, checksum_finish};
-
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
+use super::ipv4::{self, checksum_finish, PROTO_TCP, PROTO_UDP};
+use super::tcp::flags::{CWR as TCP_CWR, FIN as TCP_FIN, PSH as TCP_PSH};
+use super::{tcp, udp};
 
 /// Why a packet could not be segmented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,29 +29,30 @@ struct Layout {
 }
 
 fn layout(packet: &[u8], allow_udp: bool) -> Result<Layout, SegmentError> {
-    let ip = super::ipv4::parse(packet).ok_or(SegmentError::NotTcp)?;
-    let more_fragments = packet[6] & 0x20 != 0;
-    if ip.later_fragment || more_fragments {
+    let ip = ipv4::Packet::new_checked(packet).map_err(|_| SegmentError::NotTcp)?;
+    if ip.is_fragment() {
         return Err(SegmentError::NotTcp);
     }
-    let l4 = &packet[ip.header_len..ip.total_len];
-    let (udp, l4_len) = match ip.protocol {
-        6 if l4.len() >= 20 => (false, usize::from(l4[12] >> 4) * 4),
-        17 if allow_udp && l4.len() >= 8 => (true, 8),
+    let l4 = ip.payload();
+    let (udp, l4_len) = match ip.protocol() {
+        PROTO_TCP => {
+            let tcp = tcp::Packet::new_checked(l4).map_err(|_| SegmentError::NotTcp)?;
+            (false, tcp.header_len())
+        }
+        // Only the header need be there: each segment gets its own length field.
+        PROTO_UDP if allow_udp && l4.len() >= udp::HEADER_LEN => (true, udp::HEADER_LEN),
         _ => return Err(SegmentError::NotTcp),
     };
-    if l4_len < 8 || l4_len > l4.len() || (!udp && l4_len < 20) {
-        return Err(SegmentError::NotTcp);
-    }
     Ok(Layout {
-        ip_len: ip.header_len,
+        ip_len: ip.header_len(),
         l4_len,
-        total: ip.total_len,
+        total: ip.total_len(),
         udp,
     })
 }
 
 /// Writes segment `i` of `count` (payload `chunk` at byte `start` of the original payload) into `seg`.
+/// `packet` passed `layout`, so its headers are all there.
 fn build_segment(
     packet: &[u8],
     lay: Layout,
@@ -68,43 +67,38 @@ fn build_segment(
     let seg_len = headers + chunk.len();
     seg[..headers].copy_from_slice(&packet[..headers]);
     seg[headers..seg_len].copy_from_slice(chunk);
-    // IPv4: length, id, checksum.
-    let id = u16::from_be_bytes([packet[4], packet[5]]);
-    seg[2..4].copy_from_slice(&(seg_len as u16).to_be_bytes());
-    seg[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
-    seg[10..12].copy_from_slice(&[0, 0]);
-    let c = checksum(&seg[..hl]);
-    seg[10..12].copy_from_slice(&c.to_be_bytes());
-    let addr_sum = checksum_add(0, &packet[12..20]);
+    let orig = ipv4::Packet::new_unchecked(packet);
+    let mut ip = ipv4::Packet::new_unchecked(&mut seg[..seg_len]);
+    ip.set_total_len(seg_len);
+    ip.set_ident(orig.ident().wrapping_add(i as u16));
+    ip.fill_checksum();
+    let pseudo = orig.pseudo_header_sum(l4l + chunk.len());
     let l4 = &mut seg[hl..seg_len];
-    let csum_at = if lay.udp {
-        l4[4..6].copy_from_slice(&((l4l + chunk.len()) as u16).to_be_bytes());
-        6
+    if lay.udp {
+        let mut u = udp::Packet::new_unchecked(&mut *l4);
+        u.set_len(l4l + chunk.len());
+        u.set_checksum(0);
+        let c = match checksum_finish(pseudo + sum_words(l4)) {
+            0 => 0xffff,
+            c => c,
+        };
+        udp::Packet::new_unchecked(l4).set_checksum(c);
     } else {
-        let seq = u32::from_be_bytes([
-            packet[hl + 4],
-            packet[hl + 5],
-            packet[hl + 6],
-            packet[hl + 7],
-        ]);
-        l4[4..8].copy_from_slice(&seq.wrapping_add(start as u32).to_be_bytes());
-        let mut f = packet[hl + 13];
+        let first = tcp::Packet::new_unchecked(&packet[hl..headers]);
+        let mut t = tcp::Packet::new_unchecked(&mut *l4);
+        t.set_seq_number(first.seq_number().wrapping_add(start as u32));
+        let mut f = first.flags();
         if i + 1 < count {
             f &= !(TCP_FIN | TCP_PSH);
         }
         if i > 0 {
             f &= !TCP_CWR;
         }
-        l4[13] = f;
-        16
-    };
-    l4[csum_at..csum_at + 2].copy_from_slice(&[0, 0]);
-    let proto = if lay.udp { 17 } else { 6 };
-    let mut c = checksum_finish(addr_sum + proto + (l4l + chunk.len()) as u32 + sum_words(l4));
-    if lay.udp && c == 0 {
-        c = 0xffff;
+        t.set_flags(f);
+        t.set_checksum(0);
+        let c = checksum_finish(pseudo + sum_words(l4));
+        tcp::Packet::new_unchecked(l4).set_checksum(c);
     }
-    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Splits the IPv4 TCP packet `packet` into segments of at most `mtu` bytes, building each in `scratch`
@@ -187,28 +181,39 @@ pub fn split_into_train(
 pub(crate) mod tests {
     use super::*;
     use crate::wire::csum::{complete_l4, L4Checksum};
+    use crate::wire::ipv4::checksum;
 
     /// An IPv4 TCP packet with timestamps and a partial checksum, as a GSO sender leaves it.
     pub fn tcp_packet(payload_len: usize, flags: u8) -> Vec<u8> {
-        let total = 20 + 32 + payload_len;
-        let mut p = vec![
-            0x45, 0, 0, 0, 0x10, 0x00, 0x40, 0, 64, 6, 0, 0, 10, 5, 2, 9, 10, 5, 1, 7,
-        ];
-        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        let mut t = vec![
-            0x9c, 0x40, 0x00, 0x50, 0, 0, 0x10, 0, 0, 0, 0, 1, 0x80, flags, 0x01, 0xf5, 0, 0, 0, 0,
-        ];
-        t.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
-        p.extend_from_slice(&t);
-        p.extend((0..payload_len).map(|i| (i % 251) as u8));
-        let c = checksum(&p[..20]);
-        p[10..12].copy_from_slice(&c.to_be_bytes());
-        let pseudo = checksum_add(0, &p[12..20]) + 6 + (total - 20) as u32;
-        let mut s = pseudo;
-        while s >> 16 != 0 {
-            s = (s & 0xffff) + (s >> 16);
+        let t = tcp::Repr {
+            src_port: 40000,
+            dst_port: 80,
+            seq_number: 0x1000,
+            ack_number: 1,
+            flags,
+            window_len: 0x01f5,
+            options: &[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2], // NOP, NOP, timestamps
+        };
+        let ip = ipv4::Repr {
+            src_addr: [10, 5, 2, 9].into(),
+            dst_addr: [10, 5, 1, 7].into(),
+            protocol: PROTO_TCP,
+            payload_len: t.header_len() + payload_len,
+            ttl: 64,
+            ident: 0x1000,
+            dont_frag: true,
+            dscp_ecn: 0,
+        };
+        let mut p = vec![0u8; ip.total_len()];
+        ip.emit(&mut ipv4::Packet::new_unchecked(&mut p[..]));
+        let hl = ipv4::HEADER_LEN + t.header_len();
+        for (i, b) in p[hl..].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
         }
-        p[36..38].copy_from_slice(&(s as u16).to_be_bytes());
+        let pseudo = ipv4::Packet::new_unchecked(&p[..]).pseudo_header_sum(ip.payload_len);
+        let mut seg = tcp::Packet::new_unchecked(&mut p[ipv4::HEADER_LEN..]);
+        t.emit(&mut seg);
+        seg.set_checksum(!checksum_finish(pseudo)); // the folded pseudo-header sum
         p
     }
 

@@ -1,17 +1,121 @@
 //! VXLAN (RFC 7348) as Linux's flannel.1 speaks it: 8-byte header, inner Ethernet, inner IPv4; encap and checked decap.
 
-use crate::control::lease::MacAddr;
-use crate::ops::metrics::DropReason;
+use super::ethernet::{self, Frame, MacAddr};
+use super::{DropReason, Error};
 
 /// VXLAN header length.
-pub const VXLAN_HEADER: usize = 8;
+pub const VXLAN_HEADER: usize = field::PAYLOAD;
 /// Inner Ethernet header length.
-pub const ETHERNET_HEADER: usize = 14;
+pub const ETHERNET_HEADER: usize = ethernet::HEADER_LEN;
 /// What VXLAN puts in front of an IP packet inside the UDP payload.
 pub const VXLAN_ENCAP: usize = VXLAN_HEADER + ETHERNET_HEADER;
 /// The "I" flag: the VNI field is valid.
-const FLAG_VNI: u8 = 0x08;
-const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+pub const FLAG_VNI: u8 = 0x08;
+
+/// Byte ranges of the VXLAN header (RFC 7348).
+pub mod field {
+    use crate::wire::Field;
+
+    pub const FLAGS: usize = 0;
+    /// Reserved after the flags: zero.
+    pub const RESERVED1: Field = 1..4;
+    pub const VNI: Field = 4..7;
+    /// Reserved after the VNI: zero.
+    pub const RESERVED2: usize = 7;
+    /// The inner Ethernet frame starts here.
+    pub const PAYLOAD: usize = 8;
+}
+
+/// A view of a VXLAN header and the inner frame behind it (see the contract in `wire`).
+#[derive(Debug, Clone)]
+pub struct Header<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Header<T> {
+    /// A view without checks: for a buffer known to hold `VXLAN_HEADER` bytes.
+    #[inline]
+    pub const fn new_unchecked(buffer: T) -> Header<T> {
+        Header { buffer }
+    }
+
+    /// A view of untrusted bytes: fails unless they hold the 8-byte header.
+    #[inline]
+    pub fn new_checked(buffer: T) -> Result<Header<T>, Error> {
+        let h = Header::new_unchecked(buffer);
+        h.check_len()?;
+        Ok(h)
+    }
+
+    #[inline]
+    pub fn check_len(&self) -> Result<(), Error> {
+        if self.buffer.as_ref().len() < VXLAN_HEADER {
+            Err(Error)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    #[inline]
+    pub fn flags(&self) -> u8 {
+        self.buffer.as_ref()[field::FLAGS]
+    }
+
+    /// The 24-bit VNI.
+    #[inline]
+    pub fn vni(&self) -> u32 {
+        let v = &self.buffer.as_ref()[field::VNI];
+        u32::from_be_bytes([0, v[0], v[1], v[2]])
+    }
+
+    /// The inner Ethernet frame.
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::PAYLOAD..]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Header<T> {
+    /// Sets the flags byte and zeroes the reserved bytes after it.
+    #[inline]
+    pub fn set_flags(&mut self, flags: u8) {
+        let b = self.buffer.as_mut();
+        b[field::FLAGS] = flags;
+        b[field::RESERVED1].fill(0);
+    }
+
+    /// Sets the VNI (its low 24 bits) and zeroes the reserved byte after it.
+    #[inline]
+    pub fn set_vni(&mut self, vni: u32) {
+        let b = self.buffer.as_mut();
+        b[field::VNI].copy_from_slice(&vni.to_be_bytes()[1..4]);
+        b[field::RESERVED2] = 0;
+    }
+
+    #[inline]
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer.as_mut()[field::PAYLOAD..]
+    }
+}
+
+/// A VXLAN header with a valid VNI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repr {
+    pub vni: u32,
+}
+
+impl Repr {
+    /// Writes the 8-byte header (I flag, VNI, reserved bytes zero) into the front of `header`.
+    #[inline]
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, header: &mut Header<T>) {
+        header.set_flags(FLAG_VNI);
+        header.set_vni(self.vni);
+    }
+}
 
 /// The 22 bytes that go in front of each IP packet sent to one peer; built once per peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,11 +124,14 @@ pub struct VxlanTemplate(pub [u8; VXLAN_ENCAP]);
 impl VxlanTemplate {
     pub fn new(vni: u32, dst_mac: MacAddr, src_mac: MacAddr) -> Self {
         let mut h = [0u8; VXLAN_ENCAP];
-        h[0] = FLAG_VNI;
-        h[4..7].copy_from_slice(&vni.to_be_bytes()[1..4]);
-        h[8..14].copy_from_slice(&dst_mac.0);
-        h[14..20].copy_from_slice(&src_mac.0);
-        h[20..22].copy_from_slice(&ETHERTYPE_IPV4);
+        let mut vx = Header::new_unchecked(&mut h[..]);
+        Repr { vni }.emit(&mut vx);
+        ethernet::Repr {
+            src_addr: src_mac,
+            dst_addr: dst_mac,
+            ethertype: ethernet::ETHERTYPE_IPV4,
+        }
+        .emit(&mut Frame::new_unchecked(vx.payload_mut()));
         VxlanTemplate(h)
     }
 
@@ -42,14 +149,13 @@ pub fn decap(payload: &[u8], vni: u32, our_mac: MacAddr) -> Result<usize, DropRe
     if payload.len() < VXLAN_ENCAP {
         return Err(DropReason::Truncated);
     }
-    if payload[0] & FLAG_VNI == 0 {
+    // Both headers are in the buffer: the views below cannot fail.
+    let vx = Header::new_unchecked(payload);
+    if vx.flags() & FLAG_VNI == 0 || vx.vni() != vni {
         return Err(DropReason::BadVni);
     }
-    let got = u32::from_be_bytes([0, payload[4], payload[5], payload[6]]);
-    if got != vni {
-        return Err(DropReason::BadVni);
-    }
-    if payload[8..14] != our_mac.0 || payload[20..22] != ETHERTYPE_IPV4 {
+    let eth = Frame::new_unchecked(vx.payload());
+    if eth.dst_addr() != our_mac || eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
         return Err(DropReason::NotForUs);
     }
     Ok(VXLAN_ENCAP)
@@ -101,5 +207,22 @@ mod tests {
         let mut v6 = buf;
         v6[20..22].copy_from_slice(&[0x86, 0xdd]);
         assert_eq!(decap(&v6, 7, B), Err(DropReason::NotForUs));
+    }
+
+    #[test]
+    fn header_view_reads_writes_and_checks_length() {
+        let bytes = [0x08, 0, 0, 0, 0x0a, 0x0b, 0x0c, 0, 0xee];
+        let h = Header::new_checked(&bytes[..]).unwrap();
+        assert_eq!(
+            (h.flags(), h.vni(), h.payload()),
+            (FLAG_VNI, 0x0a0b0c, &[0xee][..])
+        );
+        let mut out = [0xffu8; 9];
+        out[8] = 0xee;
+        Repr { vni: 0x0a0b0c }.emit(&mut Header::new_unchecked(&mut out[..]));
+        assert_eq!(out, bytes);
+        for n in 0..VXLAN_HEADER {
+            assert_eq!(Header::new_checked(&bytes[..n]).err(), Some(Error));
+        }
     }
 }

@@ -10,6 +10,8 @@
 
 use std::net::Ipv4Addr;
 
+use super::{ethernet, ipv4, udp};
+
 /// One eBPF instruction, laid out as the kernel's `struct bpf_insn`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +54,16 @@ const MD_DATA_END: i16 = 4;
 const MD_RX_QUEUE: i16 = 16;
 
 /// Ethernet + IPv4 (no options) + UDP.
-pub const OUTER_HEADERS: usize = 14 + 20 + 8;
+pub const OUTER_HEADERS: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN;
+
+/// Frame offsets of the fields the program loads.
+const AT_ETHERTYPE: i16 = ethernet::field::ETHERTYPE.start as i16;
+const IP: usize = ethernet::HEADER_LEN;
+const AT_VER_IHL: i16 = (IP + ipv4::field::VER_IHL) as i16;
+const AT_PROTOCOL: i16 = (IP + ipv4::field::PROTOCOL) as i16;
+const AT_FLG_OFF: i16 = (IP + ipv4::field::FLG_OFF.start) as i16;
+const AT_DST_ADDR: i16 = (IP + ipv4::field::DST_ADDR.start) as i16;
+const AT_DST_PORT: i16 = (IP + ipv4::HEADER_LEN + udp::field::DST_PORT.start) as i16;
 
 fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
     Insn {
@@ -79,19 +90,19 @@ pub fn redirect_program(ip: Ipv4Addr, port: u16, map_fd: i32) -> Vec<Insn> {
         insn(MOV64_X, 4, 2, 0, 0),                    // r4 = data
         insn(ADD64_K, 4, 0, 0, OUTER_HEADERS as i32), // r4 += 42
         insn(JGT_X, 4, 3, 0, 0),                      // if r4 > data_end goto pass
-        insn(LDX_H, 5, 2, 12, 0),                     // r5 = ethertype
+        insn(LDX_H, 5, 2, AT_ETHERTYPE, 0),           // r5 = ethertype
         insn(JNE_K, 5, 0, 0, i32::from(ethertype)),
-        insn(LDX_B, 5, 2, 14, 0), // version and header length
+        insn(LDX_B, 5, 2, AT_VER_IHL, 0), // version and header length
         insn(JNE_K, 5, 0, 0, 0x45),
-        insn(LDX_B, 5, 2, 23, 0), // protocol
+        insn(LDX_B, 5, 2, AT_PROTOCOL, 0), // protocol
         insn(JNE_K, 5, 0, 0, 17),
-        insn(LDX_H, 5, 2, 20, 0), // flags and fragment offset
+        insn(LDX_H, 5, 2, AT_FLG_OFF, 0), // flags and fragment offset
         insn(AND64_K, 5, 0, 0, i32::from(frag_mask)),
         insn(JNE_K, 5, 0, 0, 0),
-        insn(LDX_W, 5, 2, 30, 0), // destination address
+        insn(LDX_W, 5, 2, AT_DST_ADDR, 0), // destination address
         insn(MOV32_K, 4, 0, 0, ip_word as i32),
         insn(JNE_X, 5, 4, 0, 0),
-        insn(LDX_H, 5, 2, 36, 0), // UDP destination port
+        insn(LDX_H, 5, 2, AT_DST_PORT, 0), // UDP destination port
         insn(MOV32_K, 4, 0, 0, i32::from(port_word)),
         insn(JNE_X, 5, 4, 0, 0),
         insn(LDX_W, 2, 6, MD_RX_QUEUE, 0), // r2 = rx_queue_index
@@ -266,6 +277,22 @@ mod tests {
         assert_eq!(
             interpret(&p, &frame(ip, 8472, 17, [0, 0]), 1),
             Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn field_offsets_are_the_wire_offsets() {
+        assert_eq!(OUTER_HEADERS, 42);
+        assert_eq!(
+            [
+                AT_ETHERTYPE,
+                AT_VER_IHL,
+                AT_PROTOCOL,
+                AT_FLG_OFF,
+                AT_DST_ADDR,
+                AT_DST_PORT
+            ],
+            [12, 14, 23, 20, 30, 36]
         );
     }
 

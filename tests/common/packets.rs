@@ -1,52 +1,47 @@
-//! Hand-built packets for hostile-input tests: inner IPv4/UDP, VXLAN framing.
+//! Hand-built packets for hostile-input tests: inner IPv4/UDP, VXLAN framing, written with weft's own
+//! header views (`weft::wire`'s `emit`s), so tests and the data plane share one packet builder.
 
 use std::net::Ipv4Addr;
 
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+use weft::wire::ethernet::MacAddr;
+use weft::wire::vxlan::VxlanTemplate;
+use weft::wire::{ipv4, udp};
 
 /// An IPv4/UDP packet (UDP checksum 0, allowed over IPv4).
 pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let total = 28 + payload.len();
-    let mut p = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    let c = checksum(&p);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    p.extend_from_slice(&40000u16.to_be_bytes());
-    p.extend_from_slice(&dport.to_be_bytes());
-    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(payload);
+    let ip = ipv4::Repr {
+        src_addr: src,
+        dst_addr: dst,
+        protocol: ipv4::PROTO_UDP,
+        payload_len: udp::HEADER_LEN + payload.len(),
+        ttl: 64,
+        ident: 1,
+        dont_frag: true,
+        dscp_ecn: 0,
+    };
+    let mut p = vec![0u8; ip.total_len()];
+    ip.emit(&mut ipv4::Packet::new_unchecked(&mut p[..]));
+    let mut u = udp::Packet::new_unchecked(&mut p[ipv4::HEADER_LEN..]);
+    udp::Repr {
+        src_port: 40000,
+        dst_port: dport,
+    }
+    .emit(&mut u, payload.len());
+    u.payload_mut().copy_from_slice(payload);
     p
 }
 
 /// A VXLAN payload (header + inner Ethernet) around `inner`.
 pub fn vxlan(vni: u32, dst_mac: [u8; 6], inner: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x08, 0, 0, 0];
-    p.extend_from_slice(&vni.to_be_bytes()[1..]);
-    p.push(0);
-    p.extend_from_slice(&dst_mac);
-    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-    p.extend_from_slice(&[0x08, 0x00]);
+    let src_mac = MacAddr([0x02, 0, 0, 0, 0, 0x99]);
+    let mut p = VxlanTemplate::new(vni, MacAddr(dst_mac), src_mac)
+        .0
+        .to_vec();
     p.extend_from_slice(inner);
     p
 }
 
 /// Parses "aa:bb:cc:dd:ee:ff".
 pub fn mac(s: &str) -> [u8; 6] {
-    let mut m = [0u8; 6];
-    for (b, p) in m.iter_mut().zip(s.split(':')) {
-        *b = u8::from_str_radix(p, 16).expect("hex");
-    }
-    m
+    s.parse::<MacAddr>().expect("hex").0
 }

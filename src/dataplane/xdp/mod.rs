@@ -15,7 +15,7 @@ pub use link::XdpMode;
 pub use neigh::NextHops;
 pub use xsk::Xsk;
 
-use crate::control::lease::MacAddr;
+use crate::wire::ethernet::MacAddr;
 use crate::wire::xdp_filter::redirect_program;
 
 /// Which XDP attach mode to use.

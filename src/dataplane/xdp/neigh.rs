@@ -16,8 +16,8 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::control::lease::MacAddr;
 use crate::host::netlink::{request, Rtnl};
+use crate::wire::ethernet::MacAddr;
 
 /// How often every peer's next hop is looked up again.
 const REFRESH: Duration = Duration::from_secs(1);

@@ -1,0 +1,57 @@
+//! Why the data plane dropped a packet: the small `Copy` error of the wire checks, counted per worker.
+
+/// Why an inbound or outbound packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Shorter than its headers claim, or not parseable.
+    Truncated = 0,
+    /// VXLAN packet for a VNI that is not ours.
+    BadVni,
+    /// Underlay source is not the public IP of a current peer.
+    UnknownSender,
+    /// Inner source address outside the sending peer's subnet.
+    SpoofedSource,
+    /// Inner destination outside our subnet.
+    NotForUs,
+    /// No lease covers the destination.
+    NoRoute,
+    /// The peer uses a backend this host cannot speak.
+    UnsupportedPeer,
+    /// The kernel refused to send or deliver the packet.
+    IoError,
+    /// Larger than the tun MTU and not a TCP packet weft can segment.
+    TooBig,
+    /// Not IPv4 (weft's overlay is IPv4; the kernel may still emit IPv6 on the tun).
+    NotIpv4,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 10] = [
+        DropReason::Truncated,
+        DropReason::BadVni,
+        DropReason::UnknownSender,
+        DropReason::SpoofedSource,
+        DropReason::NotForUs,
+        DropReason::NoRoute,
+        DropReason::UnsupportedPeer,
+        DropReason::IoError,
+        DropReason::TooBig,
+        DropReason::NotIpv4,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::BadVni => "bad_vni",
+            DropReason::UnknownSender => "unknown_sender",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::NotForUs => "not_for_us",
+            DropReason::NoRoute => "no_route",
+            DropReason::UnsupportedPeer => "unsupported_peer",
+            DropReason::IoError => "io_error",
+            DropReason::TooBig => "too_big",
+            DropReason::NotIpv4 => "not_ipv4",
+        }
+    }
+}
