@@ -1,14 +1,21 @@
 //! A worker's AF_XDP underlay: datagrams leave as whole frames built here (outer Ethernet with the next
-//! hop's MAC, IPv4, UDP) through the socket's TX ring, and arrive as frames from its RX ring.
+//! hop's MAC, IPv4, UDP) through the socket's TX ring, and arrive as frames from its RX ring; the UDP
+//! sockets stay beside it for peers without a known next hop and for what the kernel still receives.
 
+use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::sock::UdpUnderlay;
+use super::underlay::{DatagramSink, Sent, Underlay};
 use crate::dataplane::xdp::xsk::MAX_FRAME;
 use crate::dataplane::xdp::{NextHops, Xsk};
+use crate::ops::metrics::WorkerCounters;
 use crate::wire::ethernet::MacAddr;
-use crate::wire::outer::{source_port, OuterPath, OUTER_LEN};
+use crate::wire::outer::{parse_udp_frame, source_port, OuterPath, OUTER_LEN};
+use crate::wire::DropReason;
 
 /// What became of datagrams handed to the AF_XDP path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,8 +27,9 @@ pub enum XdpSend {
     ViaKernel,
 }
 
+/// Builds and queues whole frames on one AF_XDP socket.
 pub struct XdpIo {
-    pub xsk: Xsk,
+    xsk: Xsk,
     hops: Arc<NextHops>,
     src_mac: MacAddr,
     src_ip: Ipv4Addr,
@@ -92,5 +100,101 @@ impl XdpIo {
             }
         }
         XdpSend::Queued { sent, dropped }
+    }
+}
+
+/// The AF_XDP underlay: frames through the worker's AF_XDP socket, with its UDP sockets beside it
+/// (receive source 0; source 1 is the AF_XDP socket). Counts its own `xdp_*` counters.
+pub struct XdpUnderlay {
+    xdp: XdpIo,
+    udp: UdpUnderlay,
+    counters: Arc<WorkerCounters>,
+}
+
+impl XdpUnderlay {
+    pub fn new(xdp: XdpIo, udp: UdpUnderlay, counters: Arc<WorkerCounters>) -> Self {
+        XdpUnderlay { xdp, udp, counters }
+    }
+
+    /// Sends through the AF_XDP socket, or through the kernel's UDP socket when it says so.
+    #[inline]
+    fn send_frames(
+        &mut self,
+        flow: u32,
+        dst: Ipv4Addr,
+        buf: &[u8],
+        stride: usize,
+        via_kernel: impl FnOnce(&mut UdpUnderlay) -> Sent,
+    ) -> Sent {
+        match self.xdp.send(flow, dst, buf, stride) {
+            XdpSend::ViaKernel => {
+                self.counters.xdp_via_kernel.fetch_add(1, Ordering::Relaxed);
+                via_kernel(&mut self.udp)
+            }
+            XdpSend::Queued { sent, dropped } => {
+                self.counters
+                    .xdp_tx_frames
+                    .fetch_add(sent as u64, Ordering::Relaxed);
+                Sent {
+                    datagrams: sent,
+                    bytes: buf.chunks(stride.max(1)).take(sent).map(<[u8]>::len).sum(),
+                    failed: dropped,
+                    error: None,
+                }
+            }
+        }
+    }
+}
+
+impl Underlay for XdpUnderlay {
+    const SOURCES: usize = 2;
+
+    fn poll_fd(&self, source: usize) -> BorrowedFd<'_> {
+        match source {
+            0 => self.udp.poll_fd(0),
+            _ => self.xdp.xsk.as_fd(),
+        }
+    }
+
+    fn recv(
+        &mut self,
+        source: usize,
+        limit: usize,
+        sink: &mut impl DatagramSink,
+    ) -> io::Result<bool> {
+        if source == 0 {
+            return self.udp.recv(0, limit, sink);
+        }
+        let (local, port, counters) = (self.xdp.src_ip, self.xdp.port, &self.counters);
+        let n = self.xdp.xsk.recv(limit as u32, |frame| {
+            counters.xdp_rx_frames.fetch_add(1, Ordering::Relaxed);
+            // The XDP program only passes frames to our address and port; anything else is malformed.
+            let Some(u) = parse_udp_frame(frame).filter(|u| u.dst == local && u.dst_port == port)
+            else {
+                sink.dropped(DropReason::Truncated);
+                return;
+            };
+            sink.datagram(u.src, &mut frame[u.start..u.end]);
+        });
+        sink.flush();
+        Ok(n as usize >= limit)
+    }
+
+    #[inline]
+    fn send(&mut self, flow: u32, dst: Ipv4Addr, datagram: &[u8]) -> Sent {
+        self.send_frames(flow, dst, datagram, datagram.len(), |udp| {
+            udp.send(flow, dst, datagram)
+        })
+    }
+
+    #[inline]
+    fn send_train(&mut self, flow: u32, dst: Ipv4Addr, train: &[u8], stride: usize) -> Sent {
+        self.send_frames(flow, dst, train, stride, |udp| {
+            udp.send_train(flow, dst, train, stride)
+        })
+    }
+
+    fn flush(&mut self) {
+        self.xdp.xsk.flush();
     }
 }

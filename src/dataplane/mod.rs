@@ -1,13 +1,14 @@
 //! The userspace data plane: a tun device and worker threads that move packets between it and the underlay.
 //!
-//! It owns the tun device (`tun`), the workers (`worker`) and their underlay sockets (`sock`, or AF_XDP through
-//! `afxdp` and `xdp`), and CPU steering (`steer`). It reads the route table and counts into its own counters;
+//! It owns the tun device (`tun`), the workers (`worker`) and their underlay (`underlay`: the UDP sockets of
+//! `sock`, or AF_XDP through `afxdp` and `xdp`), and CPU steering (`steer`). It reads the route table and counts into its own counters;
 //! it knows nothing of etcd or the daemon.
 
 mod afxdp;
 mod sock;
 mod steer;
 mod tun;
+mod underlay;
 mod worker;
 pub mod xdp;
 
@@ -204,26 +205,24 @@ impl DataPlane {
             }
             let counters = Arc::new(WorkerCounters::default());
             dp.counters.push(counters.clone());
-            let w = worker::Worker::new(
-                cfg.clone(),
-                queue,
-                io,
-                xsk,
-                routes.clone(),
-                counters,
-                dp.stop.clone(),
-            );
-            let handle = std::thread::Builder::new()
-                .name(format!("weft-worker-{i}"))
-                .spawn(move || {
-                    if cpu_local {
-                        if let Err(e) = steer::pin_to(i % cpus) {
-                            tracing::warn!("cannot pin worker {i} to CPU {} ({e})", i % cpus);
-                        }
-                    }
-                    w.run()
-                })
-                .expect("spawn a worker thread");
+            let udp = sock::UdpUnderlay::new(io, &cfg);
+            let (cfg, routes, stop) = (cfg.clone(), routes.clone(), dp.stop.clone());
+            let pin = cpu_local.then_some(i % cpus);
+            let handle = match xsk {
+                Some(x) => {
+                    let xdp = afxdp::XdpUnderlay::new(x, udp, counters.clone());
+                    spawn_worker(
+                        i,
+                        pin,
+                        worker::Worker::new(cfg, queue, xdp, routes, counters, stop),
+                    )
+                }
+                None => spawn_worker(
+                    i,
+                    pin,
+                    worker::Worker::new(cfg, queue, udp, routes, counters, stop),
+                ),
+            };
             dp.threads.push(handle);
         }
         info!(
@@ -234,6 +233,25 @@ impl DataPlane {
         );
         Ok(dp)
     }
+}
+
+/// Starts worker `i` on its own thread, pinned to CPU `pin` if given.
+fn spawn_worker<U: underlay::Underlay + Send + 'static>(
+    i: usize,
+    pin: Option<usize>,
+    w: worker::Worker<U>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("weft-worker-{i}"))
+        .spawn(move || {
+            if let Some(cpu) = pin {
+                if let Err(e) = steer::pin_to(cpu) {
+                    tracing::warn!("cannot pin worker {i} to CPU {cpu} ({e})");
+                }
+            }
+            w.run()
+        })
+        .expect("spawn a worker thread")
 }
 
 impl DataPlane {

@@ -1,17 +1,28 @@
 //! A worker's UDP sockets: one SO_REUSEPORT receive socket on the network's port and a few send sockets
-//! whose distinct source ports carry the inner-flow hash, so receivers spread flows across their queues.
+//! whose distinct source ports carry the inner-flow hash, so receivers spread flows across their queues;
+//! and the UDP-socket underlay over them (batched receives with GRO, GSO sends).
 
-use std::io::{self, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::io::{self, ErrorKind, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
+use tracing::info;
 
-use super::DataPlaneError;
+use super::underlay::{DatagramSink, Sent, Underlay, MAX_PACKET};
+use super::{DataPlaneConfig, DataPlaneError, Encap};
+use crate::wire::inbound::datagram_units;
+use crate::wire::vxlan::VXLAN_ENCAP;
+use crate::wire::DropReason;
 
 /// Send sockets per worker: outer source ports that the inner-flow hash picks from.
 pub const SEND_PORTS: usize = 8;
 const BUFFER_BYTES: usize = 4 << 20;
+/// Datagram buffers per receive batch.
+const RX_BATCH: usize = 32;
+/// UDP payload bytes one GSO send may carry (the IPv4 length field's limit, less the headers).
+const MAX_GSO_BYTES: usize = 65_507 - 8;
 
 pub struct WorkerSockets {
     rx: UdpSocket,
@@ -116,4 +127,152 @@ impl WorkerSockets {
     pub fn max_gso_segments(&self) -> usize {
         self.tx.first().map_or(1, |(_, st)| st.max_gso_segments())
     }
+}
+
+/// The UDP-socket underlay: a worker's sockets, its receive buffers and whether GSO sends are in use.
+pub struct UdpUnderlay {
+    socks: WorkerSockets,
+    /// The network's port, which peers receive on.
+    port: u16,
+    /// UDP GSO sends are in use (turned off at run time if the kernel refuses one).
+    gso: bool,
+    /// Encapsulation bytes in front of each inner packet (to tell tunnel super-packets from GRO trains).
+    prefix: usize,
+    rx_batch: usize,
+    rx_bufs: Vec<Vec<u8>>,
+    rx_meta: Vec<RecvMeta>,
+}
+
+impl UdpUnderlay {
+    pub fn new(socks: WorkerSockets, cfg: &DataPlaneConfig) -> Self {
+        let gso = cfg.offload.udp_gso && socks.max_gso_segments() > 1;
+        if cfg.offload.udp_gso && !gso {
+            info!("UDP GSO not available from the kernel; sending datagrams one by one");
+        }
+        UdpUnderlay {
+            socks,
+            port: cfg.port,
+            gso,
+            prefix: match cfg.encap {
+                Encap::Vxlan { .. } => VXLAN_ENCAP,
+                Encap::Udp => 0,
+            },
+            rx_batch: if cfg.batch { RX_BATCH } else { 1 },
+            rx_bufs: (0..RX_BATCH).map(|_| vec![0; MAX_PACKET]).collect(),
+            rx_meta: vec![RecvMeta::default(); RX_BATCH],
+        }
+    }
+
+    #[inline]
+    fn send_one(&self, flow: u32, dst: SocketAddr, datagram: &[u8], sent: &mut Sent) {
+        match self.socks.send(flow, dst, datagram, None) {
+            Ok(()) => {
+                sent.datagrams += 1;
+                sent.bytes += datagram.len();
+            }
+            Err(e) => fail(sent, e),
+        }
+    }
+}
+
+/// Records a failed send in `sent`, keeping the first error.
+fn fail(sent: &mut Sent, e: io::Error) {
+    sent.failed += 1;
+    if sent.error.is_none() {
+        sent.error = Some(e);
+    }
+}
+
+impl Underlay for UdpUnderlay {
+    const SOURCES: usize = 1;
+
+    fn poll_fd(&self, _source: usize) -> BorrowedFd<'_> {
+        self.socks.rx_socket().as_fd()
+    }
+
+    fn recv(
+        &mut self,
+        _source: usize,
+        limit: usize,
+        sink: &mut impl DatagramSink,
+    ) -> io::Result<bool> {
+        let mut handled = 0;
+        while handled < limit {
+            let count = {
+                let mut it = self.rx_bufs.iter_mut();
+                let mut slices: [IoSliceMut<'_>; RX_BATCH] =
+                    std::array::from_fn(|_| IoSliceMut::new(it.next().expect("RX_BATCH buffers")));
+                match self.socks.recv(
+                    &mut slices[..self.rx_batch],
+                    &mut self.rx_meta[..self.rx_batch],
+                ) {
+                    Ok(c) => c,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            handled += count;
+            for (meta, buf) in self.rx_meta[..count].iter().zip(self.rx_bufs.iter_mut()) {
+                let IpAddr::V4(src) = meta.addr.ip() else {
+                    sink.dropped(DropReason::UnknownSender);
+                    continue;
+                };
+                let stride = datagram_units(&buf[..meta.len], meta.stride, self.prefix);
+                for payload in buf[..meta.len].chunks_mut(stride) {
+                    sink.datagram(src, payload);
+                }
+            }
+            sink.flush();
+        }
+        Ok(true)
+    }
+
+    #[inline]
+    fn send(&mut self, flow: u32, dst: Ipv4Addr, datagram: &[u8]) -> Sent {
+        let mut sent = Sent::default();
+        let dst = SocketAddr::V4(SocketAddrV4::new(dst, self.port));
+        self.send_one(flow, dst, datagram, &mut sent);
+        sent
+    }
+
+    /// One UDP GSO send per `max_gso_segments` datagrams, or one send per datagram.
+    fn send_train(&mut self, flow: u32, dst: Ipv4Addr, train: &[u8], stride: usize) -> Sent {
+        let mut sent = Sent::default();
+        let dst = SocketAddr::V4(SocketAddrV4::new(dst, self.port));
+        let stride = stride.max(1);
+        let count = train.len().div_ceil(stride);
+        if self.gso && count > 1 {
+            // One send carries at most 64 KiB of UDP payload (and the kernel's segment limit).
+            let max = self
+                .socks
+                .max_gso_segments()
+                .min(MAX_GSO_BYTES / stride)
+                .max(1);
+            for chunk in train.chunks(max * stride) {
+                match self.socks.send(flow, dst, chunk, Some(stride)) {
+                    Ok(()) => {
+                        sent.datagrams += chunk.len().div_ceil(stride);
+                        sent.bytes += chunk.len();
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                        // The device cannot checksum GSO trains: send one by one from now on.
+                        info!("UDP GSO refused by the kernel ({e}); sending datagrams one by one");
+                        self.gso = false;
+                        break;
+                    }
+                    Err(e) => fail(&mut sent, e),
+                }
+            }
+            if self.gso {
+                return sent;
+            }
+        }
+        for datagram in train.chunks(stride) {
+            self.send_one(flow, dst, datagram, &mut sent);
+        }
+        sent
+    }
+
+    fn flush(&mut self) {}
 }
