@@ -29,6 +29,7 @@ pub mod gso;
 pub mod icmp;
 pub mod inbound;
 pub mod ipv4;
+pub mod outbound;
 pub mod outer;
 pub mod segment;
 pub mod tcp;
