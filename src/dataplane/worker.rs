@@ -13,15 +13,13 @@ use tracing::warn;
 use tun_rs::SyncDevice;
 
 use super::underlay::{DatagramSink, Sent, Underlay, MAX_PACKET, MAX_SOURCES};
-use super::{DataPlaneConfig, Encap};
+use super::DataPlaneConfig;
 use crate::ops::metrics::{DropReason, WorkerCounters};
-use crate::routes::RouteTable;
-use crate::routes::{PeerBackend, RouteSnapshot};
-use crate::wire::flow::flow_hash;
+use crate::routes::{RouteSnapshot, RouteTable};
 use crate::wire::gso::{train_from_tun, Coalescer, VnetHdr, VNET_HDR_LEN};
 use crate::wire::inbound::Inbound;
-use crate::wire::ipv4::{self, icmp_unreachable, Unreachable};
-use crate::wire::vxlan::{VxlanTemplate, VXLAN_ENCAP};
+use crate::wire::ipv4::{icmp_unreachable, Unreachable};
+use crate::wire::outbound::{Action, Outbound};
 
 /// Room in front of a packet read from the tun for the encapsulation headers (plain path).
 const HEADROOM: usize = 64;
@@ -42,6 +40,8 @@ pub struct Worker<U> {
     stop: Arc<AtomicBool>,
     /// The tun device carries virtio-net headers (TSO reads, GSO writes).
     vnet: bool,
+    /// Decides what becomes of each packet read from the tun.
+    outbound: Outbound,
     tx_buf: Vec<u8>,
     train: Vec<u8>,
     icmp_buf: Vec<u8>,
@@ -64,6 +64,7 @@ impl<U: Underlay> Worker<U> {
         let vnet = tun.tcp_gso();
         Worker {
             coalescer: Coalescer::new(cfg.mtu as usize),
+            outbound: Outbound { encap: cfg.encap },
             cfg,
             tun,
             underlay,
@@ -215,36 +216,22 @@ impl<U: Underlay> Worker<U> {
     /// Sends the packet at `tx_buf[HEADROOM..HEADROOM + len]` (virtio-net header before it when `vnet`).
     fn forward(&mut self, routes: &RouteSnapshot, len: usize) {
         let packet = &self.tx_buf[HEADROOM..HEADROOM + len];
-        let Some(ip) = ipv4::parse(packet) else {
-            let reason = if packet.first().is_some_and(|b| b >> 4 != 4) {
-                DropReason::NotIpv4
-            } else {
-                DropReason::Truncated
-            };
-            self.counters.dropped(reason);
-            return;
-        };
-        let Some(peer) = routes.lookup(ip.dst) else {
-            self.counters.dropped(DropReason::NoRoute);
-            self.reply_unreachable(len);
-            return;
-        };
-        let template = match (self.cfg.encap, peer.backend) {
-            (Encap::Vxlan { vni, mac }, PeerBackend::Vxlan { vtep_mac, .. }) => {
-                Some(VxlanTemplate::new(vni, vtep_mac, mac))
+        let e = match self.outbound.route(packet, routes) {
+            Action::Send(e) => e,
+            Action::Unreachable { reason, code, from } => {
+                self.counters.dropped(reason);
+                self.reply_unreachable(len, code, from);
+                return;
             }
-            (Encap::Udp, PeerBackend::Udp) => None,
-            _ => {
-                self.counters.dropped(DropReason::UnsupportedPeer);
+            Action::Drop(reason) => {
+                self.counters.dropped(reason);
                 return;
             }
         };
-        let flow = flow_hash(packet);
-        let dst = peer.public_ip;
-        let prefix = if template.is_some() { VXLAN_ENCAP } else { 0 };
+        let (flow, dst, prefix) = (e.flow, e.dst, e.prefix());
         if !self.vnet {
             let start = HEADROOM - prefix;
-            if let Some(t) = template {
+            if let Some(t) = e.vxlan {
                 t.write(&mut self.tx_buf, start);
             }
             let sent = self
@@ -267,7 +254,7 @@ impl<U: Underlay> Worker<U> {
                 return;
             }
         };
-        if let Some(t) = template {
+        if let Some(t) = e.vxlan {
             for i in 0..train.count {
                 t.write(&mut self.train, i * train.stride);
             }
@@ -299,8 +286,9 @@ impl<U: Underlay> Worker<U> {
         }
     }
 
-    /// Writes an ICMP net-unreachable about the packet in tx_buf back into the tun (rate-limited).
-    fn reply_unreachable(&mut self, n: usize) {
+    /// Writes an ICMP destination-unreachable `code` from `from` about the packet in tx_buf back into the
+    /// tun (rate-limited).
+    fn reply_unreachable(&mut self, n: usize, code: Unreachable, from: Ipv4Addr) {
         let now = Instant::now();
         if now.duration_since(self.icmp_window.0) >= Duration::from_secs(1) {
             self.icmp_window = (now, 0);
@@ -310,19 +298,9 @@ impl<U: Underlay> Worker<U> {
         }
         self.icmp_window.1 += 1;
         let original = &self.tx_buf[HEADROOM..HEADROOM + n];
-        // Answer from the unreachable address itself: it is routed to the tun (so reverse-path filters
-        // accept the reply) and, unlike our own <subnet>.0, not local (which the kernel would drop as martian).
-        let Some(router) = ipv4::parse(original).map(|i| i.dst) else {
-            return;
-        };
         let off = if self.vnet { VNET_HDR_LEN } else { 0 };
         self.icmp_buf[..off].fill(0);
-        if let Some(len) = icmp_unreachable(
-            original,
-            router,
-            Unreachable::Net,
-            &mut self.icmp_buf[off..],
-        ) {
+        if let Some(len) = icmp_unreachable(original, from, code, &mut self.icmp_buf[off..]) {
             let _ = self.tun.send(&self.icmp_buf[..off + len]);
         }
     }
