@@ -1,8 +1,8 @@
 //! The userspace data plane: a tun device and worker threads that move packets between it and the underlay.
 //!
-//! It owns the tun device (`tun`), the workers (`worker`) and their underlay (`underlay`: the UDP sockets of
-//! `sock`, or AF_XDP through `afxdp` and `xdp`), and CPU steering (`steer`). It reads the route table and counts into its own counters;
-//! it knows nothing of etcd or the daemon.
+//! It owns the tun device (`tun`), the workers (`worker`) and their underlay (`underlay`: the UDP sockets
+//! of `sock`, or AF_XDP through `afxdp` and `xdp`), and CPU steering (`steer`). It reads the route table
+//! and counts into its own counters; it knows nothing of etcd or the daemon.
 
 mod afxdp;
 mod sock;

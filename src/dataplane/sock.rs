@@ -276,3 +276,109 @@ impl Underlay for UdpUnderlay {
 
     fn flush(&mut self) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::dataplane::{Offloads, UnderlayIo};
+
+    const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+    fn config(port: u16, offload: Offloads) -> DataPlaneConfig {
+        DataPlaneConfig {
+            encap: Encap::Udp,
+            port,
+            local_ip: LOOPBACK,
+            own_subnet: "10.5.1.0/24".parse().unwrap(),
+            network: "10.5.0.0/16".parse().unwrap(),
+            mtu: 1450,
+            tun_name: "unused".into(),
+            workers: 1,
+            offload,
+            batch: true,
+            busy_poll: Duration::ZERO,
+            underlay: UnderlayIo::Udp,
+            iface: "lo".into(),
+            iface_mtu: 65_536,
+            cpu_local: false,
+        }
+    }
+
+    /// A peer on the loopback: a plain socket, and the underlay with `offload` sending to it.
+    fn pair(offload: Offloads) -> (UdpSocket, UdpUnderlay) {
+        let peer = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let port = peer.local_addr().unwrap().port();
+        let socks = WorkerSockets::open(LOOPBACK, 0, offload.udp_gro).unwrap();
+        (peer, UdpUnderlay::new(socks, &config(port, offload)))
+    }
+
+    #[derive(Default)]
+    struct Collect {
+        got: Vec<(Ipv4Addr, Vec<u8>)>,
+        drops: Vec<DropReason>,
+        flushes: usize,
+    }
+
+    impl DatagramSink for Collect {
+        fn datagram(&mut self, src: Ipv4Addr, payload: &mut [u8]) {
+            self.got.push((src, payload.to_vec()));
+        }
+        fn dropped(&mut self, reason: DropReason) {
+            self.drops.push(reason);
+        }
+        fn flush(&mut self) {
+            self.flushes += 1;
+        }
+    }
+
+    #[test]
+    fn a_train_arrives_as_its_datagrams_with_or_without_gso() {
+        let train: Vec<u8> = (0..250u32).map(|i| (i / 100) as u8).collect();
+        for udp_gso in [true, false] {
+            let (peer, mut udp) = pair(Offloads {
+                udp_gso,
+                ..Offloads::ALL
+            });
+            let sent = udp.send_train(7, LOOPBACK, &train, 100);
+            assert_eq!(
+                (sent.datagrams, sent.bytes, sent.failed),
+                (3, 250, 0),
+                "gso {udp_gso}"
+            );
+            let mut buf = [0u8; 512];
+            for (i, want) in [100, 100, 50].into_iter().enumerate() {
+                let n = peer.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &train[i * 100..i * 100 + want], "gso {udp_gso}");
+            }
+            let sent = udp.send(7, LOOPBACK, b"one");
+            assert_eq!((sent.datagrams, sent.bytes, sent.failed), (1, 3, 0));
+            assert_eq!(peer.recv(&mut buf).unwrap(), 3);
+        }
+    }
+
+    #[test]
+    fn received_datagrams_reach_the_sink_one_by_one_with_their_sender() {
+        for udp_gro in [true, false] {
+            let (peer, mut udp) = pair(Offloads {
+                udp_gro,
+                ..Offloads::ALL
+            });
+            let to = udp.socks.rx_socket().local_addr().unwrap();
+            for i in 0..3u8 {
+                peer.send_to(&[i; 100], to).unwrap();
+            }
+            let mut sink = Collect::default();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while sink.got.len() < 3 && Instant::now() < deadline {
+                assert!(!udp.recv(0, 64, &mut sink).unwrap(), "below the limit");
+            }
+            let want: Vec<_> = (0..3u8).map(|i| (LOOPBACK, vec![i; 100])).collect();
+            assert_eq!(sink.got, want, "gro {udp_gro}");
+            assert!(sink.drops.is_empty());
+            assert!(sink.flushes >= 1, "each batch ends in a flush");
+        }
+    }
+}
