@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::control::lease::LeaseAttrs;
 use crate::wire::ethernet::MacAddr;
 use crate::wire::filter::PeerTable;
+use crate::wire::outbound::{PeerEncap, PeerRoute, PeerRoutes};
 
 /// How a peer is reached, from its lease's BackendType and BackendData.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +176,21 @@ impl PeerTable for RouteSnapshot {
     }
 }
 
+/// The outbound decision's view of the table: the peer for a destination and how it takes packets.
+impl PeerRoutes for RouteSnapshot {
+    #[inline]
+    fn peer_for(&self, dst: Ipv4Addr) -> Option<PeerRoute> {
+        self.lookup(dst).map(|p| PeerRoute {
+            public_ip: p.public_ip,
+            encap: match p.backend {
+                PeerBackend::Vxlan { vtep_mac, .. } => PeerEncap::Vxlan { vtep_mac },
+                PeerBackend::Udp => PeerEncap::Udp,
+                PeerBackend::Other => PeerEncap::Other,
+            },
+        })
+    }
+}
+
 /// The shared route table: readers `load()` a snapshot without locking; the control plane applies
 /// changes under a mutex of its own and publishes a fresh snapshot, never pausing readers. Every published
 /// change bumps a generation that [`RouteTable::subscribe`]rs wait on (the kernel backend reconciles on it).
@@ -263,6 +279,39 @@ mod tests {
             public_ip: Ipv4Addr::from(ip),
             backend: PeerBackend::Udp,
         }
+    }
+
+    #[test]
+    fn the_outbound_view_says_where_a_peer_is_and_how_it_takes_packets() {
+        let mac = MacAddr([2, 0, 0, 0, 0, 2]);
+        let r = RouteSnapshot::new([
+            Peer {
+                backend: PeerBackend::Vxlan {
+                    vni: 1,
+                    vtep_mac: mac,
+                },
+                ..peer("10.5.2.0/24", [192, 0, 2, 2])
+            },
+            peer("10.5.3.0/24", [192, 0, 2, 3]),
+            Peer {
+                backend: PeerBackend::Other,
+                ..peer("10.5.4.0/24", [192, 0, 2, 4])
+            },
+        ]);
+        let route = |a: [u8; 4]| r.peer_for(Ipv4Addr::from(a));
+        let want = |last: u8, encap| {
+            Some(PeerRoute {
+                public_ip: Ipv4Addr::new(192, 0, 2, last),
+                encap,
+            })
+        };
+        assert_eq!(
+            route([10, 5, 2, 9]),
+            want(2, PeerEncap::Vxlan { vtep_mac: mac })
+        );
+        assert_eq!(route([10, 5, 3, 9]), want(3, PeerEncap::Udp));
+        assert_eq!(route([10, 5, 4, 9]), want(4, PeerEncap::Other));
+        assert_eq!(route([10, 5, 5, 9]), None);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 
 use std::net::Ipv4Addr;
 
-use weft::wire::ethernet::MacAddr;
 use weft::routes::{Peer, PeerBackend, RouteSnapshot};
+use weft::wire::ethernet::MacAddr;
 use weft::wire::inbound::{Encap, Inbound};
 
 pub const PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);

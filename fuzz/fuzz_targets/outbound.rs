@@ -10,13 +10,13 @@ mod common;
 use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
-use weft::control::lease::MacAddr;
-use weft::ops::metrics::DropReason;
 use weft::routes::{Peer, PeerBackend, RouteSnapshot};
+use weft::wire::ethernet::MacAddr;
 use weft::wire::flow::flow_hash;
 use weft::wire::inbound::Encap;
 use weft::wire::ipv4::{icmp_unreachable, parse, Unreachable};
 use weft::wire::outbound::{Action, Outbound};
+use weft::wire::DropReason;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&b, rest)) = data.split_first() else {

@@ -3,12 +3,37 @@
 
 use std::net::Ipv4Addr;
 
+use super::ethernet::MacAddr;
 use super::flow::flow_hash;
 use super::inbound::Encap;
 use super::ipv4::{self, Unreachable};
 use super::vxlan::{VxlanTemplate, VXLAN_ENCAP};
 use super::DropReason;
-use crate::routes::{PeerBackend, RouteSnapshot};
+
+/// What the outbound decision asks of the route table. `routes::RouteSnapshot` implements it; `route` is
+/// generic over it (monomorphised, no `dyn`).
+pub trait PeerRoutes {
+    /// The peer whose subnet is the longest prefix containing `dst`.
+    fn peer_for(&self, dst: Ipv4Addr) -> Option<PeerRoute>;
+}
+
+/// Where a peer is and how it takes packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerRoute {
+    pub public_ip: Ipv4Addr,
+    pub encap: PeerEncap,
+}
+
+/// How a peer wants packets wrapped, as its lease says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerEncap {
+    /// VXLAN to the peer's VTEP MAC.
+    Vxlan { vtep_mac: MacAddr },
+    /// flannel's udp backend.
+    Udp,
+    /// A backend weft cannot speak.
+    Other,
+}
 
 /// What the outbound path needs to know about this host.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +84,7 @@ impl Encapsulation {
 impl Outbound {
     /// Decides what to do with `packet`, an IP packet read from the tun (without any virtio-net header).
     #[inline]
-    pub fn route(&self, packet: &[u8], routes: &RouteSnapshot) -> Action {
+    pub fn route<R: PeerRoutes + ?Sized>(&self, packet: &[u8], routes: &R) -> Action {
         let Some(ip) = ipv4::parse(packet) else {
             return Action::Drop(if packet.first().is_some_and(|b| b >> 4 != 4) {
                 DropReason::NotIpv4
@@ -67,7 +92,7 @@ impl Outbound {
                 DropReason::Truncated
             });
         };
-        let Some(peer) = routes.lookup(ip.dst) else {
+        let Some(peer) = routes.peer_for(ip.dst) else {
             // Answer from the unreachable address itself: it is routed to the tun (so reverse-path filters
             // accept the reply) and, unlike our own <subnet>.0, not local (which the kernel would drop as
             // martian).
@@ -77,11 +102,11 @@ impl Outbound {
                 from: ip.dst,
             };
         };
-        let vxlan = match (self.encap, peer.backend) {
-            (Encap::Vxlan { vni, mac }, PeerBackend::Vxlan { vtep_mac, .. }) => {
+        let vxlan = match (self.encap, peer.encap) {
+            (Encap::Vxlan { vni, mac }, PeerEncap::Vxlan { vtep_mac }) => {
                 Some(VxlanTemplate::new(vni, vtep_mac, mac))
             }
-            (Encap::Udp, PeerBackend::Udp) => None,
+            (Encap::Udp, PeerEncap::Udp) => None,
             _ => return Action::Drop(DropReason::UnsupportedPeer),
         };
         Action::Send(Encapsulation {
@@ -95,9 +120,8 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::Peer;
-    use crate::wire::ethernet::MacAddr;
     use crate::wire::ipv4::tests::udp_packet;
+    use ipnet::Ipv4Net;
 
     const OURS: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
     const VTEP: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
@@ -106,25 +130,30 @@ mod tests {
     };
     const UDP: Outbound = Outbound { encap: Encap::Udp };
 
+    /// A route table for tests: (subnet, peer) pairs, searched for the longest prefix.
+    struct TestRoutes(Vec<(Ipv4Net, PeerRoute)>);
+
+    impl PeerRoutes for TestRoutes {
+        fn peer_for(&self, dst: Ipv4Addr) -> Option<PeerRoute> {
+            self.0
+                .iter()
+                .filter(|(net, _)| net.contains(&dst))
+                .max_by_key(|(net, _)| net.prefix_len())
+                .map(|&(_, p)| p)
+        }
+    }
+
     /// 10.5.2.0/24 speaks VXLAN at 192.0.2.2, 10.5.3.0/24 flannel's udp at 192.0.2.3, 10.5.4.0/24
     /// something weft cannot speak at 192.0.2.4.
-    fn routes() -> RouteSnapshot {
-        let peer = |subnet: &str, last: u8, backend| Peer {
-            subnet: subnet.parse().unwrap(),
-            public_ip: Ipv4Addr::new(192, 0, 2, last),
-            backend,
+    fn routes() -> TestRoutes {
+        let peer = |subnet: &str, last: u8, encap| {
+            let public_ip = Ipv4Addr::new(192, 0, 2, last);
+            (subnet.parse().unwrap(), PeerRoute { public_ip, encap })
         };
-        RouteSnapshot::new([
-            peer(
-                "10.5.2.0/24",
-                2,
-                PeerBackend::Vxlan {
-                    vni: 1,
-                    vtep_mac: VTEP,
-                },
-            ),
-            peer("10.5.3.0/24", 3, PeerBackend::Udp),
-            peer("10.5.4.0/24", 4, PeerBackend::Other),
+        TestRoutes(vec![
+            peer("10.5.2.0/24", 2, PeerEncap::Vxlan { vtep_mac: VTEP }),
+            peer("10.5.3.0/24", 3, PeerEncap::Udp),
+            peer("10.5.4.0/24", 4, PeerEncap::Other),
         ])
     }
 
