@@ -10,6 +10,7 @@ use weft::wire::ethernet::MacAddr;
 use weft::wire::flow::flow_hash;
 use weft::wire::gso::{Coalescer, VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
 use weft::wire::inbound::{Encap, Inbound};
+use weft::wire::outbound::{Action, Outbound};
 use weft::wire::segment::split_into_train;
 use weft::wire::vxlan::{decap, VxlanTemplate, VXLAN_ENCAP};
 use weft::wire::{ipv4, tcp};
@@ -98,6 +99,27 @@ fn encap_decap(c: &mut Criterion) {
                 black_box(flow_hash(&buf[VXLAN_ENCAP..]))
             })
         });
+        // The same packet the other way round, to the peer's subnet (checksums unchanged).
+        let mut to_peer = buf.clone();
+        to_peer[VXLAN_ENCAP + 12..VXLAN_ENCAP + 20].rotate_left(4);
+        let out = Outbound {
+            encap: Encap::Vxlan {
+                vni: 1,
+                mac: PEER_MAC,
+            },
+        };
+        g.bench_function(
+            "encap via Outbound::route (parse, route, flow hash, VXLAN header)",
+            |b| {
+                b.iter(|| {
+                    let Action::Send(e) = out.route(black_box(&to_peer[VXLAN_ENCAP..]), &r) else {
+                        unreachable!()
+                    };
+                    e.vxlan.expect("vxlan").write(&mut to_peer, 0);
+                    black_box(e.flow)
+                })
+            },
+        );
         VxlanTemplate::new(1, OURS, PEER_MAC).write(&mut buf, 0);
         g.bench_function("decap (VXLAN header only)", |b| {
             b.iter(|| black_box(decap(black_box(&buf), 1, OURS)))
