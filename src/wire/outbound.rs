@@ -112,6 +112,8 @@ impl Outbound {
         Action::Send(Encapsulation {
             dst: peer.public_ip,
             vxlan,
+            // flow_hash takes bytes and checks the IPv4 header once more; a hash over the header parsed
+            // above would save that (wire::flow's API, not this module's).
             flow: flow_hash(packet),
         })
     }
