@@ -14,6 +14,7 @@ pub const MAX_SOURCES: usize = 2;
 
 /// What became of the datagrams handed to one send call.
 #[derive(Debug, Default)]
+#[must_use = "the worker counts what was sent and failed"]
 pub struct Sent {
     /// Datagrams handed to the kernel or queued on a ring.
     pub datagrams: usize,
