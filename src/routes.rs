@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::lease::LeaseAttrs;
 use crate::wire::ethernet::MacAddr;
-use crate::wire::filter::PeerTable;
-use crate::wire::outbound::{PeerEncap, PeerRoute, PeerRoutes};
+use crate::wire::peers::{PeerEncap, PeerRoute, PeerTable};
 
 /// How a peer is reached, from its lease's BackendType and BackendData.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,20 +163,8 @@ impl RouteSnapshot {
 }
 
 /// The inbound checks' view of the table: senders by public IP, address owners by longest prefix.
+/// The packet decisions' view of the table (see `wire::peers`).
 impl PeerTable for RouteSnapshot {
-    #[inline]
-    fn sender_subnet(&self, public_ip: Ipv4Addr) -> Option<Ipv4Net> {
-        self.by_public_ip(public_ip).map(|p| p.subnet)
-    }
-
-    #[inline]
-    fn owner(&self, addr: Ipv4Addr) -> Option<Ipv4Addr> {
-        self.lookup(addr).map(|p| p.public_ip)
-    }
-}
-
-/// The outbound decision's view of the table: the peer for a destination and how it takes packets.
-impl PeerRoutes for RouteSnapshot {
     #[inline]
     fn peer_for(&self, dst: Ipv4Addr) -> Option<PeerRoute> {
         self.lookup(dst).map(|p| PeerRoute {
@@ -188,6 +175,16 @@ impl PeerRoutes for RouteSnapshot {
                 PeerBackend::Other => PeerEncap::Other,
             },
         })
+    }
+
+    #[inline]
+    fn sender_subnet(&self, public_ip: Ipv4Addr) -> Option<Ipv4Net> {
+        self.by_public_ip(public_ip).map(|p| p.subnet)
+    }
+
+    #[inline]
+    fn owner(&self, addr: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.lookup(addr).map(|p| p.public_ip)
     }
 }
 

@@ -14,12 +14,13 @@ use tun_rs::SyncDevice;
 
 use super::underlay::{DatagramSink, Sent, Underlay, MAX_PACKET, MAX_SOURCES};
 use super::DataPlaneConfig;
-use crate::ops::metrics::{DropReason, WorkerCounters};
+use crate::ops::metrics::WorkerCounters;
 use crate::routes::{RouteSnapshot, RouteTable};
 use crate::wire::gso::{train_from_tun, Coalescer, VnetHdr, VNET_HDR_LEN};
 use crate::wire::inbound::Inbound;
 use crate::wire::ipv4::{icmp_unreachable, Unreachable};
 use crate::wire::outbound::{Action, Outbound};
+use crate::wire::DropReason;
 
 /// Room in front of a packet read from the tun for the encapsulation headers (plain path).
 const HEADROOM: usize = 64;

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Re-exported: the data plane counts drops by the reason its wire checks return.
-pub use crate::wire::DropReason;
+use crate::wire::DropReason;
 
 /// One worker's counters; only that worker writes them (relaxed atomics), `/metrics` sums them.
 #[derive(Debug, Default)]

@@ -7,14 +7,7 @@ use ipnet::Ipv4Net;
 use super::ipv4;
 use super::DropReason;
 
-/// What the inbound checks ask of the route table. `routes::RouteSnapshot` implements it; the checks are
-/// generic over it (monomorphised, no `dyn`), so the lookups inline as direct calls would.
-pub trait PeerTable {
-    /// The subnet of the first current peer whose public (underlay) IP is `public_ip`.
-    fn sender_subnet(&self, public_ip: Ipv4Addr) -> Option<Ipv4Net>;
-    /// The public IP of the peer whose subnet is the longest prefix containing `addr`.
-    fn owner(&self, addr: Ipv4Addr) -> Option<Ipv4Addr>;
-}
+pub use super::peers::PeerTable;
 
 /// The sender is the public IP of a current peer; returns the first such peer's subnet.
 #[inline]
@@ -54,6 +47,7 @@ pub fn check_inner<R: PeerTable + ?Sized>(
 pub(crate) mod tests {
     use super::*;
     use crate::wire::ipv4::tests::udp_packet;
+    use crate::wire::peers::{PeerEncap, PeerRoute};
 
     /// A peer table for tests: (subnet, public IP) pairs, searched linearly with the route table's rules.
     pub(crate) struct TestPeers(pub Vec<(Ipv4Net, Ipv4Addr)>);
@@ -62,9 +56,12 @@ pub(crate) mod tests {
         fn sender_subnet(&self, public_ip: Ipv4Addr) -> Option<Ipv4Net> {
             self.0.iter().find(|p| p.1 == public_ip).map(|p| p.0)
         }
-        fn owner(&self, addr: Ipv4Addr) -> Option<Ipv4Addr> {
+        fn peer_for(&self, addr: Ipv4Addr) -> Option<PeerRoute> {
             let hit = self.0.iter().filter(|p| p.0.contains(&addr));
-            hit.max_by_key(|p| p.0.prefix_len()).map(|p| p.1)
+            hit.max_by_key(|p| p.0.prefix_len()).map(|p| PeerRoute {
+                public_ip: p.1,
+                encap: PeerEncap::Other,
+            })
         }
     }
 

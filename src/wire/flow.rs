@@ -1,14 +1,22 @@
 //! Inner-flow hashing: keeps one flow on one outer UDP source port (and so one receive queue), spreads flows.
 
 use super::be32;
-use super::ipv4::{parse, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use super::ipv4::{parse, Ipv4Info, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use super::tcp::field::PORTS;
 
 /// A hash of the inner packet's flow: addresses, protocol and, for TCP/UDP/SCTP first fragments, ports.
 /// Returns 0 for packets that are not IPv4.
 #[inline]
 pub fn flow_hash(packet: &[u8]) -> u32 {
-    let Some(ip) = parse(packet) else { return 0 };
+    match parse(packet) {
+        Some(ip) => flow_hash_parsed(&ip, packet),
+        None => 0,
+    }
+}
+
+/// [`flow_hash`] of a packet whose IPv4 header `ip` was already parsed from `packet` (no second check).
+#[inline]
+pub fn flow_hash_parsed(ip: &Ipv4Info, packet: &[u8]) -> u32 {
     let mut h = u64::from(u32::from(ip.src)) << 32 | u64::from(u32::from(ip.dst));
     h ^= u64::from(ip.protocol) << 56;
     if matches!(ip.protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) && !ip.later_fragment {

@@ -31,6 +31,7 @@ pub mod inbound;
 pub mod ipv4;
 pub mod outbound;
 pub mod outer;
+pub mod peers;
 pub mod segment;
 pub mod tcp;
 pub mod udp;

@@ -3,37 +3,12 @@
 
 use std::net::Ipv4Addr;
 
-use super::ethernet::MacAddr;
-use super::flow::flow_hash;
+use super::flow::flow_hash_parsed;
 use super::inbound::Encap;
 use super::ipv4::{self, Unreachable};
+use super::peers::{PeerEncap, PeerTable};
 use super::vxlan::{VxlanTemplate, VXLAN_ENCAP};
 use super::DropReason;
-
-/// What the outbound decision asks of the route table. `routes::RouteSnapshot` implements it; `route` is
-/// generic over it (monomorphised, no `dyn`).
-pub trait PeerRoutes {
-    /// The peer whose subnet is the longest prefix containing `dst`.
-    fn peer_for(&self, dst: Ipv4Addr) -> Option<PeerRoute>;
-}
-
-/// Where a peer is and how it takes packets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerRoute {
-    pub public_ip: Ipv4Addr,
-    pub encap: PeerEncap,
-}
-
-/// How a peer wants packets wrapped, as its lease says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PeerEncap {
-    /// VXLAN to the peer's VTEP MAC.
-    Vxlan { vtep_mac: MacAddr },
-    /// flannel's udp backend.
-    Udp,
-    /// A backend weft cannot speak.
-    Other,
-}
 
 /// What the outbound path needs to know about this host.
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +59,7 @@ impl Encapsulation {
 impl Outbound {
     /// Decides what to do with `packet`, an IP packet read from the tun (without any virtio-net header).
     #[inline]
-    pub fn route<R: PeerRoutes + ?Sized>(&self, packet: &[u8], routes: &R) -> Action {
+    pub fn route<R: PeerTable + ?Sized>(&self, packet: &[u8], routes: &R) -> Action {
         let Some(ip) = ipv4::parse(packet) else {
             return Action::Drop(if packet.first().is_some_and(|b| b >> 4 != 4) {
                 DropReason::NotIpv4
@@ -112,9 +87,7 @@ impl Outbound {
         Action::Send(Encapsulation {
             dst: peer.public_ip,
             vxlan,
-            // flow_hash takes bytes and checks the IPv4 header once more; a hash over the header parsed
-            // above would save that (wire::flow's API, not this module's).
-            flow: flow_hash(packet),
+            flow: flow_hash_parsed(&ip, packet),
         })
     }
 }
@@ -122,7 +95,10 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ethernet::MacAddr;
+    use crate::wire::flow::flow_hash;
     use crate::wire::ipv4::tests::udp_packet;
+    use crate::wire::peers::PeerRoute;
     use ipnet::Ipv4Net;
 
     const OURS: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
@@ -135,13 +111,19 @@ mod tests {
     /// A route table for tests: (subnet, peer) pairs, searched for the longest prefix.
     struct TestRoutes(Vec<(Ipv4Net, PeerRoute)>);
 
-    impl PeerRoutes for TestRoutes {
+    impl PeerTable for TestRoutes {
         fn peer_for(&self, dst: Ipv4Addr) -> Option<PeerRoute> {
             self.0
                 .iter()
                 .filter(|(net, _)| net.contains(&dst))
                 .max_by_key(|(net, _)| net.prefix_len())
                 .map(|&(_, p)| p)
+        }
+        fn sender_subnet(&self, public_ip: Ipv4Addr) -> Option<Ipv4Net> {
+            self.0
+                .iter()
+                .find(|(_, p)| p.public_ip == public_ip)
+                .map(|&(net, _)| net)
         }
     }
 
