@@ -25,10 +25,15 @@ fn restart_during_an_etcd_outage_keeps_forwarding() {
     let lease_before = bed.etcd.get(&key).expect("host 1's lease");
 
     bed.etcd.stop();
+    let restarted = std::time::Instant::now();
     bed.hosts[0].weft.as_mut().unwrap().restart();
     // Forwarding again, both ways, with etcd still down; same subnet, ready.
     bed.wait_ping(0, c1, Duration::from_secs(10));
     bed.wait_ping(1, c0, Duration::from_secs(10));
+    eprintln!(
+        "forwarding again {:?} after the restart, etcd down",
+        restarted.elapsed()
+    );
     let w = bed.weft(0);
     assert_eq!(w.subnet().as_deref(), Some(s0.as_str()));
     assert_eq!(w.get("/readyz").map(|r| r.0), Some(200));

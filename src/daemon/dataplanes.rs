@@ -13,7 +13,7 @@ use super::{DaemonError, DataPlaneMode, OwnLease, RunOptions, Shared};
 
 /// The data plane that is running; dropping it stops it.
 pub enum ActiveDataPlane {
-    Userspace(DataPlane),
+    Userspace(Box<DataPlane>),
     Kernel(KernelVxlan),
 }
 
@@ -34,15 +34,15 @@ pub(super) async fn start_dataplane(
             info!("data plane disabled (--dataplane none): leasing and publishing only");
             Ok(None)
         }
-        DataPlaneMode::Userspace => Ok(Some(ActiveDataPlane::Userspace(
+        DataPlaneMode::Userspace => Ok(Some(ActiveDataPlane::Userspace(Box::new(
             start_userspace(opts, cfg, own, underlay, shared).await?,
-        ))),
+        )))),
         DataPlaneMode::Kernel => Ok(Some(ActiveDataPlane::Kernel(
             start_kernel(cfg, own, underlay, shared).await?,
         ))),
         DataPlaneMode::Auto => {
             match start_userspace(opts, cfg, own, underlay, shared.clone()).await {
-                Ok(dp) => Ok(Some(ActiveDataPlane::Userspace(dp))),
+                Ok(dp) => Ok(Some(ActiveDataPlane::Userspace(Box::new(dp)))),
                 Err(DaemonError::DataPlane(e))
                     if matches!(cfg.backend, Backend::Vxlan(_)) && tun_unavailable(&e) =>
                 {

@@ -29,6 +29,7 @@ pub use files::write_atomically;
 pub use options::{DataPlaneMode, RunOptions};
 pub use state::{OwnLease, Shared};
 
+use crate::dataplane::Health;
 use dataplanes::start_dataplane;
 use files::{notify_systemd_ready, read_previous_subnet};
 use lease_keeper::{LeaseKeeper, Previous};
@@ -173,8 +174,8 @@ async fn control_plane(
     for option in cfg.backend.unsupported_options() {
         warn!("the network config sets {option}, which weft does not support yet; it is ignored");
     }
-    let _dataplane = start_dataplane(opts, &cfg, &own, underlay, shared.clone()).await?;
-    *shared.dataplane.lock().expect("dataplane lock") = match &_dataplane {
+    let mut dataplane = start_dataplane(opts, &cfg, &own, underlay, shared.clone()).await?;
+    *shared.dataplane.lock().expect("dataplane lock") = match &dataplane {
         Some(ActiveDataPlane::Userspace(d)) => {
             *shared.underlay.lock().expect("underlay lock") = d.underlay.clone();
             "userspace"
@@ -251,5 +252,51 @@ async fn control_plane(
         own.public_ip,
         saver,
     ));
-    keeper.keep().await
+    tokio::select! {
+        r = keeper.keep() => r,
+        never = supervise(dataplane.as_mut(), &shared) => match never {},
+    }
+}
+
+/// How often the userspace data plane is checked (and repaired).
+const DATAPLANE_CHECK: Duration = Duration::from_secs(1);
+
+/// Keeps the userspace data plane working: every second it is checked and repaired (see
+/// `DataPlane::check`); `/readyz` says 503 while a repair fails. Other data planes need nothing here (the
+/// kernel backend reconciles itself).
+async fn supervise(
+    dataplane: Option<&mut ActiveDataPlane>,
+    shared: &Shared,
+) -> std::convert::Infallible {
+    let Some(ActiveDataPlane::Userspace(dp)) = dataplane else {
+        return std::future::pending().await;
+    };
+    let mut failing: Option<String> = None;
+    loop {
+        tokio::time::sleep(DATAPLANE_CHECK).await;
+        match dp.check().await {
+            Ok(Health::Healthy) => {}
+            Ok(Health::Repaired(what)) => warn!(
+                "the tun device's {} had been changed; put back",
+                what.join(", ")
+            ),
+            Ok(Health::Rebuilt(why)) => {
+                warn!("{why}; built the userspace data plane again (tun device, queues, sockets, workers)");
+                *shared.underlay.lock().expect("underlay lock") = dp.underlay.clone();
+            }
+            Err(e) => {
+                shared.ready.store(false, Ordering::Relaxed);
+                let e = e.to_string();
+                if failing.as_deref() != Some(e.as_str()) {
+                    warn!("the userspace data plane is broken: {e}; /readyz says 503, retrying every second");
+                    failing = Some(e);
+                }
+                continue;
+            }
+        }
+        if failing.take().is_some() {
+            info!("the userspace data plane works again");
+        }
+        shared.ready.store(true, Ordering::Relaxed);
+    }
 }

@@ -99,6 +99,8 @@ pub enum DataPlaneError {
         name: String,
         reason: String,
     },
+    #[error("cannot repair the tun device {name}: {reason}")]
+    Repair { name: String, reason: String },
     #[error(transparent)]
     Xdp(#[from] crate::dataplane::xdp::XdpError),
     #[error("cannot open UDP port {addr}: {source}; is another overlay (flanneld, a kernel VXLAN device) already using it?")]
@@ -116,8 +118,23 @@ pub struct DataPlane {
     xdp: Option<crate::dataplane::xdp::Attachment>,
     /// How the underlay is reached, in words (for status and the log).
     pub underlay: String,
-    /// Each worker's counters, in worker order.
+    /// Each worker's counters, in worker order (kept when the data plane is built again).
     counters: Vec<Arc<WorkerCounters>>,
+    /// What it was started with, to build it again.
+    cfg: DataPlaneConfig,
+    routes: Arc<RouteTable>,
+    /// The tun device's index.
+    tun_index: u32,
+}
+
+/// What [`DataPlane::check`] found, and did about it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// These parts of the tun device's kernel state were wrong and have been put back.
+    Repaired(Vec<&'static str>),
+    /// The data plane was built again (tun device, queues, sockets, workers), for this reason.
+    Rebuilt(String),
 }
 
 impl DataPlane {
@@ -126,9 +143,19 @@ impl DataPlane {
         cfg: DataPlaneConfig,
         routes: Arc<RouteTable>,
     ) -> Result<DataPlane, DataPlaneError> {
+        Self::start_with(cfg, routes, Vec::new()).await
+    }
+
+    /// As `start`, counting into `counters` (one per worker) when given, so a rebuild keeps the totals.
+    async fn start_with(
+        cfg: DataPlaneConfig,
+        routes: Arc<RouteTable>,
+        counters: Vec<Arc<WorkerCounters>>,
+    ) -> Result<DataPlane, DataPlaneError> {
         let workers = cfg.workers.max(1);
         let queues = tun::create(&cfg, workers)?;
-        tun::route_network(&cfg).await?;
+        let tun_index = tun::route_network(&cfg).await?;
+        let mut counters = counters.into_iter();
         // Built first so that an error below stops whatever already started (Drop).
         let mut dp = DataPlane {
             stop: Arc::new(AtomicBool::new(false)),
@@ -136,6 +163,9 @@ impl DataPlane {
             xdp: None,
             underlay: "udp".to_string(),
             counters: Vec::with_capacity(workers),
+            cfg: cfg.clone(),
+            routes: routes.clone(),
+            tun_index,
         };
         let mut xsks = Vec::new();
         if let UnderlayIo::AfXdp(choice) = cfg.underlay {
@@ -203,7 +233,7 @@ impl DataPlane {
                     );
                 }
             }
-            let counters = Arc::new(WorkerCounters::default());
+            let counters = counters.next().unwrap_or_default();
             dp.counters.push(counters.clone());
             let udp = sock::UdpUnderlay::new(io, &cfg);
             let (cfg, routes, stop) = (cfg.clone(), routes.clone(), dp.stop.clone());
@@ -235,6 +265,17 @@ impl DataPlane {
     }
 }
 
+/// Fault injection for the tests, in debug builds only: with `WEFT_FAULT_PANIC_WORKER` set, the first worker
+/// thread started panics, once, as a bug would.
+#[cfg(debug_assertions)]
+fn injected_panic() {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if std::env::var_os("WEFT_FAULT_PANIC_WORKER").is_some() && !DONE.swap(true, Ordering::Relaxed)
+    {
+        panic!("injected fault (WEFT_FAULT_PANIC_WORKER)");
+    }
+}
+
 /// Starts worker `i` on its own thread, pinned to CPU `pin` if given.
 fn spawn_worker<U: underlay::Underlay + Send + 'static>(
     i: usize,
@@ -244,6 +285,8 @@ fn spawn_worker<U: underlay::Underlay + Send + 'static>(
     std::thread::Builder::new()
         .name(format!("weft-worker-{i}"))
         .spawn(move || {
+            #[cfg(debug_assertions)]
+            injected_panic();
             if let Some(cpu) = pin {
                 if let Err(e) = steer::pin_to(cpu) {
                     tracing::warn!("cannot pin worker {i} to CPU {cpu} ({e})");
@@ -261,13 +304,80 @@ impl DataPlane {
     }
 }
 
-impl Drop for DataPlane {
-    fn drop(&mut self) {
+impl DataPlane {
+    /// Checks the data plane and repairs it: a stopped worker or a deleted tun device means building it
+    /// again; a tun device that is down, or lost its MTU, address or route, is put back in place.
+    pub async fn check(&mut self) -> Result<Health, DataPlaneError> {
+        if let Some(why) = self.stopped_thread() {
+            self.rebuild().await?;
+            return Ok(Health::Rebuilt(why));
+        }
+        let state = tun::reconcile(&self.cfg, self.tun_index)
+            .await
+            .map_err(|reason| DataPlaneError::Repair {
+                name: self.cfg.tun_name.clone(),
+                reason,
+            })?;
+        if state.gone {
+            self.rebuild().await?;
+            return Ok(Health::Rebuilt(format!(
+                "the tun device {} was gone",
+                self.cfg.tun_name
+            )));
+        }
+        Ok(match state.repaired.is_empty() {
+            true => Health::Healthy,
+            false => Health::Repaired(state.repaired),
+        })
+    }
+
+    /// A data-plane thread that ended while it should run (a panic), with what it said.
+    fn stopped_thread(&mut self) -> Option<String> {
+        if self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let i = self.threads.iter().position(|t| t.is_finished())?;
+        let t = self.threads.remove(i);
+        let name = t
+            .thread()
+            .name()
+            .unwrap_or("a data-plane thread")
+            .to_string();
+        Some(match t.join() {
+            Ok(()) => format!("{name} stopped"),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                format!("{name} panicked: {msg}")
+            }
+        })
+    }
+
+    /// Stops everything and starts it again with the same settings and counters.
+    async fn rebuild(&mut self) -> Result<(), DataPlaneError> {
+        self.shutdown();
+        let new =
+            Self::start_with(self.cfg.clone(), self.routes.clone(), self.counters.clone()).await?;
+        *self = new;
+        Ok(())
+    }
+
+    /// Stops the workers, then detaches XDP; the tun device goes with its last queue.
+    fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
         // Detach the XDP program only now that no worker uses its sockets.
         self.xdp.take();
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }

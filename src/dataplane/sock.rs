@@ -175,6 +175,52 @@ impl UdpUnderlay {
     }
 }
 
+/// Sends `train` (datagrams of `stride` bytes, the last maybe shorter) through `send`: as GSO sends of at most
+/// `max` datagrams while `gso` holds, else one by one. An EIO on a GSO send means the device cannot do GSO:
+/// from that datagram on, and for good, they go one by one — the ones already sent are not sent again.
+/// Returns what was sent and whether GSO is still usable.
+fn send_train_with(
+    train: &[u8],
+    stride: usize,
+    gso: bool,
+    max: usize,
+    mut send: impl FnMut(&[u8], Option<usize>) -> io::Result<()>,
+) -> (Sent, bool) {
+    let mut sent = Sent::default();
+    let stride = stride.max(1);
+    let mut refused = false;
+    let mut done = 0;
+    if gso && train.len() > stride {
+        for chunk in train.chunks(max * stride) {
+            match send(chunk, Some(stride)) {
+                Ok(()) => {
+                    sent.datagrams += chunk.len().div_ceil(stride);
+                    sent.bytes += chunk.len();
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    refused = true;
+                    break;
+                }
+                Err(e) => fail(&mut sent, e),
+            }
+            done += chunk.len();
+        }
+        if !refused {
+            return (sent, true);
+        }
+    }
+    for datagram in train[done..].chunks(stride) {
+        match send(datagram, None) {
+            Ok(()) => {
+                sent.datagrams += 1;
+                sent.bytes += datagram.len();
+            }
+            Err(e) => fail(&mut sent, e),
+        }
+    }
+    (sent, gso && !refused)
+}
+
 /// Records a failed send in `sent`, keeping the first error.
 fn fail(sent: &mut Sent, e: io::Error) {
     sent.failed += 1;
@@ -238,39 +284,20 @@ impl Underlay for UdpUnderlay {
 
     /// One UDP GSO send per `max_gso_segments` datagrams, or one send per datagram.
     fn send_train(&mut self, flow: u32, dst: Ipv4Addr, train: &[u8], stride: usize) -> Sent {
-        let mut sent = Sent::default();
         let dst = SocketAddr::V4(SocketAddrV4::new(dst, self.port));
-        let stride = stride.max(1);
-        let count = train.len().div_ceil(stride);
-        if self.gso && count > 1 {
-            // One send carries at most 64 KiB of UDP payload (and the kernel's segment limit).
-            let max = self
-                .socks
-                .max_gso_segments()
-                .min(MAX_GSO_BYTES / stride)
-                .max(1);
-            for chunk in train.chunks(max * stride) {
-                match self.socks.send(flow, dst, chunk, Some(stride)) {
-                    Ok(()) => {
-                        sent.datagrams += chunk.len().div_ceil(stride);
-                        sent.bytes += chunk.len();
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                        // The device cannot checksum GSO trains: send one by one from now on.
-                        info!("UDP GSO refused by the kernel ({e}); sending datagrams one by one");
-                        self.gso = false;
-                        break;
-                    }
-                    Err(e) => fail(&mut sent, e),
-                }
-            }
-            if self.gso {
-                return sent;
-            }
+        let max = self
+            .socks
+            .max_gso_segments()
+            .min(MAX_GSO_BYTES / stride.max(1))
+            .max(1);
+        let socks = &self.socks;
+        let (sent, gso) = send_train_with(train, stride, self.gso, max, |chunk, segment| {
+            socks.send(flow, dst, chunk, segment)
+        });
+        if self.gso && !gso {
+            info!("UDP GSO refused by the kernel (EIO); sending datagrams one by one");
         }
-        for datagram in train.chunks(stride) {
-            self.send_one(flow, dst, datagram, &mut sent);
-        }
+        self.gso = gso;
         sent
     }
 
@@ -380,5 +407,37 @@ mod tests {
             assert!(sink.drops.is_empty());
             assert!(sink.flushes >= 1, "each batch ends in a flush");
         }
+    }
+
+    #[test]
+    fn an_eio_on_a_later_gso_send_resends_nothing_already_sent() {
+        // 10 datagrams of 100 bytes (the last 50), GSO sends of 4: the second GSO send gets EIO.
+        let train: Vec<u8> = (0..950u32).map(|i| (i / 100) as u8).collect();
+        let mut wire: Vec<(Vec<u8>, Option<usize>)> = Vec::new();
+        let mut gso_sends = 0;
+        let (sent, gso) = send_train_with(&train, 100, true, 4, |chunk, segment| {
+            if segment.is_some() {
+                gso_sends += 1;
+                if gso_sends == 2 {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+            }
+            wire.push((chunk.to_vec(), segment));
+            Ok(())
+        });
+        assert!(!gso, "GSO is off for good after EIO");
+        // Every byte left exactly once, in order: the first GSO send, then one by one.
+        let delivered: Vec<u8> = wire.iter().flat_map(|(c, _)| c.clone()).collect();
+        assert_eq!(delivered, train);
+        assert_eq!(wire[0].1, Some(100));
+        assert!(wire[1..]
+            .iter()
+            .all(|(c, seg)| seg.is_none() && c.len() <= 100));
+        assert_eq!(sent.datagrams, 10);
+        assert_eq!(sent.bytes, 950);
+        assert_eq!(sent.failed, 0);
+        // With GSO off, a train goes one by one and GSO stays off.
+        let (_, gso) = send_train_with(&train[..100], 100, false, 4, |_, _| Ok(()));
+        assert!(!gso);
     }
 }

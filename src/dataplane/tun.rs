@@ -1,9 +1,12 @@
 //! The tun device (one queue per worker), its address and the route of the whole network to it.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use rtnetlink::RouteMessageBuilder;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use tracing::info;
 use tun_rs::{DeviceBuilder, SyncDevice};
 
@@ -58,8 +61,8 @@ pub fn create(cfg: &DataPlaneConfig, queues: usize) -> Result<Vec<SyncDevice>, D
 }
 
 /// Routes the whole overlay network to the tun device (the host's own subnet stays on the container
-/// bridge, whose /len route is more specific).
-pub async fn route_network(cfg: &DataPlaneConfig) -> Result<(), DataPlaneError> {
+/// bridge, whose /len route is more specific); returns the device's index.
+pub async fn route_network(cfg: &DataPlaneConfig) -> Result<u32, DataPlaneError> {
     let err = |reason: String| DataPlaneError::Route {
         network: cfg.network,
         name: cfg.tun_name.clone(),
@@ -88,11 +91,131 @@ pub async fn route_network(cfg: &DataPlaneConfig) -> Result<(), DataPlaneError> 
             .replace()
             .execute()
             .await
-            .map_err(|e| err(e.to_string()))
+            .map_err(|e| err(e.to_string()))?;
+        Ok(link.header.index)
     }
     .await;
     task.abort();
     result
+}
+
+/// What [`reconcile`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TunState {
+    /// The device is gone (deleted, or another device has its index): its queues are dead, and the data
+    /// plane must be built again.
+    pub gone: bool,
+    /// What was wrong and has been put back.
+    pub repaired: Vec<&'static str>,
+}
+
+/// Puts the tun device (index `index`) back as `create` and `route_network` made it: up, the overlay MTU,
+/// `<subnet>.0/32`, and the network's route. Says whether the device itself is gone.
+pub async fn reconcile(cfg: &DataPlaneConfig, index: u32) -> Result<TunState, String> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
+    let task = tokio::spawn(conn);
+    let result = reconcile_on(&handle, cfg, index).await;
+    task.abort();
+    result
+}
+
+async fn reconcile_on(
+    handle: &Handle,
+    cfg: &DataPlaneConfig,
+    index: u32,
+) -> Result<TunState, String> {
+    let mut state = TunState::default();
+    let link = match handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(l) => l,
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => None,
+        Err(e) => return Err(format!("reading the tun device: {e}")),
+    };
+    let named_ours = link.as_ref().is_some_and(|l| {
+        l.attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::IfName(n) if *n == cfg.tun_name))
+    });
+    let Some(link) = link.filter(|_| named_ours) else {
+        state.gone = true;
+        return Ok(state);
+    };
+    let mtu = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    });
+    let up = link.header.flags.contains(LinkFlags::Up);
+    if !up || mtu != Some(cfg.mtu) {
+        let msg = LinkUnspec::new_with_index(index).mtu(cfg.mtu).up().build();
+        handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| format!("setting the tun device up with MTU {}: {e}", cfg.mtu))?;
+        if !up {
+            state.repaired.push("link state (set up)");
+        }
+        if mtu != Some(cfg.mtu) {
+            state.repaired.push("MTU");
+        }
+    }
+    let ip = cfg.own_subnet.network();
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    let mut has_addr = false;
+    while let Some(a) = addrs
+        .try_next()
+        .await
+        .map_err(|e| format!("reading the tun device's addresses: {e}"))?
+    {
+        has_addr |= a.header.prefix_len == 32
+            && a.attributes
+                .iter()
+                .any(|x| matches!(x, AddressAttribute::Address(IpAddr::V4(v)) if *v == ip));
+    }
+    if !has_addr {
+        handle
+            .address()
+            .add(index, IpAddr::V4(ip), 32)
+            .execute()
+            .await
+            .map_err(|e| format!("adding {ip}/32 to the tun device: {e}"))?;
+        state.repaired.push("address");
+    }
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut has_route = false;
+    while let Some(r) = routes
+        .try_next()
+        .await
+        .map_err(|e| format!("reading routes: {e}"))?
+    {
+        let oif = r
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+        let dst = r.attributes.iter().any(|a| {
+            matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == cfg.network.network())
+        });
+        has_route |= oif && dst && r.header.destination_prefix_length == cfg.network.prefix_len();
+    }
+    if !has_route {
+        route_network(cfg).await.map_err(|e| e.to_string())?;
+        state.repaired.push("route");
+    }
+    Ok(state)
 }
 
 /// Turns on IPv4 forwarding in this network namespace (dockerd does too); containers' traffic needs it.

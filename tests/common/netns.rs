@@ -446,6 +446,13 @@ impl Bed {
 }
 
 impl Bed {
+    /// Starts weft on host `i` after the shell command `pre` (e.g. an `export` for fault injection).
+    pub fn start_weft_with_pre(&mut self, i: usize, extra: &[&str], pre: &str) {
+        let h = &mut self.hosts[i];
+        let w = Weft::start_in_with(&self.etcd, &h.ns.name, &h.ip.to_string(), extra, pre);
+        h.weft = Some(w);
+    }
+
     /// Starts weft on host `i` with `/dev/net/tun` hidden, as on a host without tun support.
     pub fn start_weft_without_tun(&mut self, i: usize, extra: &[&str]) {
         let h = &mut self.hosts[i];
