@@ -97,6 +97,7 @@ fn a_second_forwarding_weft_in_one_namespace_exits_and_leaves_the_first_alone() 
         took < Duration::from_secs(5),
         "refused at once, took {took:?}"
     );
+    eprintln!("second weft in the namespace refused after {took:?}");
     assert!(
         stderr.contains("already running in this network namespace")
             && stderr.contains(&format!("pid {}", first.pid())),

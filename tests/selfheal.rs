@@ -125,12 +125,19 @@ fn readyz_says_503_while_a_repair_fails() {
         (bed.weft(0).get("/readyz").map(|r| r.0) == Some(503)).then_some(())
     });
     let log = bed.weft(0).log();
-    assert_eq!(log.matches("the userspace data plane is broken").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("the userspace data plane is broken").count(),
+        1,
+        "{log}"
+    );
     // The name is free again: weft builds its data plane and is ready.
     ip(&["-n", &ns, "link", "del", "weft0"]);
     wait_for("/readyz 200", REPAIR, || {
         (bed.weft(0).get("/readyz").map(|r| r.0) == Some(200)).then_some(())
     });
     bed.wait_ping(0, c1, REPAIR);
-    assert!(bed.weft(0).log().contains("the userspace data plane works again"));
+    assert!(bed
+        .weft(0)
+        .log()
+        .contains("the userspace data plane works again"));
 }
