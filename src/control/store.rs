@@ -225,14 +225,24 @@ impl Store {
         format!("{}{}", self.subnets_prefix(), subnet_key(subnet))
     }
 
+    /// One range read (with failover, as every request).
+    async fn get(
+        &self,
+        doing: &str,
+        key: String,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, StoreError> {
+        self.request(doing, |mut c| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.get(key, options).await }
+        })
+        .await
+    }
+
     /// The network config's JSON text, or None if the key does not exist.
     pub async fn get_config(&self) -> Result<Option<String>, StoreError> {
-        let key = self.config_key();
         let resp = self
-            .request("reading the network config", |mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })
+            .get("reading the network config", self.config_key(), None)
             .await?;
         Ok(resp
             .kvs()
@@ -253,12 +263,12 @@ impl Store {
 
     /// Every lease under `<prefix>/subnets/` and the revision of that snapshot.
     pub async fn list_leases(&self) -> Result<(Vec<StoredLease>, i64), StoreError> {
-        let prefix = self.subnets_prefix();
         let resp = self
-            .request("listing subnet leases", |mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
+            .get(
+                "listing subnet leases",
+                self.subnets_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            )
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let leases = resp
@@ -271,12 +281,8 @@ impl Store {
 
     /// The lease for one subnet, if its key exists.
     pub async fn get_lease(&self, subnet: &Ipv4Net) -> Result<Option<StoredLease>, StoreError> {
-        let key = self.lease_key(subnet);
         let resp = self
-            .request("reading our subnet lease", |mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })
+            .get("reading our subnet lease", self.lease_key(subnet), None)
             .await?;
         Ok(resp
             .kvs()
