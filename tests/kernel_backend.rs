@@ -234,3 +234,40 @@ fn a_tun_problem_weft_can_name_is_an_error_not_a_fallback() {
         "a kernel VXLAN device was left: {links}"
     );
 }
+
+#[test]
+fn a_lease_turned_invalid_leaves_the_kernel_at_once() {
+    let mut bed = Bed::new(1, VXLAN);
+    bed.start_weft(0, &["--dataplane=kernel"]);
+    bed.weft(0).wait_subnet();
+    let route_of = |s: &str| bed.kernel_entries(0).2.contains(s);
+    // Three rounds, so a removal that only the 2 s resync would make is caught: each must be gone within
+    // 1 s of the lease turning invalid (the route table's change signal reconciles at once).
+    for k in 0..3u8 {
+        let subnet = format!("10.5.{}.0/24", 200 + k);
+        let key = format!("/coreos.com/network/subnets/{}", subnet.replace('/', "-"));
+        let valid = format!(
+            r#"{{"PublicIP":"10.250.0.{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:00:00:00:00:{:02x}"}}}}"#,
+            50 + k,
+            50 + k
+        );
+        assert!(bed.etcd.etcdctl(&["put", &key, &valid]).status.success());
+        wait_for(&format!("route to {subnet}"), T, || {
+            route_of(&subnet).then_some(())
+        });
+        assert!(bed
+            .etcd
+            .etcdctl(&["put", &key, "not json"])
+            .status
+            .success());
+        let changed = std::time::Instant::now();
+        wait_for(&format!("route to {subnet} removed"), T, || {
+            (!route_of(&subnet)).then_some(())
+        });
+        let took = changed.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "{subnet}: removed after {took:?}"
+        );
+    }
+}
