@@ -6,7 +6,6 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::netns::Bed;
 
@@ -14,12 +13,7 @@ const VXLAN: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
 #[test]
 fn metrics_pass_promtool_and_keep_families_together() {
-    let mut bed = Bed::new(2, VXLAN);
-    bed.start_weft(0, &[]);
-    bed.start_weft(1, &[]);
-    let c1 = bed.attach_container(1);
-    bed.attach_container(0);
-    bed.wait_ping(0, c1, Duration::from_secs(20));
+    let (bed, _, _) = Bed::pinging_pair(VXLAN);
     let (code, text) = bed.weft(0).get("/metrics").expect("/metrics answers");
     assert_eq!(code, 200);
     assert!(text.contains("weft_drops_total{"), "{text}");

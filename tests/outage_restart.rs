@@ -13,13 +13,7 @@ const T: Duration = Duration::from_secs(20);
 
 #[test]
 fn restart_during_an_etcd_outage_keeps_forwarding() {
-    let mut bed = Bed::new(2, VXLAN);
-    bed.start_weft(0, &[]);
-    bed.start_weft(1, &[]);
-    let c0 = bed.attach_container(0);
-    let c1 = bed.attach_container(1);
-    bed.wait_ping(0, c1, T);
-    bed.wait_ping(1, c0, T);
+    let (mut bed, c0, c1) = Bed::pinging_pair(VXLAN);
     let s0 = bed.weft(0).wait_subnet();
     let key = format!("/coreos.com/network/subnets/{}", s0.replace('/', "-"));
     let lease_before = bed.etcd.get(&key).expect("host 1's lease");

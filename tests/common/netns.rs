@@ -116,6 +116,19 @@ pub struct Bed {
 }
 
 impl Bed {
+    /// Two hosts running weft with their defaults, a container on each, pinging each other both ways;
+    /// returns the bed and the containers' addresses.
+    pub fn pinging_pair(config: &str) -> (Bed, Ipv4Addr, Ipv4Addr) {
+        let mut bed = Bed::new(2, config);
+        bed.start_weft(0, &[]);
+        bed.start_weft(1, &[]);
+        let c0 = bed.attach_container(0);
+        let c1 = bed.attach_container(1);
+        bed.wait_ping(0, c1, Duration::from_secs(20));
+        bed.wait_ping(1, c0, Duration::from_secs(20));
+        (bed, c0, c1)
+    }
+
     /// A bed with `n` hosts (no daemons yet) and etcd running with `config` set.
     pub fn new(n: usize, config: &str) -> Bed {
         Bed::build(n, config, None)
