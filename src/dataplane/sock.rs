@@ -11,9 +11,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::info;
 
 use super::underlay::{DatagramSink, Sent, Underlay, MAX_PACKET};
-use super::{DataPlaneConfig, DataPlaneError, Encap};
+use super::{DataPlaneConfig, DataPlaneError};
 use crate::wire::inbound::datagram_units;
-use crate::wire::vxlan::VXLAN_ENCAP;
 use crate::wire::DropReason;
 
 /// Send sockets per worker: outer source ports that the inner-flow hash picks from.
@@ -153,10 +152,7 @@ impl UdpUnderlay {
             socks,
             port: cfg.port,
             gso,
-            prefix: match cfg.encap {
-                Encap::Vxlan { .. } => VXLAN_ENCAP,
-                Encap::Udp => 0,
-            },
+            prefix: cfg.encap.prefix(),
             rx_batch: if cfg.batch { RX_BATCH } else { 1 },
             rx_bufs: (0..RX_BATCH).map(|_| vec![0; MAX_PACKET]).collect(),
             rx_meta: vec![RecvMeta::default(); RX_BATCH],
@@ -309,7 +305,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::dataplane::{Offloads, UnderlayIo};
+    use crate::dataplane::{Encap, Offloads, UnderlayIo};
 
     const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 

@@ -16,7 +16,8 @@ use super::underlay::{DatagramSink, Sent, Underlay, MAX_PACKET, MAX_SOURCES};
 use super::DataPlaneConfig;
 use crate::ops::metrics::WorkerCounters;
 use crate::routes::{RouteSnapshot, RouteTable};
-use crate::wire::gso::{train_from_tun, Coalescer, VnetHdr, VNET_HDR_LEN};
+use crate::wire::batch::SmallBatch;
+use crate::wire::gso::{train_from_tun, Coalescer, VnetHdr, GSO_NONE, VNET_HDR_LEN};
 use crate::wire::inbound::Inbound;
 use crate::wire::ipv4::{icmp_unreachable, Unreachable};
 use crate::wire::outbound::{Action, Outbound};
@@ -44,7 +45,9 @@ pub struct Worker<U> {
     /// Decides what becomes of each packet read from the tun.
     outbound: Outbound,
     tx_buf: Vec<u8>,
+    /// The train being sent: a segmented super-packet, or the small datagrams `batch` gathers.
     train: Vec<u8>,
+    batch: SmallBatch,
     icmp_buf: Vec<u8>,
     seg_buf: Vec<u8>,
     coalescer: Coalescer,
@@ -75,6 +78,7 @@ impl<U: Underlay> Worker<U> {
             vnet,
             tx_buf: vec![0; HEADROOM + MAX_PACKET + VNET_HDR_LEN],
             train: vec![0; TRAIN_BYTES],
+            batch: SmallBatch::default(),
             icmp_buf: vec![0; 1024],
             seg_buf: vec![0; MAX_PACKET],
             icmp_window: (Instant::now(), 0),
@@ -182,6 +186,7 @@ impl<U: Underlay> Worker<U> {
     /// limit was reached (more may be waiting).
     fn outbound_batch(&mut self) -> bool {
         let more = self.outbound_packets();
+        self.send_batch();
         self.underlay.flush();
         more
     }
@@ -243,12 +248,38 @@ impl<U: Underlay> Worker<U> {
         }
         let hdr =
             VnetHdr::parse(&self.tx_buf[HEADROOM - VNET_HDR_LEN..HEADROOM]).unwrap_or_default();
-        let train = match train_from_tun(
-            &hdr,
-            &self.tx_buf[HEADROOM..HEADROOM + len],
-            prefix,
-            &mut self.train,
-        ) {
+        if hdr.gso_type & 0x7f == GSO_NONE {
+            // A small packet: gathered with the ones before it to the same peer and flow, sent at the
+            // end of the read batch (or when one that cannot join comes).
+            let size = prefix + len;
+            let at = match self.batch.slot(dst, flow, size, self.train.len()) {
+                Some(at) => at,
+                None => {
+                    self.send_batch();
+                    match self.batch.slot(dst, flow, size, self.train.len()) {
+                        Some(at) => at,
+                        None => {
+                            self.counters.dropped(DropReason::TooBig);
+                            return;
+                        }
+                    }
+                }
+            };
+            let packet = &self.tx_buf[HEADROOM..HEADROOM + len];
+            if train_from_tun(&hdr, packet, prefix, &mut self.train[at..at + size]).is_err() {
+                self.counters.dropped(DropReason::TooBig);
+                return;
+            }
+            if let Some(t) = e.vxlan {
+                t.write(&mut self.train, at);
+            }
+            self.batch.commit(dst, flow, size);
+            return;
+        }
+        // A super-packet: whatever is gathered leaves first (it may be of the same flow), then its train.
+        self.send_batch();
+        let packet = &self.tx_buf[HEADROOM..HEADROOM + len];
+        let train = match train_from_tun(&hdr, packet, prefix, &mut self.train) {
             Ok(t) => t,
             Err(_) => {
                 self.counters.dropped(DropReason::TooBig);
@@ -260,6 +291,18 @@ impl<U: Underlay> Worker<U> {
                 t.write(&mut self.train, i * train.stride);
             }
         }
+        let sent = self
+            .underlay
+            .send_train(flow, dst, &self.train[..train.len], train.stride);
+        self.count_sent(sent, dst, prefix);
+    }
+
+    /// Sends the small datagrams gathered so far, as one train.
+    fn send_batch(&mut self) {
+        let Some((dst, flow, train)) = self.batch.take() else {
+            return;
+        };
+        let prefix = self.cfg.encap.prefix();
         let sent = self
             .underlay
             .send_train(flow, dst, &self.train[..train.len], train.stride);

@@ -9,7 +9,7 @@ use super::csum::complete_l4;
 use super::ethernet::MacAddr;
 use super::filter::{check_inner, check_sender, PeerTable};
 use super::segment::split_tcp;
-use super::vxlan::decap;
+use super::vxlan::{decap, VXLAN_ENCAP};
 use super::DropReason;
 use super::{be16, ipv4};
 
@@ -20,6 +20,17 @@ pub enum Encap {
     Vxlan { vni: u32, mac: MacAddr },
     /// flannel's udp backend: the raw IP packet is the UDP payload.
     Udp,
+}
+
+impl Encap {
+    /// Bytes of encapsulation in front of each inner packet in a datagram.
+    #[inline]
+    pub fn prefix(self) -> usize {
+        match self {
+            Encap::Vxlan { .. } => VXLAN_ENCAP,
+            Encap::Udp => 0,
+        }
+    }
 }
 
 /// What the inbound checks need to know about this host.

@@ -20,6 +20,7 @@
 use core::fmt;
 use core::ops::Range;
 
+pub mod batch;
 pub mod csum;
 mod drop;
 pub mod ethernet;
