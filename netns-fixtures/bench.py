@@ -136,7 +136,6 @@ def drops(a, b):
             out[k] = out.get(k, 0) + v
 
     for ns, devs in b["links"].items():
-        short = ns.rsplit("-", 1)[-1]
         for dev in devs:
             for d in ("rx", "tx"):
                 v = stat(b, ns, dev, d, "dropped") - stat(a, ns, dev, d, "dropped")
@@ -166,7 +165,7 @@ def pps(argv):
     def one(rate, secs):
         a = snapshot(nss, wnss)
         cmd = ["timeout", "-s", "INT", str(secs), "ip", "netns", "exec", gns,
-               "trafgen", "-i", cfg, "-o", gdev, "-P", "1", "-Q", "--no-sock-mem"]
+               "chrt", "-i", "0", "trafgen", "-i", cfg, "-o", gdev, "-P", "1", "-Q", "--no-sock-mem"]
         if rate:
             cmd += ["-b", f"{int(rate)}pps"]
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -335,7 +334,8 @@ def report(argv):
                     parts.append(f"{k.split(':', 1)[1]} {m:.2f}%")
             off = med(r, f"{d}_offered_full_kpps")
             if off == off:
-                gb = " (path kept up with the generator)" if vals.get((r, f"{d}_lossfree_is_generator_bound")) else ""
+                k = len(vals.get((r, f"{d}_lossfree_is_generator_bound"), []))
+                gb = "" if not k else " (path kept up with the generator" + ("" if k == n else f" in {k} of {n} runs") + ")"
                 print(f"  {r:<22} {d}: offered {off:.0f} kpps, forwarded {med(r, f'{d}_fwd_full_kpps'):.0f}{gb}; "
                       + (", ".join(parts) if parts else "no counted drops"))
 

@@ -9,7 +9,8 @@
 #                         weft-udp weft-kernel
 #   --runs N (default 5): for run in 1..N, every row in turn is set up, measured and torn down (the paths are
 #     interleaved, so slow drift of the machine hits all of them alike); each cell is the median [min-max].
-#   --time S (default 3): seconds per iperf3 / sockperf test. One run of all rows takes ~(4*S + 22) s per row.
+#   --time S (default 3): seconds per iperf3 / sockperf test. One run of all rows takes ~(4*S + 18) s per row
+#     (~4 min for the 8 rows at the default).
 #   WEFT_BIN: a prebuilt weft binary used for every weft row instead of building this tree with
 #     `cargo build --release`; a relative path is taken from the directory bench.sh is started in.
 #   WEFT_BIN_B: a second binary: every weft row is measured again with it as row "<name>@B", in the same
@@ -36,9 +37,12 @@
 #                           "<0.1% loss": full speed first (the "at full offer" figure: forwarded under
 #                           overload), then 3 paced steps (trafgen -b) bisecting below it; the best forwarded
 #                           rate with < 0.1 % lost. If the path keeps up at full speed, that is a lower bound.
-#                           trafgen itself keeps one of the cores busy. Drops during the full-speed test are
-#                           printed under the tables by where they were counted (weft's /metrics drop reasons,
-#                           UdpRcvbufErrors/UdpInErrors per host, tun and veth rx/tx_dropped, the softnet backlog).
+#                           trafgen runs at SCHED_IDLE (chrt -i 0): its pacing spins a core, and at normal
+#                           priority it would starve weft's threads (kernel paths run in its own softirq
+#                           context, so they were not hurt and the comparison was skewed). Drops during the
+#                           full-speed test are printed under the tables by where they were counted (weft's
+#                           /metrics drop reasons, UdpRcvbufErrors/UdpInErrors per host, tun and veth
+#                           rx/tx_dropped, the softnet backlog).
 #                           weft's /metrics only has per-host sums, so the split over its workers is not shown.
 #   RTT p50/p99/p99.9 us    sockperf UDP ping-pong (--full-rtt, default 14-byte messages), idle and again while
 #                           one iperf3 TCP stream runs c1 -> c2 beside it. (ping only measures wake-from-idle.)
@@ -266,7 +270,7 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="bench-results/bench-$STAMP.txt"
 RAW="bench-results/bench-$STAMP.tsv"
 printf 'run\trow\tkey\tvalue\n' >"$RAW"
-PER_ROW=$((4 * SECS + 22))
+PER_ROW=$((4 * SECS + 18))
 echo "== ${#ROWS[@]} rows x $RUNS runs, $SECS s per test: expect ~$(( (PER_ROW * ${#ROWS[@]} * RUNS + 59) / 60 )) min" \
   "(~${PER_ROW} s per row and run); raw values in $RAW" >&2
 T0=$SECONDS
