@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Helpers of netns-fixtures/bench.sh (standard library only); see bench.sh's header for what is measured.
 
-  bench.py frames KIND ARGS...      a trafgen packet config (raw bytes) on stdout
+  bench.py payloads KIND ARGS...    the blaster's flows ("SRC_PORT HEX_UDP_PAYLOAD" per line) on stdout
   bench.py pps DIR ...              one packet-rate test (full speed, then a short search); TSV lines on stdout
   bench.py iperf FILE...            summed received Gbit/s and bytes of iperf3 -J outputs
   bench.py sockperf FILE            p50 p99 p99.9 RTT (us) of a sockperf ping-pong run
@@ -9,6 +9,7 @@
   bench.py report RAW.tsv N SECS    the table (median of the runs [min-max]) from the raw per-run values
 """
 import json
+import os
 import re
 import statistics
 import struct
@@ -63,25 +64,23 @@ def inner_ip(src, dst, i):
     return ipv4(src, dst, udp(src, dst, SPORT0 + i, DPORT, bytes([0x41]) * PAYLOAD), ident=i)
 
 
-def frames(kind, a):
-    """plain DMAC SMAC SRC DST | vxlan DMAC SMAC OSRC ODST PORT VNI IDMAC ISMAC SRC DST | udp DMAC SMAC OSRC ODST PORT SRC DST"""
-    out = []
+def payloads(kind, a):
+    """plain SRC DST | vxlan VNI IDMAC ISMAC SRC DST | udp SRC DST: one line per flow, the UDP source port
+    and payload the blaster sends (plain: to the inner destination; vxlan/udp: to the peer's tunnel port)."""
     for i in range(FLOWS):
         if kind == "plain":
-            dmac, smac, src, dst = a
-            out.append(eth(dmac, smac, inner_ip(src, dst, i)))
+            sport, payload = SPORT0 + i, bytes([0x41]) * PAYLOAD
         elif kind == "vxlan":
-            dmac, smac, osrc, odst, port, vni, idmac, ismac, src, dst = a
-            vx = struct.pack("!B3sI", 0x08, b"\0\0\0", int(vni) << 8) + eth(idmac, ismac, inner_ip(src, dst, i))
-            # UDP checksum 0, as Linux VXLAN sends; the source port varies per flow, as Linux's does
-            out.append(eth(dmac, smac, ipv4(osrc, odst, udp(osrc, odst, 49152 + i, int(port), vx, False))))
+            vni, idmac, ismac, src, dst = a
+            # the outer source port varies per flow, as Linux VXLAN's does
+            sport = 49152 + i
+            payload = struct.pack("!B3sI", 0x08, b"\0\0\0", int(vni) << 8) + eth(idmac, ismac, inner_ip(src, dst, i))
         elif kind == "udp":
-            dmac, smac, osrc, odst, port, src, dst = a
-            out.append(eth(dmac, smac, ipv4(osrc, odst, udp(osrc, odst, 49152 + i, int(port), inner_ip(src, dst, i)))))
+            src, dst = a
+            sport, payload = 49152 + i, inner_ip(src, dst, i)
         else:
-            sys.exit(f"bench.py: unknown frame kind {kind}")
-    for f in out:
-        print("{ " + ", ".join(f"0x{b:02x}" for b in f) + " }")
+            sys.exit(f"bench.py: unknown payload kind {kind}")
+        print(sport, payload.hex())
 
 
 # ---------------------------------------------------------------- counters
@@ -154,29 +153,36 @@ def drops(a, b):
 
 
 # ---------------------------------------------------------------- packet rate
+GSO_HDR = 14 + 20 + 8  # Ethernet, IPv4, UDP: repeated in each frame a GSO packet becomes
 def pps(argv):
-    """pps DIR GEN_NS GEN_DEV CFG OFF_NS:DEV FWD_NS:DEV FWD_DIR(rx|tx) WINDOW NSS WEFT_NSS"""
-    d, gns, gdev, cfg, off, fwd, fdir, window, nss, wnss = argv
-    window = float(window)
+    """pps DIR GEN_NS DST_IP:PORT PAYLOADS OFF_NS:DEV FWD_NS:DEV FWD_DIR(rx|tx) FRAME WINDOW NSS WEFT_NSS
+
+    The generator is the blaster (examples/blaster.rs, $BLASTER) in GEN_NS sending PAYLOADS to DST_IP:PORT.
+
+    FRAME: the bytes of one forwarded frame as the forwarded-side device counts it. Forwarded frames are
+    counted from bytes, not packets: a GSO packet (a UDP GSO train, a GRO-coalesced tun write) crosses a
+    veth whole and counts as one packet of HDR + n * (FRAME - HDR) bytes, HDR being its Ethernet, IP and
+    UDP headers, which each of the n frames it becomes on a wire repeats."""
+    d, gns, dst, cfg, off, fwd, fdir, frame, window, nss, wnss = argv
+    dip, dport = dst.split(":")
+    frame, window = int(frame), float(window)
     nss, wnss = nss.split(","), [n for n in wnss.split(",") if n]
     ons, odev = off.split(":")
     fns, fdev = fwd.split(":")
 
     def one(rate, secs):
         a = snapshot(nss, wnss)
-        cmd = ["timeout", "-s", "INT", str(secs), "ip", "netns", "exec", gns,
-               "chrt", "-i", "0", "trafgen", "-i", cfg, "-o", gdev, "-P", "1", "-Q", "--no-sock-mem"]
-        if rate:
-            cmd += ["-b", f"{int(rate)}pps"]
+        cmd = ["ip", "netns", "exec", gns, os.environ["BLASTER"], dip, dport, cfg, str(int(rate or 0)), str(secs)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         time.sleep(0.2)  # let queues drain before the second snapshot
         b = snapshot(nss, wnss)
-        txt = out.stdout + out.stderr
-        m = re.search(r"(\d+) sec,\s+(\d+) usec on CPU", txt)
-        dur = int(m[1]) + int(m[2]) / 1e6 if m else secs
+        m = re.search(r"sent (\d+) in ([\d.]+) s", out.stdout)
+        dur = float(m[2]) if m else secs
         offered = (stat(b, ons, odev, "tx", "packets") + stat(b, ons, odev, "tx", "dropped")
                    - stat(a, ons, odev, "tx", "packets") - stat(a, ons, odev, "tx", "dropped"))
-        fwdd = stat(b, fns, fdev, fdir, "packets") - stat(a, fns, fdev, fdir, "packets")
+        skbs = stat(b, fns, fdev, fdir, "packets") - stat(a, fns, fdev, fdir, "packets")
+        byts = stat(b, fns, fdev, fdir, "bytes") - stat(a, fns, fdev, fdir, "bytes")
+        fwdd = round((byts - skbs * GSO_HDR) / (frame - GSO_HDR))
         loss = 1 - fwdd / offered if offered > 0 else float("nan")
         wc = {k: sum(b["weft"][ns].get(k, 0) - a["weft"].get(ns, {}).get(k, 0) for ns in b["weft"])
               for k in ("weft_packets_total:tx", "weft_packets_total:rx")}
@@ -342,8 +348,8 @@ def report(argv):
 
 def main():
     cmd, argv = sys.argv[1], sys.argv[2:]
-    if cmd == "frames":
-        frames(argv[0], argv[1:])
+    if cmd == "payloads":
+        payloads(argv[0], argv[1:])
     elif cmd == "pps":
         pps(argv)
     elif cmd == "iperf":
