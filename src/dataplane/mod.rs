@@ -5,6 +5,7 @@
 //! and counts into its own counters; it knows nothing of etcd or the daemon.
 
 mod afxdp;
+mod gather;
 mod sock;
 mod steer;
 mod tun;

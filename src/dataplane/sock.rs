@@ -10,9 +10,11 @@ use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::info;
 
+use super::gather;
 use super::underlay::{DatagramSink, Sent, Underlay, MAX_PACKET};
 use super::{DataPlaneConfig, DataPlaneError};
 use crate::wire::inbound::datagram_units;
+use crate::wire::segment::Split;
 use crate::wire::DropReason;
 
 /// Send sockets per worker: outer source ports that the inner-flow hash picks from.
@@ -120,6 +122,13 @@ impl WorkerSockets {
                 src_ip: None,
             },
         )
+    }
+
+    /// The send socket the flow hash selects (its source port carries the flow).
+    #[inline]
+    pub fn tx_fd(&self, flow: u32) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.tx[flow as usize % self.tx.len()].0.as_raw_fd()
     }
 
     /// How many datagrams one GSO send may carry (1: no GSO).
@@ -290,6 +299,23 @@ impl Underlay for UdpUnderlay {
         let (sent, gso) = send_train_with(train, stride, self.gso, max, |chunk, segment| {
             socks.send(flow, dst, chunk, segment)
         });
+        if self.gso && !gso {
+            info!("UDP GSO refused by the kernel (EIO); sending datagrams one by one");
+        }
+        self.gso = gso;
+        sent
+    }
+
+    /// Gathered: the payload goes from the caller's buffer straight to the kernel, all GSO messages of
+    /// the split in one `sendmmsg`.
+    fn send_split(&mut self, flow: u32, dst: Ipv4Addr, split: &Split<'_>, _: &mut [u8]) -> Sent {
+        let max = self
+            .socks
+            .max_gso_segments()
+            .min(MAX_GSO_BYTES / split.stride().max(1))
+            .max(1);
+        let dst = SocketAddrV4::new(dst, self.port);
+        let (sent, gso) = gather::send_split(self.socks.tx_fd(flow), dst, split, self.gso, max);
         if self.gso && !gso {
             info!("UDP GSO refused by the kernel (EIO); sending datagrams one by one");
         }

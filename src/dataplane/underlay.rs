@@ -5,6 +5,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::BorrowedFd;
 
+use crate::wire::segment::Split;
 use crate::wire::DropReason;
 
 /// Largest packet a tun read or a (GRO-coalesced) UDP receive can return.
@@ -60,6 +61,25 @@ pub trait Underlay {
     /// Sends a train of datagrams of `stride` bytes each (the last may be shorter) to `dst`, in as few
     /// sends as the underlay allows (UDP GSO).
     fn send_train(&mut self, flow: u32, dst: Ipv4Addr, train: &[u8], stride: usize) -> Sent;
+
+    /// Sends the datagrams of `split`, each its head then its body, to `dst` in as few sends as the
+    /// underlay allows. This default lays them out in `scratch` and sends that train; an underlay that
+    /// can gather (the UDP sockets) sends them from where they are.
+    fn send_split(
+        &mut self,
+        flow: u32,
+        dst: Ipv4Addr,
+        split: &Split<'_>,
+        scratch: &mut [u8],
+    ) -> Sent {
+        match split.assemble(scratch) {
+            Some(t) => self.send_train(flow, dst, &scratch[..t.len], t.stride),
+            None => Sent {
+                failed: 1,
+                ..Sent::default()
+            },
+        }
+    }
 
     /// Makes the device send what was queued (after each batch of sends).
     fn flush(&mut self);

@@ -17,10 +17,13 @@ use super::DataPlaneConfig;
 use crate::ops::metrics::WorkerCounters;
 use crate::routes::{RouteSnapshot, RouteTable};
 use crate::wire::batch::SmallBatch;
-use crate::wire::gso::{train_from_tun, Coalescer, VnetHdr, GSO_NONE, VNET_HDR_LEN};
+use crate::wire::gso::{
+    train_from_tun, Coalescer, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_UDP_L4, VNET_HDR_LEN,
+};
 use crate::wire::inbound::Inbound;
 use crate::wire::ipv4::{icmp_unreachable, Unreachable};
 use crate::wire::outbound::{Action, Outbound};
+use crate::wire::segment::split_headers;
 use crate::wire::DropReason;
 
 /// Room in front of a packet read from the tun for the encapsulation headers (plain path).
@@ -48,6 +51,8 @@ pub struct Worker<U> {
     /// The train being sent: a segmented super-packet, or the small datagrams `batch` gathers.
     train: Vec<u8>,
     batch: SmallBatch,
+    /// The per-segment headers of a super-packet being sent (its payload stays in `tx_buf`).
+    heads: Vec<u8>,
     icmp_buf: Vec<u8>,
     seg_buf: Vec<u8>,
     coalescer: Coalescer,
@@ -79,6 +84,7 @@ impl<U: Underlay> Worker<U> {
             tx_buf: vec![0; HEADROOM + MAX_PACKET + VNET_HDR_LEN],
             train: vec![0; TRAIN_BYTES],
             batch: SmallBatch::default(),
+            heads: vec![0; TRAIN_BYTES],
             icmp_buf: vec![0; 1024],
             seg_buf: vec![0; MAX_PACKET],
             icmp_window: (Instant::now(), 0),
@@ -276,24 +282,29 @@ impl<U: Underlay> Worker<U> {
             self.batch.commit(dst, flow, size);
             return;
         }
-        // A super-packet: whatever is gathered leaves first (it may be of the same flow), then its train.
+        // A super-packet: whatever is gathered leaves first (it may be of the same flow), then its
+        // segments: headers built apart, payload sent from the read buffer (no copy here).
         self.send_batch();
         let packet = &self.tx_buf[HEADROOM..HEADROOM + len];
-        let train = match train_from_tun(&hdr, packet, prefix, &mut self.train) {
-            Ok(t) => t,
+        let udp = match hdr.gso_type & 0x7f {
+            GSO_TCPV4 => false,
+            GSO_UDP_L4 => true,
+            _ => {
+                self.counters.dropped(DropReason::TooBig);
+                return;
+            }
+        };
+        let vxlan = e.vxlan.map(|t| *t.bytes());
+        let prefix_bytes: &[u8] = vxlan.as_ref().map_or(&[], |b| &b[..]);
+        let gso_size = usize::from(hdr.gso_size);
+        let split = match split_headers(packet, gso_size, udp, prefix_bytes, &mut self.heads) {
+            Ok(s) => s,
             Err(_) => {
                 self.counters.dropped(DropReason::TooBig);
                 return;
             }
         };
-        if let Some(t) = e.vxlan {
-            for i in 0..train.count {
-                t.write(&mut self.train, i * train.stride);
-            }
-        }
-        let sent = self
-            .underlay
-            .send_train(flow, dst, &self.train[..train.len], train.stride);
+        let sent = self.underlay.send_split(flow, dst, &split, &mut self.train);
         self.count_sent(sent, dst, prefix);
     }
 

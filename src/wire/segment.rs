@@ -62,18 +62,34 @@ fn build_segment(
     chunk: &[u8],
     seg: &mut [u8],
 ) {
+    let headers = lay.ip_len + lay.l4_len;
+    seg[headers..headers + chunk.len()].copy_from_slice(chunk);
+    segment_header(packet, lay, i, count, start, chunk, &mut seg[..headers]);
+}
+
+/// Writes the IP and TCP/UDP headers of segment `i` of `count` (payload `chunk`, at byte `start` of the
+/// original payload) into `hdr` (exactly the headers' length), checksums complete; the payload is only
+/// read (for the checksum), so it may stay where it is.
+fn segment_header(
+    packet: &[u8],
+    lay: Layout,
+    i: usize,
+    count: usize,
+    start: usize,
+    chunk: &[u8],
+    hdr: &mut [u8],
+) {
     let (hl, l4l) = (lay.ip_len, lay.l4_len);
     let headers = hl + l4l;
-    let seg_len = headers + chunk.len();
-    seg[..headers].copy_from_slice(&packet[..headers]);
-    seg[headers..seg_len].copy_from_slice(chunk);
+    hdr.copy_from_slice(&packet[..headers]);
     let orig = ipv4::Packet::new_unchecked(packet);
-    let mut ip = ipv4::Packet::new_unchecked(&mut seg[..seg_len]);
-    ip.set_total_len(seg_len);
+    let mut ip = ipv4::Packet::new_unchecked(&mut *hdr);
+    ip.set_total_len(headers + chunk.len());
     ip.set_ident(orig.ident().wrapping_add(i as u16));
     ip.fill_checksum();
-    let pseudo = orig.pseudo_header_sum(l4l + chunk.len());
-    let l4 = &mut seg[hl..seg_len];
+    // TCP and UDP header lengths are even, so the payload's words line up after them.
+    let pseudo = orig.pseudo_header_sum(l4l + chunk.len()) + sum_words(chunk);
+    let l4 = &mut hdr[hl..];
     if lay.udp {
         let mut u = udp::Packet::new_unchecked(&mut *l4);
         u.set_len(l4l + chunk.len());
@@ -177,6 +193,120 @@ pub fn split_into_train(
     Ok(Train { count, stride, len })
 }
 
+/// A super-packet split without moving its payload: per segment, `prefix` bytes left for an encapsulation
+/// header and the segment's own IP and TCP/UDP headers, back to back in a header buffer (`hstride` bytes
+/// each); the payload chunks stay in the packet. Datagram `i` is `head(i)` followed by `body(i)`, so a
+/// sender can gather each from two places (an iovec pair) instead of copying the payload into a train.
+#[derive(Debug, Clone, Copy)]
+pub struct Split<'a> {
+    heads: &'a [u8],
+    payload: &'a [u8],
+    pub hstride: usize,
+    pub seg_payload: usize,
+    pub count: usize,
+}
+
+impl<'a> Split<'a> {
+    /// The encapsulation prefix and headers of datagram `i`.
+    #[inline]
+    pub fn head(&self, i: usize) -> &'a [u8] {
+        &self.heads[i * self.hstride..(i + 1) * self.hstride]
+    }
+
+    /// The payload of datagram `i` (the last may be shorter).
+    #[inline]
+    pub fn body(&self, i: usize) -> &'a [u8] {
+        let start = i * self.seg_payload;
+        &self.payload[start..(start + self.seg_payload).min(self.payload.len())]
+    }
+
+    /// The size of every datagram but a shorter last one (of the only one, if there is one).
+    #[inline]
+    pub fn stride(&self) -> usize {
+        self.hstride + self.seg_payload.min(self.payload.len().max(1))
+    }
+
+    /// Bytes of all datagrams together.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.count * self.hstride + self.payload.len()
+    }
+
+    /// Whether there are no datagrams (never, for a split that was built).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Lays the datagrams out back to back in `out` as a [`Train`] (for senders that cannot gather).
+    pub fn assemble(&self, out: &mut [u8]) -> Option<Train> {
+        let len = self.len();
+        if out.len() < len {
+            return None;
+        }
+        let mut at = 0;
+        for i in 0..self.count {
+            let (h, b) = (self.head(i), self.body(i));
+            out[at..at + h.len()].copy_from_slice(h);
+            out[at + h.len()..at + h.len() + b.len()].copy_from_slice(b);
+            at += h.len() + b.len();
+        }
+        Some(Train {
+            count: self.count,
+            stride: self.stride(),
+            len,
+        })
+    }
+}
+
+/// Splits a TCP (or, with `udp`, UDP) super-packet into segments of `seg_payload` bytes as a [`Split`]:
+/// their headers, each behind a copy of `prefix` (the encapsulation header), are written into `heads`;
+/// the payload is not copied.
+pub fn split_headers<'a>(
+    packet: &'a [u8],
+    seg_payload: usize,
+    udp: bool,
+    prefix: &[u8],
+    heads: &'a mut [u8],
+) -> Result<Split<'a>, SegmentError> {
+    let lay = layout(packet, udp)?;
+    if lay.udp != udp {
+        return Err(SegmentError::NotTcp);
+    }
+    if seg_payload == 0 {
+        return Err(SegmentError::MtuTooSmall);
+    }
+    let headers = lay.ip_len + lay.l4_len;
+    let payload = &packet[headers..lay.total];
+    let count = payload.len().div_ceil(seg_payload).max(1);
+    let hstride = prefix.len() + headers;
+    if heads.len() < count * hstride {
+        return Err(SegmentError::MtuTooSmall);
+    }
+    for i in 0..count {
+        let start = i * seg_payload;
+        let chunk = &payload[start..(start + seg_payload).min(payload.len())];
+        heads[i * hstride..i * hstride + prefix.len()].copy_from_slice(prefix);
+        let at = i * hstride + prefix.len();
+        segment_header(
+            packet,
+            lay,
+            i,
+            count,
+            start,
+            chunk,
+            &mut heads[at..at + headers],
+        );
+    }
+    Ok(Split {
+        heads,
+        payload,
+        hstride,
+        seg_payload,
+        count,
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -268,6 +398,50 @@ pub(crate) mod tests {
             (t.count - 1) * t.stride + 22 + 52 + (64_000 - (t.count - 1) * mss)
         );
         check_segments(&mut segs, &p, mss);
+    }
+
+    #[test]
+    fn a_split_is_the_train_without_the_payload_copy() {
+        for (p, udp) in [
+            (tcp_packet(64_000, TCP_PSH | 0x10), false),
+            (tcp_packet(1000, 0x10), false),
+            (
+                crate::wire::ipv4::tests::udp_packet(
+                    [10, 5, 2, 9],
+                    [10, 5, 1, 7],
+                    5000,
+                    53,
+                    &[9u8; 3001],
+                ),
+                true,
+            ),
+        ] {
+            let mut train = vec![0u8; 80_000];
+            let t = split_into_train(&p, 1398, udp, 22, &mut train).unwrap();
+            let prefix: Vec<u8> = (100..122).collect();
+            for i in 0..t.count {
+                train[i * t.stride..i * t.stride + 22].copy_from_slice(&prefix);
+            }
+            let mut heads = vec![0u8; 4096];
+            let s = split_headers(&p, 1398, udp, &prefix, &mut heads).unwrap();
+            assert_eq!((s.count, s.stride(), s.len()), (t.count, t.stride, t.len));
+            let mut gathered = Vec::new();
+            for i in 0..s.count {
+                gathered.extend_from_slice(s.head(i));
+                gathered.extend_from_slice(s.body(i));
+            }
+            assert_eq!(gathered, train[..t.len], "same bytes, datagram by datagram");
+            let mut out = vec![0u8; t.len];
+            assert_eq!(s.assemble(&mut out), Some(t));
+            assert_eq!(out, train[..t.len]);
+            assert_eq!(s.assemble(&mut out[..t.len - 1]), None);
+        }
+        let p = tcp_packet(64_000, 0x10);
+        let mut small = [0u8; 100];
+        assert_eq!(
+            split_headers(&p, 1398, false, &[0; 22], &mut small).unwrap_err(),
+            SegmentError::MtuTooSmall
+        );
     }
 
     #[test]

@@ -135,6 +135,12 @@ impl VxlanTemplate {
         VxlanTemplate(h)
     }
 
+    /// The header's bytes.
+    #[inline]
+    pub fn bytes(&self) -> &[u8; VXLAN_ENCAP] {
+        &self.0
+    }
+
     /// Writes the header into the `VXLAN_ENCAP` bytes in front of the packet: `buf[start..start + 22]`.
     #[inline]
     pub fn write(&self, buf: &mut [u8], start: usize) {
