@@ -1,17 +1,18 @@
-//! Criterion benches for the data plane's pure hot path: VXLAN encap/decap, TSO splitting, GRO
-//! coalescing, and an in-memory encap -> decap pipeline.
+//! Criterion benches for the data plane's pure hot path: VXLAN encap/decap, TSO splitting (into a train, or
+//! into headers only), small-datagram batching, GRO coalescing, and an in-memory encap -> decap pipeline.
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use weft::routes::{Peer, PeerBackend, RouteSnapshot};
+use weft::wire::batch::SmallBatch;
 use weft::wire::ethernet::MacAddr;
 use weft::wire::flow::flow_hash;
 use weft::wire::gso::{Coalescer, VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
 use weft::wire::inbound::{Encap, Inbound};
 use weft::wire::outbound::{Action, Outbound};
-use weft::wire::segment::split_into_train;
+use weft::wire::segment::{split_headers, split_into_train};
 use weft::wire::vxlan::{decap, VxlanTemplate, VXLAN_ENCAP};
 use weft::wire::{ipv4, tcp};
 
@@ -163,6 +164,42 @@ fn tso_split(c: &mut Criterion) {
             )
         })
     });
+    let tpl = *VxlanTemplate::new(1, OURS, PEER_MAC).bytes();
+    let mut heads = vec![0u8; 16 * 1024];
+    g.bench_function(
+        "split into per-segment headers, payload left in place (MSS 1410)",
+        |b| {
+            b.iter(|| {
+                black_box(
+                    split_headers(black_box(&p), 1410, false, &tpl, &mut heads)
+                        .expect("tcp")
+                        .count,
+                )
+            })
+        },
+    );
+    g.finish();
+}
+
+fn small_batch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("small datagrams");
+    g.throughput(Throughput::Elements(64));
+    g.bench_function(
+        "gather 64 datagrams of one flow into one train (bookkeeping)",
+        |b| {
+            b.iter(|| {
+                let mut batch = SmallBatch::default();
+                for _ in 0..64 {
+                    let at = batch
+                        .slot(black_box(PEER), 7, black_box(128), 128 * 1024)
+                        .expect("fits");
+                    black_box(at);
+                    batch.commit(PEER, 7, 128);
+                }
+                black_box(batch.take())
+            })
+        },
+    );
     g.finish();
 }
 
@@ -210,5 +247,5 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encap_decap, tso_split, gro, pipeline);
+criterion_group!(benches, encap_decap, tso_split, small_batch, gro, pipeline);
 criterion_main!(benches);

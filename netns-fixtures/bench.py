@@ -4,6 +4,7 @@
   bench.py payloads KIND ARGS...    the blaster's flows ("SRC_PORT HEX_UDP_PAYLOAD" per line) on stdout
   bench.py pps DIR ...              one packet-rate test (full speed, then a short search); TSV lines on stdout
   bench.py iperf FILE...            summed received Gbit/s and bytes of iperf3 -J outputs
+  bench.py worker-split NS BEFORE   the busiest worker's share of what weft in NS received since BEFORE
   bench.py sockperf FILE            p50 p99 p99.9 RTT (us) of a sockperf ping-pong run
   bench.py lease-mac ETCDCTL_ARGS.. IP   VtepMAC of the lease whose PublicIP is IP
   bench.py report RAW.tsv N SECS    the table (median of the runs [min-max]) from the raw per-run values
@@ -107,6 +108,19 @@ def weft_metrics(ns):
         if m:
             out[f"{m[1]}:{m[2]}"] = int(m[3])
     return out
+
+
+def worker_split(argv):
+    """worker-split NS BEFORE_FILE: the busiest worker's share of the packets weft in NS received since
+    BEFORE_FILE (a /metrics text), from weft_worker_packets_total; nothing if there is no such counter."""
+    ns, before = argv
+    def rx(text):
+        return {m[1]: int(m[2]) for m in re.finditer(r'weft_worker_packets_total\{worker="(\d+)",direction="rx"\} (\d+)', text)}
+    a = rx(open(before).read())
+    b = rx(sh("ip", "netns", "exec", ns, "curl", "-s", "--max-time", "1", "http://127.0.0.1:8471/metrics"))
+    d = [b[k] - a.get(k, 0) for k in b]
+    if d and sum(d) > 0:
+        print(f"{max(d) / sum(d):.3f}")
 
 
 def softnet_dropped():
@@ -256,6 +270,7 @@ COLS = [  # (key, header, decimals, ratio to kernel-vxlan?)
     ("tcp1_softirq", "softirq s/GB", 2, False),
     ("tcp1_extra", "extra s/GB vs underlay", 2, False),
     ("tcp4_cpu", "box CPU s/GB 4 procs", 2, False),
+    ("tcp4_busiest", "busiest worker 4 procs", 2, False),
 ]
 COLS2 = [
     ("encap_lossfree_kpps", "encap 64B kpps <0.1% loss", 0, True),
@@ -348,7 +363,9 @@ def report(argv):
 
 def main():
     cmd, argv = sys.argv[1], sys.argv[2:]
-    if cmd == "payloads":
+    if cmd == "worker-split":
+        worker_split(argv)
+    elif cmd == "payloads":
         payloads(argv[0], argv[1:])
     elif cmd == "pps":
         pps(argv)

@@ -5,8 +5,8 @@
 # netns-fixtures/lib.sh; the frame builder, packet-rate search and report are netns-fixtures/bench.py.
 #
 #   usage: [WEFT_BIN=path] [WEFT_BIN_B=path] netns-fixtures/bench.sh [--runs N] [--time SECONDS] [--only "rows"]
-#   rows (in this order): underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-afxdp
-#                         weft-udp weft-kernel
+#   rows (in this order): underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin
+#                         weft-vxlan-afxdp weft-udp weft-kernel (weft-vxlan-spin: --busy-poll-us 50)
 #   --runs N (default 5): for run in 1..N, every row in turn is set up, measured and torn down (the paths are
 #     interleaved, so slow drift of the machine hits all of them alike); each cell is the median [min-max].
 #   --time S (default 3): seconds per iperf3 / sockperf test. One run of all rows takes ~(4*S + 18) s per row
@@ -19,6 +19,8 @@
 # Columns (container c1 behind host h1 to container c2 behind host h2; for "underlay" h1 to h2 directly):
 #   TCP 1 stream Gbit/s     one iperf3 TCP stream, received bits/s.
 #   TCP 4 procs Gbit/s      4 iperf3 client processes at once, one per server (ports 5201-5204), summed.
+#   busiest worker 4 procs  the share of h2's weft's received packets that its busiest worker handled during the
+#                           4-process test (0.50 = even over 2 workers, 1.00 = all flows on one).
 #                           (Debian 12's iperf3 3.12 is single-threaded: `-P 4` would be one thread per side.)
 #   box CPU s/GB            whole-box busy CPU time from /proc/stat's "cpu" line (user+nice+system+irq+softirq
 #                           +steal; guest time is already inside user) over the 1-stream test, per GB received.
@@ -67,7 +69,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [[ "$SECS" =~ ^[0-9]+$ && "$RUNS" =~ ^[0-9]+$ && "$SECS" -ge 2 && "$RUNS" -ge 1 ]] || usage
-ALL_ROWS="underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-afxdp weft-udp weft-kernel"
+ALL_ROWS="underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin weft-vxlan-afxdp weft-udp weft-kernel"
 for r in $ONLY; do [[ " $ALL_ROWS " == *" ${r%@B} "* ]] || { echo "bench: unknown row $r" >&2; usage; }; done
 
 . netns-fixtures/lib.sh
@@ -173,6 +175,7 @@ setup_row() {
     weft-vxlan) start_weft vxlan userspace ;;
     weft-vxlan-plain) start_weft vxlan userspace --no-offload --no-batch --workers 1 ;;
     weft-vxlan-cpu-local) start_weft vxlan userspace --cpu-local ;;
+    weft-vxlan-spin) start_weft vxlan userspace --busy-poll-us 50 ;;
     # AF_XDP on the underlay veths: copy mode only (veth has no zero-copy), no UDP GSO/GRO on that path.
     weft-vxlan-afxdp) start_weft vxlan userspace --underlay af-xdp ;;
     weft-udp) start_weft udp userspace; KIND=udp; PORT=8285 ;;
@@ -205,7 +208,8 @@ gb, hz = int(sys.argv[3]) / 1e9, int(sys.argv[4])
 if gb > 0:
     print(f"tcp1_cpu {(b1 - b0) / hz / gb:.3f}\ntcp1_softirq {(s1 - s0) / hz / gb:.3f}")
 PY
-  local pids=()
+  local pids=() share
+  [ -z "$WEFT_NS" ] || ip netns exec "$H2" curl -s --max-time 1 http://127.0.0.1:8471/metrics >"$WORK/m-before.txt" || true
   c0=$(cpustat)
   for p in 5201 5202 5203 5204; do
     ip netns exec "$SRC" iperf3 -c "$DIP" -p "$p" -t "$SECS" -J >"$WORK/tcp4-$p.json" 2>/dev/null &
@@ -215,6 +219,10 @@ PY
   c1=$(cpustat)
   read -r gbps bytes < <(python3 "$BENCH_PY" iperf "$WORK"/tcp4-*.json) || true
   rec tcp4_gbps "$gbps"
+  if [ -n "$WEFT_NS" ]; then
+    share=$(python3 "$BENCH_PY" worker-split "$H2" "$WORK/m-before.txt" || true)
+    [ -z "$share" ] || rec tcp4_busiest "$share"
+  fi
   python3 - "$c0" "$c1" "$bytes" "$HZ" <<'PY' | while read -r k v; do rec "$k" "$v"; done
 import sys
 (b0, s0), (b1, s1) = (map(int, x.split()) for x in sys.argv[1:3])

@@ -75,6 +75,7 @@ impl StatusSource for Shared {
             watch_events: self.watch_events.load(Ordering::Relaxed),
             watch_restarts: self.watch_restarts.load(Ordering::Relaxed),
             counters: CounterTotals::sum(workers.iter().map(|w| w.as_ref())),
+            per_worker: CounterTotals::per_worker(workers.iter().map(|w| w.as_ref())),
             invalid_leases: self
                 .invalid_leases
                 .lock()

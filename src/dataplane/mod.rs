@@ -7,6 +7,7 @@
 mod afxdp;
 mod gather;
 mod sock;
+mod spin;
 mod steer;
 mod tun;
 mod underlay;

@@ -12,6 +12,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use tracing::warn;
 use tun_rs::SyncDevice;
 
+use super::spin::SpinBudget;
 use super::underlay::{DatagramSink, Sent, Underlay, MAX_PACKET, MAX_SOURCES};
 use super::DataPlaneConfig;
 use crate::ops::metrics::WorkerCounters;
@@ -57,6 +58,7 @@ pub struct Worker<U> {
     seg_buf: Vec<u8>,
     coalescer: Coalescer,
     icmp_window: (Instant, u32),
+    spin: SpinBudget,
     last_error_log: Option<Instant>,
 }
 
@@ -88,6 +90,7 @@ impl<U: Underlay> Worker<U> {
             icmp_buf: vec![0; 1024],
             seg_buf: vec![0; MAX_PACKET],
             icmp_window: (Instant::now(), 0),
+            spin: SpinBudget::new(Instant::now()),
             last_error_log: None,
         }
     }
@@ -142,24 +145,29 @@ impl<U: Underlay> Worker<U> {
 
     /// After traffic, keeps polling both sides without sleeping for a short while: the answer to what
     /// was just forwarded usually comes back within tens of microseconds, and catching it here saves
-    /// a thread wakeup (most of a userspace tunnel's added latency).
+    /// a thread wakeup (most of a userspace tunnel's added latency). Bounded in CPU by `SpinBudget`.
     fn busy_poll(&mut self) {
         if self.cfg.busy_poll.is_zero() {
             return;
         }
-        let mut until = Instant::now() + self.cfg.busy_poll;
-        while Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
+        let start = Instant::now();
+        let allowed = start + self.spin.allowance(start);
+        let mut until = (start + self.cfg.busy_poll).min(allowed);
+        let mut now = start;
+        while now < until && !self.stop.load(Ordering::Relaxed) {
             let before = self.activity();
             self.outbound_batch();
             for s in 0..U::SOURCES {
                 self.inbound_batch(s);
             }
+            now = Instant::now();
             if self.activity() != before {
-                until = Instant::now() + self.cfg.busy_poll;
+                until = (now + self.cfg.busy_poll).min(allowed);
             } else {
                 std::thread::yield_now();
             }
         }
+        self.spin.spend(now.saturating_duration_since(start));
     }
 
     /// A number that changes whenever a packet moved or was dropped.

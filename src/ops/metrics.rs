@@ -70,6 +70,21 @@ impl CounterTotals {
         }
         t
     }
+
+    /// Per worker: (packets received, packets sent).
+    pub fn per_worker<'a>(
+        workers: impl IntoIterator<Item = &'a WorkerCounters>,
+    ) -> Vec<(u64, u64)> {
+        workers
+            .into_iter()
+            .map(|w| {
+                (
+                    w.rx_packets.load(Ordering::Relaxed),
+                    w.tx_packets.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
 }
 
 /// What `/metrics` reports.
@@ -89,6 +104,8 @@ pub struct MetricsView {
     pub watch_events: u64,
     pub watch_restarts: u64,
     pub counters: CounterTotals,
+    /// Per worker: (packets received, packets sent), to see how flows spread over the workers.
+    pub per_worker: Vec<(u64, u64)>,
     /// Peer leases in etcd that are ignored, by reason label.
     pub invalid_leases: Vec<(&'static str, usize)>,
 }
@@ -185,6 +202,19 @@ pub fn render(v: &MetricsView) -> String {
     let _ = writeln!(o, "# HELP weft_packets_total Packets carried by the data plane\n# TYPE weft_packets_total counter");
     let _ = writeln!(o, "weft_packets_total{{direction=\"tx\"}} {}", c.tx_packets);
     let _ = writeln!(o, "weft_packets_total{{direction=\"rx\"}} {}", c.rx_packets);
+    if !v.per_worker.is_empty() {
+        let _ = writeln!(o, "# HELP weft_worker_packets_total Packets carried by each data-plane worker\n# TYPE weft_worker_packets_total counter");
+        for (i, (rx, tx)) in v.per_worker.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "weft_worker_packets_total{{worker=\"{i}\",direction=\"rx\"}} {rx}"
+            );
+            let _ = writeln!(
+                o,
+                "weft_worker_packets_total{{worker=\"{i}\",direction=\"tx\"}} {tx}"
+            );
+        }
+    }
     let _ = writeln!(o, "# HELP weft_bytes_total Bytes carried by the data plane (inner packets)\n# TYPE weft_bytes_total counter");
     let _ = writeln!(o, "weft_bytes_total{{direction=\"tx\"}} {}", c.tx_bytes);
     let _ = writeln!(o, "weft_bytes_total{{direction=\"rx\"}} {}", c.rx_bytes);
@@ -244,6 +274,7 @@ mod tests {
             peers: 2,
             routes: 2,
             counters: CounterTotals::sum([&w1, &w2]),
+            per_worker: CounterTotals::per_worker([&w1, &w2]),
             ..Default::default()
         };
         let text = render(&view);
@@ -251,6 +282,8 @@ mod tests {
         assert!(text.contains("weft_peers 2\n"));
         assert!(text.contains("weft_packets_total{direction=\"tx\"} 2\n"));
         assert!(text.contains("weft_bytes_total{direction=\"tx\"} 150\n"));
+        assert!(text.contains("weft_worker_packets_total{worker=\"0\",direction=\"tx\"} 1\n"));
+        assert!(text.contains("weft_worker_packets_total{worker=\"1\",direction=\"rx\"} 1\n"));
         assert!(text.contains("weft_drops_total{reason=\"bad_vni\"} 2\n"));
         assert!(text.contains("weft_drops_total{reason=\"spoofed_source\"} 1\n"));
         assert!(text.contains("weft_drops_total{reason=\"truncated\"} 0\n"));
