@@ -14,3 +14,4 @@ pub mod kernel;
 pub mod ops;
 pub mod routes;
 pub mod wire;
+pub mod wireguard;

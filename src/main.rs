@@ -165,6 +165,14 @@ struct RunArgs {
     /// Packet worker threads of the userspace data plane (default: one per core).
     #[arg(long, env = "WEFT_WORKERS")]
     workers: Option<usize>,
+    /// The WireGuard private key file (wireguard backend): created with a new key on first start, reused
+    /// after so the public key in the lease stays. flannel's variable name is honoured.
+    #[arg(
+        long,
+        env = "WIREGUARD_KEY_FILE",
+        default_value = weft::wireguard::keyfile::DEFAULT_KEY_FILE
+    )]
+    wireguard_key_file: PathBuf,
     /// Name of the userspace data plane's tun device.
     #[arg(long, env = "WEFT_TUN_NAME", default_value = "weft0")]
     tun_name: String,
@@ -460,7 +468,15 @@ fn main() -> ExitCode {
     };
     match rt.block_on(dispatch(cli.cmd)) {
         Ok(()) | Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
-        Err(e @ CliError::Usage(_)) => {
+        Err(
+            e @ (CliError::Usage(_)
+            | CliError::Daemon(
+                DaemonError::WgKey(_)
+                | DaemonError::KernelNoWireGuard { .. }
+                | DaemonError::KernelWireGuardUnsupported
+                | DaemonError::AfXdpNoWireGuard,
+            )),
+        ) => {
             eprintln!("weft: error: {e}");
             ExitCode::from(2)
         }
@@ -502,6 +518,7 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
                 batch: !a.no_batch,
                 busy_poll: Duration::from_micros(a.busy_poll_us),
                 cpu_local: a.cpu_local,
+                wg_key_file: a.wireguard_key_file,
                 underlay: match a.underlay {
                     UnderlayArg::Udp => weft::dataplane::UnderlayIo::Udp,
                     UnderlayArg::AfXdp => weft::dataplane::UnderlayIo::AfXdp(a.xdp_mode.into()),
@@ -658,6 +675,9 @@ fn print_status(v: &StatusReport) -> Result<(), CliError> {
         let (kind, mac) = match p.backend {
             weft::routes::PeerBackend::Vxlan { vtep_mac, .. } => ("vxlan", vtep_mac.to_string()),
             weft::routes::PeerBackend::Udp => ("udp", "-".to_string()),
+            weft::routes::PeerBackend::WireGuard { public_key, port } => {
+                ("wireguard", format!("{public_key} :{port}"))
+            }
             weft::routes::PeerBackend::Other => ("other", "-".to_string()),
         };
         outln!(

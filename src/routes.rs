@@ -22,7 +22,13 @@ pub enum PeerBackend {
         vtep_mac: MacAddr,
     },
     Udp,
-    /// A backend weft cannot talk to (host-gw, wireguard, ...) or malformed backend data.
+    /// flannel's wireguard backend: the peer's public key and UDP port.
+    #[serde(rename = "wireguard")]
+    WireGuard {
+        public_key: crate::control::key::WgKey,
+        port: u16,
+    },
+    /// A backend weft cannot talk to (host-gw, ...) or malformed backend data.
     Other,
 }
 
@@ -47,6 +53,13 @@ impl Peer {
             },
             // flannel's own udp backend writes no BackendType.
             "udp" | "" => PeerBackend::Udp,
+            "wireguard" => match attrs.wireguard_data() {
+                Some(d) => PeerBackend::WireGuard {
+                    public_key: d.public_key,
+                    port: d.port,
+                },
+                None => PeerBackend::Other,
+            },
             _ => PeerBackend::Other,
         };
         Peer {
@@ -172,6 +185,7 @@ impl PeerTable for RouteSnapshot {
             encap: match p.backend {
                 PeerBackend::Vxlan { vtep_mac, .. } => PeerEncap::Vxlan { vtep_mac },
                 PeerBackend::Udp => PeerEncap::Udp,
+                PeerBackend::WireGuard { .. } => PeerEncap::WireGuard,
                 PeerBackend::Other => PeerEncap::Other,
             },
         })

@@ -333,3 +333,13 @@ fn udp_hostile_input() {
 fn vxlan_three_hosts_with_tun_offload_but_no_udp_gso_or_gro() {
     three_hosts_all_pairs_and_a_50mb_transfer("vxlan", &["--no-udp-gso", "--no-udp-gro"]);
 }
+
+#[test]
+fn wireguard_three_hosts() {
+    three_hosts_all_pairs_and_a_50mb_transfer("wireguard", &[]);
+}
+
+#[test]
+fn wireguard_three_hosts_without_offloads_or_batching() {
+    three_hosts_all_pairs_and_a_50mb_transfer("wireguard", &["--no-offload", "--no-batch"]);
+}

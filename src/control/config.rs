@@ -14,6 +14,12 @@ pub const DEFAULT_UDP_PORT: u16 = 8285;
 pub const VXLAN_OVERHEAD: u32 = 50;
 /// Bytes flannel's udp encapsulation adds: outer IPv4 (20) + UDP (8).
 pub const UDP_OVERHEAD: u32 = 28;
+/// Default UDP port of flannel's wireguard backend (IPv4), and of its IPv6 device.
+pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
+pub const DEFAULT_WIREGUARD_PORT_V6: u16 = 51821;
+/// What flannel's wireguard backend subtracts from the MTU: room for an IPv6 outer header (40) + UDP (8)
+/// + WireGuard's data header (16) and tag (16), as wg-quick does.
+pub const WIREGUARD_OVERHEAD: u32 = 80;
 
 /// A validated network config with flannel's defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +36,7 @@ pub struct NetworkConfig {
 pub enum Backend {
     Vxlan(VxlanOptions),
     Udp(UdpOptions),
+    WireGuard(WireGuardOptions),
 }
 
 /// Options of the `vxlan` backend.
@@ -49,6 +56,31 @@ pub struct VxlanOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UdpOptions {
     pub port: u16,
+}
+
+/// Options of the `wireguard` backend, as flannel reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireGuardOptions {
+    /// UDP port of the IPv4 device (flannel's `ListenPort`).
+    pub listen_port: u16,
+    /// UDP port of the IPv6 device (`ListenPortV6`; accepted, used by the IPv6 work).
+    pub listen_port_v6: u16,
+    /// Overrides the underlay MTU used to derive the overlay MTU.
+    pub mtu: Option<u32>,
+    /// A preshared key mixed into every handshake (`PSK`, base64 of 32 bytes).
+    pub psk: Option<[u8; 32]>,
+    /// Seconds between keepalives to each peer (`PersistentKeepaliveInterval`; 0: none).
+    pub keepalive: u16,
+    pub mode: WireGuardMode,
+}
+
+/// flannel's `Mode`: one device per address family, or one for both. With IPv4 only, all behave alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireGuardMode {
+    Separate,
+    Auto,
+    Ipv4,
+    Ipv6,
 }
 
 /// Why a network config was refused; each message names the field and the rule.
@@ -97,7 +129,7 @@ impl Backend {
             .into_iter()
             .filter_map(|(on, name)| on.then_some(name))
             .collect(),
-            Backend::Udp(_) => Vec::new(),
+            Backend::Udp(_) | Backend::WireGuard(_) => Vec::new(),
         }
     }
 
@@ -105,6 +137,7 @@ impl Backend {
         match self {
             Backend::Vxlan(_) => "vxlan",
             Backend::Udp(_) => "udp",
+            Backend::WireGuard(_) => "wireguard",
         }
     }
 
@@ -114,6 +147,7 @@ impl Backend {
             Backend::Vxlan(v) if v.port == 0 => DEFAULT_VXLAN_PORT,
             Backend::Vxlan(v) => v.port,
             Backend::Udp(u) => u.port,
+            Backend::WireGuard(w) => w.listen_port,
         }
     }
 
@@ -122,6 +156,10 @@ impl Backend {
         match self {
             Backend::Vxlan(v) => v.mtu.unwrap_or(underlay_mtu).saturating_sub(VXLAN_OVERHEAD),
             Backend::Udp(_) => underlay_mtu.saturating_sub(UDP_OVERHEAD),
+            Backend::WireGuard(w) => w
+                .mtu
+                .unwrap_or(underlay_mtu)
+                .saturating_sub(WIREGUARD_OVERHEAD),
         }
     }
 }
@@ -298,6 +336,9 @@ fn key_field(key: &'static str) -> &'static str {
         "GBP" => "Backend.GBP",
         "Learning" => "Backend.Learning",
         "DirectRouting" => "Backend.DirectRouting",
+        "ListenPort" => "Backend.ListenPort",
+        "ListenPortV6" => "Backend.ListenPortV6",
+        "PersistentKeepaliveInterval" => "Backend.PersistentKeepaliveInterval",
         _ => "Backend",
     }
 }
@@ -309,6 +350,84 @@ fn port(obj: &serde_json::Map<String, Value>) -> Result<Option<u16>, ConfigError
             .map(Some)
             .map_err(|_| field("Backend.Port", format!("{p} is not a UDP port (0-65535)"))),
     }
+}
+
+/// A port under `key` (a weft-facing name in errors), or `default` when absent or 0.
+fn port_or(
+    obj: &serde_json::Map<String, Value>,
+    key: &'static str,
+    default: u16,
+) -> Result<u16, ConfigError> {
+    match opt_u64(obj, key)? {
+        None | Some(0) => Ok(default),
+        Some(p) => u16::try_from(p)
+            .map_err(|_| field(key_field(key), format!("{p} is not a UDP port (1-65535)"))),
+    }
+}
+
+/// The underlay MTU override of a backend (`MTU`; 0 or absent: the interface's).
+fn mtu_override(obj: &serde_json::Map<String, Value>) -> Result<Option<u32>, ConfigError> {
+    match opt_u64(obj, "MTU")? {
+        None | Some(0) => Ok(None),
+        Some(m) if (576..=65535).contains(&m) => Ok(Some(m as u32)),
+        Some(m) => Err(field(
+            "Backend.MTU",
+            format!("{m} is outside 576..=65535 (the underlay MTU in bytes)"),
+        )),
+    }
+}
+
+fn parse_wireguard(obj: &serde_json::Map<String, Value>) -> Result<Backend, ConfigError> {
+    let psk = match obj.get("PSK") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(crate::control::key::decode_key(s).map_err(|why| {
+            field(
+                "Backend.PSK",
+                format!("{why}; generate one with `wg genpsk` (base64 of 32 bytes)"),
+            )
+        })?),
+        Some(other) => {
+            return Err(field(
+                "Backend.PSK",
+                format!("{other} is not a string (base64 of 32 bytes, as `wg genpsk` prints)"),
+            ))
+        }
+    };
+    let keepalive = match opt_u64(obj, "PersistentKeepaliveInterval")? {
+        None => 0,
+        Some(k) if k <= u64::from(u16::MAX) => k as u16,
+        Some(k) => {
+            return Err(field(
+                "Backend.PersistentKeepaliveInterval",
+                format!("{k} is more than 65535 seconds"),
+            ))
+        }
+    };
+    let mode = match obj.get("Mode") {
+        None | Some(Value::Null) => WireGuardMode::Separate,
+        Some(Value::String(s)) => match s.as_str() {
+            "separate" | "" => WireGuardMode::Separate,
+            "auto" => WireGuardMode::Auto,
+            "ipv4" => WireGuardMode::Ipv4,
+            "ipv6" => WireGuardMode::Ipv6,
+            other => {
+                return Err(field(
+                    "Backend.Mode",
+                    format!("{other:?} is not a valid Mode; use \"separate\", \"auto\", \"ipv4\" or \"ipv6\""),
+                ))
+            }
+        },
+        Some(other) => return Err(field("Backend.Mode", format!("{other} is not a string"))),
+    };
+    Ok(Backend::WireGuard(WireGuardOptions {
+        listen_port: port_or(obj, "ListenPort", DEFAULT_WIREGUARD_PORT)?,
+        listen_port_v6: port_or(obj, "ListenPortV6", DEFAULT_WIREGUARD_PORT_V6)?,
+        mtu: mtu_override(obj)?,
+        psk,
+        keepalive,
+        mode,
+    }))
 }
 
 fn parse_backend(v: Option<&Value>) -> Result<Backend, ConfigError> {
@@ -330,7 +449,7 @@ fn parse_backend(v: Option<&Value>) -> Result<Backend, ConfigError> {
         Some(other) => {
             return Err(field(
                 "Backend.Type",
-                format!("{other} is not a string; use \"vxlan\" or \"udp\""),
+                format!("{other} is not a string; use \"vxlan\", \"udp\" or \"wireguard\""),
             ))
         }
     };
@@ -343,16 +462,7 @@ fn parse_backend(v: Option<&Value>) -> Result<Backend, ConfigError> {
                     format!("{vni} is outside 1..=16777215 (VXLAN's 24-bit network identifier)"),
                 ));
             }
-            let mtu = match opt_u64(obj, "MTU")? {
-                None | Some(0) => None,
-                Some(m) if (576..=65535).contains(&m) => Some(m as u32),
-                Some(m) => {
-                    return Err(field(
-                        "Backend.MTU",
-                        format!("{m} is outside 576..=65535 (the underlay MTU in bytes)"),
-                    ))
-                }
-            };
+            let mtu = mtu_override(obj)?;
             Ok(Backend::Vxlan(VxlanOptions {
                 vni: vni as u32,
                 port: port(obj)?.unwrap_or(0),
@@ -368,9 +478,10 @@ fn parse_backend(v: Option<&Value>) -> Result<Backend, ConfigError> {
                 Some(p) => p,
             },
         })),
+        "wireguard" => parse_wireguard(obj),
         other => Err(field(
             "Backend.Type",
-            format!("{other:?} is not supported by weft; use \"vxlan\" or \"udp\""),
+            format!("{other:?} is not supported by weft; use \"vxlan\", \"udp\" or \"wireguard\""),
         )),
     }
 }

@@ -58,7 +58,41 @@ pub struct VxlanLeaseData {
     pub vtep_mac: MacAddr,
 }
 
+/// The `BackendData` of a wireguard lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireGuardLeaseData {
+    #[serde(rename = "PublicKey")]
+    pub public_key: crate::control::key::WgKey,
+    #[serde(rename = "Port")]
+    pub port: u16,
+}
+
 impl LeaseAttrs {
+    /// Attributes of a wireguard lease.
+    pub fn wireguard(
+        public_ip: Ipv4Addr,
+        public_key: crate::control::key::WgKey,
+        port: u16,
+    ) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: "wireguard".into(),
+            backend_data: Some(
+                serde_json::to_value(WireGuardLeaseData { public_key, port })
+                    .expect("two plain fields always serialise"),
+            ),
+        }
+    }
+
+    /// The wireguard backend data, if this is a well-formed wireguard lease.
+    pub fn wireguard_data(&self) -> Option<WireGuardLeaseData> {
+        if self.backend_type != "wireguard" {
+            return None;
+        }
+        serde_json::from_value(self.backend_data.clone()?).ok()
+    }
+
     /// Attributes of a vxlan lease.
     pub fn vxlan(public_ip: Ipv4Addr, vni: u32, vtep_mac: MacAddr) -> Self {
         LeaseAttrs {

@@ -44,6 +44,8 @@ pub struct LeaseParams {
     pub previous: Option<Ipv4Net>,
     /// The VTEP MAC in use for `previous` (a data plane already forwarding with it), kept if the key is gone.
     pub previous_mac: Option<MacAddr>,
+    /// This host's WireGuard public key (wireguard backend), published in the lease.
+    pub wg_public_key: Option<crate::control::key::WgKey>,
     /// TTL of the etcd leases we grant.
     pub ttl: Duration,
     /// How long after a grant or renewal to renew again (TTL minus the renew margin).
@@ -423,7 +425,12 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
         };
         Ok(Claim {
             choice,
-            attrs: lease_attrs(&self.params.config, self.params.public_ip, mac),
+            attrs: lease_attrs(
+                &self.params.config,
+                self.params.public_ip,
+                mac,
+                self.params.wg_public_key,
+            ),
             expect_rev,
             old_lease: old.map(|l| l.etcd_lease).unwrap_or(0),
         })
@@ -571,11 +578,22 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
     }
 }
 
-/// The value of this host's lease for the network's backend.
-pub fn lease_attrs(cfg: &NetworkConfig, public_ip: Ipv4Addr, mac: MacAddr) -> LeaseAttrs {
+/// The value of this host's lease for the network's backend (`wg_key`: this host's WireGuard public key,
+/// which the wireguard backend needs; without it the lease carries an all-zero key no peer can use).
+pub fn lease_attrs(
+    cfg: &NetworkConfig,
+    public_ip: Ipv4Addr,
+    mac: MacAddr,
+    wg_key: Option<crate::control::key::WgKey>,
+) -> LeaseAttrs {
     match &cfg.backend {
         Backend::Vxlan(v) => LeaseAttrs::vxlan(public_ip, v.vni, mac),
         Backend::Udp(_) => LeaseAttrs::udp(public_ip),
+        Backend::WireGuard(w) => LeaseAttrs::wireguard(
+            public_ip,
+            wg_key.unwrap_or(crate::control::key::WgKey([0; 32])),
+            w.listen_port,
+        ),
     }
 }
 

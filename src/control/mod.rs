@@ -5,6 +5,7 @@
 pub mod alloc;
 pub mod backoff;
 pub mod config;
+pub mod key;
 pub mod lease;
 pub mod lifecycle;
 pub mod store;

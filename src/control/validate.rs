@@ -108,6 +108,15 @@ pub fn check_peer_lease(
             "udp" | "" => Ok(()),
             _ => Err(InvalidLease::WrongBackend),
         },
+        Backend::WireGuard(_) => {
+            if a.backend_type != "wireguard" {
+                return Err(InvalidLease::WrongBackend);
+            }
+            match a.wireguard_data() {
+                Some(d) if d.public_key.0 != [0; 32] && d.port != 0 => Ok(()),
+                _ => Err(InvalidLease::BadBackendData),
+            }
+        }
     }
 }
 
@@ -130,6 +139,38 @@ mod tests {
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn wireguard_leases_need_a_key_and_a_port() {
+        let c = cfg(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#);
+        let own = net("10.5.7.0/24");
+        let key = crate::control::key::WgKey([5; 32]);
+        let good = Ok(LeaseAttrs::wireguard(
+            Ipv4Addr::new(192, 0, 2, 1),
+            key,
+            51820,
+        ));
+        assert_eq!(check_peer_lease(&c, own, net("10.5.8.0/24"), &good), Ok(()));
+        let zero = Ok(LeaseAttrs::wireguard(
+            Ipv4Addr::new(192, 0, 2, 1),
+            crate::control::key::WgKey([0; 32]),
+            51820,
+        ));
+        assert_eq!(
+            check_peer_lease(&c, own, net("10.5.8.0/24"), &zero),
+            Err(InvalidLease::BadBackendData)
+        );
+        let mut bad = LeaseAttrs::wireguard(Ipv4Addr::new(192, 0, 2, 1), key, 51820);
+        bad.backend_data = Some(serde_json::json!({"PublicKey": "nope", "Port": 51820}));
+        assert_eq!(
+            check_peer_lease(&c, own, net("10.5.8.0/24"), &Ok(bad)),
+            Err(InvalidLease::BadBackendData)
+        );
+        assert_eq!(
+            check_peer_lease(&c, own, net("10.5.8.0/24"), &vx([192, 0, 2, 1], 1)),
+            Err(InvalidLease::WrongBackend)
+        );
     }
 
     #[test]

@@ -104,6 +104,7 @@ pub(super) async fn start_userspace(
             vni: v.vni,
             mac: d.vtep_mac,
         },
+        (Backend::WireGuard(_), _) => Encap::WireGuard,
         _ => Encap::Udp,
     };
     let dp = DataPlaneConfig {
@@ -122,6 +123,7 @@ pub(super) async fn start_userspace(
         iface: underlay.iface.clone(),
         iface_mtu: underlay.mtu,
         cpu_local: opts.cpu_local,
+        wireguard: shared.wireguard.get().cloned(),
     };
     let dp = DataPlane::start(dp, shared.routes.clone()).await?;
     shared

@@ -27,6 +27,14 @@ pub enum DaemonError {
     AfXdpNeedsUserspace,
     #[error("the kernel data plane needs a vxlan network, but the network config says Backend.Type {backend:?}; use --dataplane userspace for udp")]
     KernelNeedsVxlan { backend: &'static str },
+    #[error(transparent)]
+    WgKey(#[from] crate::wireguard::keyfile::KeyFileError),
+    #[error("--dataplane kernel with the wireguard backend needs the kernel's WireGuard module, and this kernel cannot create a WireGuard device ({reason}); use --dataplane userspace (or auto), where weft itself carries WireGuard")]
+    KernelNoWireGuard { reason: String },
+    #[error("--dataplane kernel with the wireguard backend: this kernel has WireGuard, but weft does not program kernel WireGuard devices yet; use --dataplane userspace (or auto), where weft itself carries WireGuard")]
+    KernelWireGuardUnsupported,
+    #[error("--underlay af-xdp does not carry the wireguard backend yet; use --underlay udp (the default)")]
+    AfXdpNoWireGuard,
     #[error("--ip-masq: {0}")]
     Masq(#[from] crate::host::masq::MasqError),
     #[error(transparent)]

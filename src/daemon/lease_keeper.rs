@@ -55,6 +55,7 @@ impl<'a> LeaseKeeper<'a> {
             public_ip: underlay.public_ip,
             previous: previous.subnet,
             previous_mac: previous.mac,
+            wg_public_key: shared.wireguard.get().map(|n| n.public_key()),
             ttl: opts.lease_ttl,
             renew_every,
         };

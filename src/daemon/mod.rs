@@ -94,6 +94,36 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     result
 }
 
+/// The WireGuard identity for the wireguard backend: the key file's key (created on first start), after
+/// checking that the chosen data plane can carry WireGuard.
+fn wireguard_node(
+    opts: &RunOptions,
+    w: &crate::control::config::WireGuardOptions,
+) -> Result<Arc<crate::wireguard::Node>, DaemonError> {
+    if matches!(opts.underlay, crate::dataplane::UnderlayIo::AfXdp(_)) {
+        return Err(DaemonError::AfXdpNoWireGuard);
+    }
+    if opts.dataplane == DataPlaneMode::Kernel {
+        return Err(
+            match crate::host::netlink::probe_wireguard("weft-wgprobe") {
+                Err(e) => DaemonError::KernelNoWireGuard {
+                    reason: e.to_string(),
+                },
+                Ok(()) => DaemonError::KernelWireGuardUnsupported,
+            },
+        );
+    }
+    let (key, created) = crate::wireguard::keyfile::load_or_create(&opts.wg_key_file)?;
+    let node = crate::wireguard::Node::new(key, w.listen_port, w.psk, w.keepalive);
+    info!(
+        public_key = %node.public_key(),
+        key_file = %opts.wg_key_file.display(),
+        created,
+        "WireGuard key {}", if created { "generated" } else { "loaded" }
+    );
+    Ok(Arc::new(node))
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -149,6 +179,10 @@ async fn control_plane(
         let (cfg, text) = wait_for_config(&store, &shared).await;
         (cfg, text, None)
     };
+    if let crate::control::config::Backend::WireGuard(w) = &cfg.backend {
+        let node = wireguard_node(opts, w)?;
+        let _ = shared.wireguard.set(node);
+    }
     let mut keeper = None;
     let own = match offline_own {
         Some(own) => own,

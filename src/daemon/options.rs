@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub underlay: crate::dataplane::UnderlayIo,
     /// Pin workers to CPUs and steer packets to the worker of the CPU handling them.
     pub cpu_local: bool,
+    /// The WireGuard private key file (wireguard backend; created on first start).
+    pub wg_key_file: PathBuf,
 }
 
 /// Which data plane carries the overlay's packets.

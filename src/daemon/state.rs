@@ -51,6 +51,8 @@ pub struct Shared {
     pub(super) own_key_changed: Notify,
     /// Peer leases in etcd that are ignored, by reason (see `control::validate`).
     pub invalid_leases: Mutex<Vec<(InvalidLease, usize)>>,
+    /// This host's WireGuard identity and peer sessions (wireguard backend), set once at start.
+    pub wireguard: std::sync::OnceLock<Arc<crate::wireguard::Node>>,
 }
 
 impl StatusSource for Shared {

@@ -57,6 +57,8 @@ pub struct DataPlaneConfig {
     pub iface_mtu: u32,
     /// Pin each worker to a CPU and steer packets to the worker of the CPU handling them.
     pub cpu_local: bool,
+    /// The WireGuard node when the network's backend is wireguard (`encap` is then `Encap::WireGuard`).
+    pub wireguard: Option<Arc<crate::wireguard::Node>>,
 }
 
 /// The underlay side of the userspace data plane.
@@ -155,6 +157,10 @@ impl DataPlane {
         counters: Vec<Arc<WorkerCounters>>,
     ) -> Result<DataPlane, DataPlaneError> {
         let workers = cfg.workers.max(1);
+        if let Some(node) = &cfg.wireguard {
+            // Peers known before the first packet is read.
+            wg_sync(node, &routes.load());
+        }
         let queues = tun::create(&cfg, workers)?;
         let tun_index = tun::route_network(&cfg).await?;
         let mut counters = counters.into_iter();
@@ -226,7 +232,23 @@ impl DataPlane {
             }
         }
         for (i, (queue, xsk)) in queues.into_iter().zip(xsks).enumerate() {
-            let io = sock::WorkerSockets::open(cfg.local_ip, cfg.port, cfg.offload.udp_gro)?;
+            let wg = cfg.wireguard.is_some();
+            let io = sock::WorkerSockets::open(cfg.local_ip, cfg.port, cfg.offload.udp_gro, wg)?;
+            if let (Some(node), 0) = (&cfg.wireguard, i) {
+                let sock = io
+                    .rx_socket()
+                    .try_clone()
+                    .map_err(|source| DataPlaneError::Socket {
+                        addr: std::net::SocketAddr::from((cfg.local_ip, cfg.port)),
+                        source,
+                    })?;
+                dp.threads.push(wg_timers(
+                    node.clone(),
+                    routes.clone(),
+                    sock,
+                    dp.stop.clone(),
+                ));
+            }
             if cpu_local && i == 0 {
                 use std::os::fd::AsRawFd;
                 if let Err(e) = steer::steer_reuseport_by_cpu(io.rx_socket().as_raw_fd()) {
@@ -259,12 +281,77 @@ impl DataPlane {
         }
         info!(
             tun = %cfg.tun_name, workers, port = cfg.port, mtu = cfg.mtu,
-            encap = match cfg.encap { Encap::Vxlan { .. } => "vxlan", Encap::Udp => "udp" },
+            encap = match cfg.encap { Encap::Vxlan { .. } => "vxlan", Encap::Udp => "udp", Encap::WireGuard => "wireguard" },
             underlay = %dp.underlay,
             "userspace data plane up"
         );
         Ok(dp)
     }
+}
+
+/// The WireGuard peers of a route snapshot.
+fn wg_leases(
+    snap: &crate::routes::RouteSnapshot,
+) -> impl Iterator<Item = crate::wireguard::node::PeerLease> + '_ {
+    snap.peers().iter().filter_map(|p| match p.backend {
+        crate::routes::PeerBackend::WireGuard { public_key, port } => {
+            Some(crate::wireguard::node::PeerLease {
+                subnet: p.subnet,
+                public_ip: p.public_ip,
+                key: public_key,
+                port,
+            })
+        }
+        _ => None,
+    })
+}
+
+/// Makes the WireGuard node's peers those of the route table, and says what changed.
+fn wg_sync(node: &crate::wireguard::Node, snap: &crate::routes::RouteSnapshot) {
+    let r = node.sync(wg_leases(snap));
+    for k in &r.added {
+        info!(peer = %k, "WireGuard peer added");
+    }
+    for k in &r.removed {
+        info!(peer = %k, "WireGuard peer removed");
+    }
+    for (subnet, k) in &r.duplicate_keys {
+        tracing::warn!(%subnet, peer = %k, "the lease of {subnet} has the WireGuard key of another lease (a copied key file?); ignored until its key is its own");
+    }
+}
+
+/// The WireGuard housekeeping thread: follows the route table's peers, runs the sessions' timers
+/// (handshake retries, rekeying, keepalives) and sends what they ask for from the listening port.
+fn wg_timers(
+    node: Arc<crate::wireguard::Node>,
+    routes: Arc<RouteTable>,
+    sock: std::net::UdpSocket,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("weft-wg-timers".into())
+        .spawn(move || {
+            let mut snap = routes.load();
+            wg_sync(&node, &snap);
+            let mut buf = vec![0u8; 2048];
+            let mut last_reset = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let now = routes.load();
+                if !Arc::ptr_eq(&now, &snap) {
+                    snap = now;
+                    wg_sync(&node, &snap);
+                }
+                let reset = last_reset.elapsed() >= std::time::Duration::from_secs(1);
+                if reset {
+                    last_reset = std::time::Instant::now();
+                }
+                node.tick(reset, &mut buf, |to, m| {
+                    let _ = sock.send_to(m, to);
+                });
+            }
+        })
+        .expect("spawn the WireGuard timer thread")
 }
 
 /// Fault injection for the tests, in debug builds only: with `WEFT_FAULT_PANIC_WORKER` set, the first worker

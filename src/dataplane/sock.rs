@@ -68,8 +68,14 @@ fn set_udp_gro(sock: &UdpSocket, on: bool) -> io::Result<()> {
 
 impl WorkerSockets {
     /// Opens the receive socket on `local:port` (shared with the other workers through SO_REUSEPORT)
-    /// and `SEND_PORTS` blocking send sockets on ephemeral ports.
-    pub fn open(local: Ipv4Addr, port: u16, gro: bool) -> Result<Self, DataPlaneError> {
+    /// and `SEND_PORTS` blocking send sockets on ephemeral ports; with `from_port`, sends leave from the
+    /// receive socket instead (WireGuard peers answer to the port a message came from).
+    pub fn open(
+        local: Ipv4Addr,
+        port: u16,
+        gro: bool,
+        from_port: bool,
+    ) -> Result<Self, DataPlaneError> {
         let addr = SocketAddrV4::new(local, port);
         let err = |source| DataPlaneError::Socket {
             addr: SocketAddr::V4(addr),
@@ -83,7 +89,14 @@ impl WorkerSockets {
             set_udp_gro(&rx, false).map_err(err)?;
         }
         let mut tx = Vec::with_capacity(SEND_PORTS);
-        for _ in 0..SEND_PORTS {
+        if from_port {
+            // The same socket (a second descriptor): non-blocking, so a full send buffer is waited
+            // out in `send`.
+            let s = rx.try_clone().map_err(err)?;
+            let st = UdpSocketState::new(UdpSockRef::from(&s)).map_err(err)?;
+            tx.push((s, st));
+        }
+        while tx.len() < if from_port { 1 } else { SEND_PORTS } {
             let s = open(SocketAddrV4::new(local, 0), false, false).map_err(err)?;
             let st = UdpSocketState::new(UdpSockRef::from(&s)).map_err(err)?;
             tx.push((s, st));
@@ -112,16 +125,26 @@ impl WorkerSockets {
         segment_size: Option<usize>,
     ) -> io::Result<()> {
         let (s, st) = &self.tx[flow as usize % self.tx.len()];
-        st.try_send(
-            UdpSockRef::from(s),
-            &Transmit {
-                destination: dst,
-                ecn: None,
-                contents: payload,
-                segment_size,
-                src_ip: None,
-            },
-        )
+        let t = Transmit {
+            destination: dst,
+            ecn: None,
+            contents: payload,
+            segment_size,
+            src_ip: None,
+        };
+        match st.try_send(UdpSockRef::from(s), &t) {
+            // Only the non-blocking receive socket says this (sends from the listening port): wait
+            // for room, as the blocking send sockets do, rather than drop.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut fds = [nix::poll::PollFd::new(
+                    s.as_fd(),
+                    nix::poll::PollFlags::POLLOUT,
+                )];
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u8));
+                st.try_send(UdpSockRef::from(s), &t)
+            }
+            r => r,
+        }
     }
 
     /// The send socket the flow hash selects (its source port carries the flow).
@@ -352,6 +375,7 @@ mod tests {
             iface: "lo".into(),
             iface_mtu: 65_536,
             cpu_local: false,
+            wireguard: None,
         }
     }
 
@@ -360,7 +384,7 @@ mod tests {
         let peer = UdpSocket::bind((LOOPBACK, 0)).unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let port = peer.local_addr().unwrap().port();
-        let socks = WorkerSockets::open(LOOPBACK, 0, offload.udp_gro).unwrap();
+        let socks = WorkerSockets::open(LOOPBACK, 0, offload.udp_gro, false).unwrap();
         (peer, UdpUnderlay::new(socks, &config(port, offload)))
     }
 

@@ -26,6 +26,8 @@ use crate::wire::ipv4::{icmp_unreachable, Unreachable};
 use crate::wire::outbound::{Action, Outbound};
 use crate::wire::segment::split_headers;
 use crate::wire::DropReason;
+use crate::wireguard::node::{DATA_OVERHEAD, HANDSHAKE_INIT_LEN};
+use crate::wireguard::Node;
 
 /// Room in front of a packet read from the tun for the encapsulation headers (plain path).
 const HEADROOM: usize = 64;
@@ -60,6 +62,12 @@ pub struct Worker<U> {
     icmp_window: (Instant, u32),
     spin: SpinBudget,
     last_error_log: Option<Instant>,
+    /// The WireGuard node (wireguard backend): packets are sealed for, and opened from, its peers.
+    wg: Option<Arc<Node>>,
+    /// A sealed train (WireGuard).
+    sealed: Vec<u8>,
+    /// Handshake answers and cookies to send after a receive batch (WireGuard).
+    replies: Vec<(SocketAddrV4, Vec<u8>)>,
 }
 
 impl<U: Underlay> Worker<U> {
@@ -73,6 +81,13 @@ impl<U: Underlay> Worker<U> {
     ) -> Self {
         const { assert!(U::SOURCES <= MAX_SOURCES) };
         let vnet = tun.tcp_gso();
+        // A train of up to 64 KiB of packets, each with its 32 bytes of WireGuard, and room for a
+        // handshake initiation.
+        let sealed = match cfg.wireguard {
+            Some(_) => vec![0; 2 * TRAIN_BYTES + HANDSHAKE_INIT_LEN],
+            None => Vec::new(),
+        };
+        let wg = cfg.wireguard.clone();
         Worker {
             coalescer: Coalescer::new(cfg.mtu as usize),
             outbound: Outbound { encap: cfg.encap },
@@ -92,6 +107,9 @@ impl<U: Underlay> Worker<U> {
             icmp_window: (Instant::now(), 0),
             spin: SpinBudget::new(Instant::now()),
             last_error_log: None,
+            sealed,
+            wg,
+            replies: Vec::new(),
         }
     }
 
@@ -249,6 +267,11 @@ impl<U: Underlay> Worker<U> {
             }
         };
         let (flow, dst, prefix) = (e.flow, e.dst, e.prefix());
+        if !self.vnet && self.wg.is_some() {
+            let sent = self.seal_and_send(flow, dst, Plain::TxBuf, len, len);
+            self.count_sent(sent, dst, DATA_OVERHEAD);
+            return;
+        }
         if !self.vnet {
             let start = HEADROOM - prefix;
             if let Some(t) = e.vxlan {
@@ -312,8 +335,59 @@ impl<U: Underlay> Worker<U> {
                 return;
             }
         };
+        if self.wg.is_some() {
+            let Some(t) = split.assemble(&mut self.train) else {
+                self.counters.dropped(DropReason::TooBig);
+                return;
+            };
+            let sent = self.seal_and_send(flow, dst, Plain::Train, t.len, t.stride);
+            self.count_sent(sent, dst, DATA_OVERHEAD);
+            return;
+        }
         let sent = self.underlay.send_split(flow, dst, &split, &mut self.train);
         self.count_sent(sent, dst, prefix);
+    }
+
+    /// WireGuard: seals the plain packets (`len` bytes, `stride` apart, in `from`) for the peer at `dst`
+    /// and sends the sealed train; a handshake initiation, when the session is not up yet, goes alone.
+    fn seal_and_send(
+        &mut self,
+        flow: u32,
+        dst: Ipv4Addr,
+        from: Plain,
+        len: usize,
+        stride: usize,
+    ) -> Sent {
+        let Worker {
+            wg,
+            underlay,
+            sealed,
+            tx_buf,
+            train,
+            counters,
+            ..
+        } = self;
+        let Some(node) = wg.as_deref() else {
+            return Sent::default();
+        };
+        let plain = match from {
+            Plain::TxBuf => &tx_buf[HEADROOM..HEADROOM + len],
+            Plain::Train => &train[..len],
+        };
+        // The handshake initiation goes to the peer's address on the network's port, as all sends do.
+        let sealed_len = match node.seal(dst, plain, stride, sealed, |ep, m| {
+            let _ = underlay.send(flow, *ep.ip(), m);
+        }) {
+            Ok(n) => n,
+            Err(reason) => {
+                counters.dropped(reason);
+                return Sent::default();
+            }
+        };
+        if sealed_len == 0 {
+            return Sent::default();
+        }
+        underlay.send_train(flow, dst, &sealed[..sealed_len], stride + DATA_OVERHEAD)
     }
 
     /// Sends the small datagrams gathered so far, as one train.
@@ -321,6 +395,11 @@ impl<U: Underlay> Worker<U> {
         let Some((dst, flow, train)) = self.batch.take() else {
             return;
         };
+        if self.wg.is_some() {
+            let sent = self.seal_and_send(flow, dst, Plain::Train, train.len, train.stride);
+            self.count_sent(sent, dst, DATA_OVERHEAD);
+            return;
+        }
         let prefix = self.cfg.encap.prefix();
         let sent = self
             .underlay
@@ -386,6 +465,8 @@ impl<U: Underlay> Worker<U> {
             seg_buf,
             coalescer,
             vnet,
+            wg,
+            replies,
             ..
         } = self;
         let mut sink = TunSink {
@@ -396,8 +477,14 @@ impl<U: Underlay> Worker<U> {
             coalescer,
             scratch: seg_buf,
             vnet: *vnet,
+            wg: wg.as_deref(),
+            replies,
         };
-        match underlay.recv(source, WORK_LIMIT, &mut sink) {
+        let r = underlay.recv(source, WORK_LIMIT, &mut sink);
+        for (to, m) in self.replies.drain(..) {
+            let _ = self.underlay.send(0, *to.ip(), &m);
+        }
+        match r {
             Ok(more) => more,
             Err(e) => {
                 self.log_error(|| format!("receiving from the underlay failed: {e}"));
@@ -407,6 +494,17 @@ impl<U: Underlay> Worker<U> {
     }
 }
 
+/// Where the plain packets to seal are (WireGuard).
+#[derive(Clone, Copy)]
+enum Plain {
+    /// The packet read from the tun, at `HEADROOM`.
+    TxBuf,
+    /// The train laid out in `train`.
+    Train,
+}
+
+impl<U: Underlay> Worker<U> {}
+
 /// Where inbound datagrams go: through the inbound checks to the tun, through the GRO coalescer when
 /// the tun takes GSO frames.
 struct TunSink<'a> {
@@ -415,9 +513,11 @@ struct TunSink<'a> {
     tun: &'a SyncDevice,
     counters: &'a WorkerCounters,
     coalescer: &'a mut Coalescer,
-    /// Holds segments of oversized TCP packets.
+    /// Holds segments of oversized TCP packets (and, for WireGuard, the opened packet).
     scratch: &'a mut [u8],
     vnet: bool,
+    wg: Option<&'a Node>,
+    replies: &'a mut Vec<(SocketAddrV4, Vec<u8>)>,
 }
 
 impl TunSink<'_> {
@@ -444,6 +544,31 @@ impl DatagramSink for TunSink<'_> {
     fn datagram(&mut self, src: Ipv4Addr, payload: &mut [u8]) {
         let (tun, counters, vnet) = (self.tun, self.counters, self.vnet);
         let coalescer = &mut *self.coalescer;
+        if let Some(node) = self.wg {
+            let (own, mtu, replies) = (self.rx.own, self.rx.mtu, &mut *self.replies);
+            let r = node.open(
+                src,
+                payload,
+                self.scratch,
+                |to, m| replies.push((to, m.to_vec())),
+                |packet| {
+                    let ip = crate::wire::ipv4::parse(packet).ok_or(DropReason::Truncated)?;
+                    if !own.contains(&ip.dst) {
+                        return Err(DropReason::NotForUs);
+                    }
+                    let packet = &mut packet[..ip.total_len];
+                    if !vnet && packet.len() > mtu {
+                        return Err(DropReason::TooBig);
+                    }
+                    Self::deliver(tun, counters, coalescer, vnet, packet);
+                    Ok(())
+                },
+            );
+            if let Err(reason) = r {
+                counters.dropped(reason);
+            }
+            return;
+        }
         let r = self
             .rx
             .receive(self.routes, src, payload, self.scratch, |packet| {

@@ -74,3 +74,24 @@ impl Rtnl {
 pub fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
     Rtnl::open()?.request(msg, flags)
 }
+
+/// Whether this kernel can create WireGuard devices (the module built in or loadable): creates a device
+/// named `name` and deletes it again; the error says why not.
+pub fn probe_wireguard(name: &str) -> io::Result<()> {
+    use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+    use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+    let mut add = LinkMessage::default();
+    add.attributes.push(LinkAttribute::IfName(name.into()));
+    add.attributes
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+            InfoKind::Wireguard,
+        )]));
+    request(
+        RouteNetlinkMessage::NewLink(add),
+        NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
+    )?;
+    let mut del = LinkMessage::default();
+    del.attributes.push(LinkAttribute::IfName(name.into()));
+    request(RouteNetlinkMessage::DelLink(del), NLM_F_REQUEST | NLM_F_ACK)?;
+    Ok(())
+}

@@ -24,10 +24,20 @@ pub enum DropReason {
     TooBig,
     /// Not IPv4 (weft's overlay is IPv4; the kernel may still emit IPv6 on the tun).
     NotIpv4,
+    /// WireGuard: the authentication tag did not match (tampered, or not sealed with the session's key).
+    WgDecryptFailed,
+    /// WireGuard: a counter already received or too old for the replay window.
+    WgReplay,
+    /// WireGuard: for a session index this host does not have (expired, or never made).
+    WgNoSession,
+    /// WireGuard: a handshake from a public key that no peer lease has.
+    WgUnknownKey,
+    /// WireGuard: a handshake or cookie message that failed its MACs, timestamp or state checks.
+    WgBadHandshake,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Truncated,
         DropReason::BadVni,
         DropReason::UnknownSender,
@@ -38,6 +48,11 @@ impl DropReason {
         DropReason::IoError,
         DropReason::TooBig,
         DropReason::NotIpv4,
+        DropReason::WgDecryptFailed,
+        DropReason::WgReplay,
+        DropReason::WgNoSession,
+        DropReason::WgUnknownKey,
+        DropReason::WgBadHandshake,
     ];
 
     pub fn label(self) -> &'static str {
@@ -52,6 +67,11 @@ impl DropReason {
             DropReason::IoError => "io_error",
             DropReason::TooBig => "too_big",
             DropReason::NotIpv4 => "not_ipv4",
+            DropReason::WgDecryptFailed => "decrypt_failed",
+            DropReason::WgReplay => "replayed",
+            DropReason::WgNoSession => "no_session",
+            DropReason::WgUnknownKey => "unknown_key",
+            DropReason::WgBadHandshake => "bad_handshake",
         }
     }
 }

@@ -20,6 +20,9 @@ pub enum Encap {
     Vxlan { vni: u32, mac: MacAddr },
     /// flannel's udp backend: the raw IP packet is the UDP payload.
     Udp,
+    /// flannel's wireguard backend: the IP packet sealed in a WireGuard data message (the session
+    /// state lives in `crate::wireguard`; packets are plain IP until sealed, as for `Udp`).
+    WireGuard,
 }
 
 impl Encap {
@@ -28,7 +31,7 @@ impl Encap {
     pub fn prefix(self) -> usize {
         match self {
             Encap::Vxlan { .. } => VXLAN_ENCAP,
-            Encap::Udp => 0,
+            Encap::Udp | Encap::WireGuard => 0,
         }
     }
 }
@@ -82,6 +85,8 @@ impl Inbound {
         let start = match self.encap {
             Encap::Vxlan { vni, mac } => decap(payload, vni, mac)?,
             Encap::Udp => 0,
+            // Opened and checked by the WireGuard node before it reaches here.
+            Encap::WireGuard => return Err(DropReason::UnsupportedPeer),
         };
         let len = check_inner(routes, self.own, src, peer_subnet, &payload[start..])?;
         let packet = &mut payload[start..start + len];

@@ -81,7 +81,7 @@ impl Outbound {
             (Encap::Vxlan { vni, mac }, PeerEncap::Vxlan { vtep_mac }) => {
                 Some(VxlanTemplate::new(vni, vtep_mac, mac))
             }
-            (Encap::Udp, PeerEncap::Udp) => None,
+            (Encap::Udp, PeerEncap::Udp) | (Encap::WireGuard, PeerEncap::WireGuard) => None,
             _ => return Action::Drop(DropReason::UnsupportedPeer),
         };
         Action::Send(Encapsulation {

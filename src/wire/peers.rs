@@ -35,6 +35,8 @@ pub enum PeerEncap {
     Vxlan { vtep_mac: MacAddr },
     /// flannel's udp backend.
     Udp,
+    /// flannel's wireguard backend (the session is looked up by the peer's public IP).
+    WireGuard,
     /// A backend weft cannot speak.
     Other,
 }

@@ -577,6 +577,11 @@ impl Weft {
         self.dir.path().join("subnet.env")
     }
 
+    /// The daemon's WireGuard key file (created by the daemon on the wireguard backend).
+    pub fn wg_key_file(&self) -> PathBuf {
+        self.dir.path().join("wgkey")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("weft.log")).unwrap_or_default()
     }
@@ -604,6 +609,8 @@ impl Weft {
             .arg(format!("--subnet-file={}", self.subnet_file().display()))
             .arg(format!("--healthz-port={}", self.healthz_port))
             .env("WEFT_LOG", "debug")
+            // Each daemon its own WireGuard key (the wireguard backend), kept across its restarts.
+            .env("WIREGUARD_KEY_FILE", self.wg_key_file())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

@@ -32,6 +32,7 @@ fn params(network: &str, previous: Option<&str>, renew_every: Duration) -> Lease
         public_ip: ME,
         previous: previous.map(net),
         previous_mac: None,
+        wg_public_key: None,
         ttl: TTL,
         renew_every,
     }
