@@ -687,6 +687,28 @@ fn print_status(v: &StatusReport) -> Result<(), CliError> {
             kind
         )?;
     }
+    if let Some(wg) = &v.wireguard {
+        outln!(
+            "wireguard: public key {}, port {}, {} handshakes",
+            wg.public_key,
+            wg.listen_port,
+            wg.handshakes
+        )?;
+        for p in &wg.peers {
+            let hs = match p.last_handshake_secs {
+                Some(s) => format!("last handshake {s:.0}s ago"),
+                None => "no session (no handshake yet)".to_string(),
+            };
+            outln!(
+                "  {:<20} {} at {}: {hs}, sent {} B, received {} B",
+                p.subnet.to_string(),
+                p.public_key,
+                p.endpoint,
+                p.tx_bytes,
+                p.rx_bytes
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -63,6 +63,8 @@ impl StatusSource for Shared {
     fn metrics(&self) -> MetricsView {
         let snap = self.routes.load();
         let ttl = self.lease_ttl.load(Ordering::Relaxed);
+        // Before the literal below: its temporaries hold the `own` lock to its end.
+        let wireguard = self.wireguard_view();
         let workers = self.workers.lock().expect("workers lock");
         MetricsView {
             lease_held: self.own.lock().expect("own lock").is_some(),
@@ -85,10 +87,13 @@ impl StatusSource for Shared {
                 .iter()
                 .map(|(r, n)| (r.label(), *n))
                 .collect(),
+            wireguard,
         }
     }
 
     fn status(&self) -> StatusReport {
+        // Before the literal below: its temporaries hold the `own` lock to its end.
+        let wireguard = self.wireguard_view();
         StatusReport {
             ready: self.ready.load(Ordering::Relaxed),
             etcd_connected: self.etcd_connected.load(Ordering::Relaxed),
@@ -108,7 +113,28 @@ impl StatusSource for Shared {
                     mtu: o.mtu,
                 }),
             peers: self.routes.load().peers().to_vec(),
+            wireguard,
         }
+    }
+}
+
+impl Shared {
+    /// The WireGuard sessions, for `/status` and `/metrics`.
+    fn wireguard_view(&self) -> Option<crate::ops::metrics::WireGuardView> {
+        let node = self.wireguard.get()?;
+        let listen_port = self
+            .own
+            .lock()
+            .expect("own lock")
+            .as_ref()
+            .and_then(|o| o.attrs.wireguard_data())
+            .map_or(0, |d| d.port);
+        Some(crate::ops::metrics::WireGuardView {
+            public_key: node.public_key().to_string(),
+            listen_port,
+            handshakes: node.handshakes(),
+            peers: node.status(),
+        })
     }
 }
 

@@ -307,8 +307,8 @@ fn wg_leases(
 }
 
 /// Makes the WireGuard node's peers those of the route table, and says what changed.
-fn wg_sync(node: &crate::wireguard::Node, snap: &crate::routes::RouteSnapshot) {
-    let r = node.sync(wg_leases(snap));
+fn wg_sync(node: &crate::wireguard::Node, snap: &Arc<crate::routes::RouteSnapshot>) {
+    let r = node.sync_tagged(Arc::as_ptr(snap) as usize, wg_leases(snap));
     for k in &r.added {
         info!(peer = %k, "WireGuard peer added");
     }
@@ -318,6 +318,19 @@ fn wg_sync(node: &crate::wireguard::Node, snap: &crate::routes::RouteSnapshot) {
     for (subnet, k) in &r.duplicate_keys {
         tracing::warn!(%subnet, peer = %k, "the lease of {subnet} has the WireGuard key of another lease (a copied key file?); ignored until its key is its own");
     }
+}
+
+/// Syncs the WireGuard node's peers with `snap` if they were made from another route snapshot (a
+/// worker that found no session for a peer calls this before giving up: a lease may have just come).
+pub(crate) fn wg_sync_if_stale(
+    node: &crate::wireguard::Node,
+    snap: &Arc<crate::routes::RouteSnapshot>,
+) -> bool {
+    let stale = node.stale(Arc::as_ptr(snap) as usize);
+    if stale {
+        wg_sync(node, snap);
+    }
+    stale
 }
 
 /// The WireGuard housekeeping thread: follows the route table's peers, runs the sessions' timers
@@ -340,7 +353,7 @@ fn wg_timers(
                 let now = routes.load();
                 if !Arc::ptr_eq(&now, &snap) {
                     snap = now;
-                    wg_sync(&node, &snap);
+                    wg_sync_if_stale(&node, &snap);
                 }
                 let reset = last_reset.elapsed() >= std::time::Duration::from_secs(1);
                 if reset {

@@ -375,9 +375,19 @@ impl<U: Underlay> Worker<U> {
             Plain::Train => &train[..len],
         };
         // The handshake initiation goes to the peer's address on the network's port, as all sends do.
-        let sealed_len = match node.seal(dst, plain, stride, sealed, |ep, m| {
-            let _ = underlay.send(flow, *ep.ip(), m);
-        }) {
+        let mut seal = |sealed: &mut [u8]| {
+            node.seal(dst, plain, stride, sealed, |ep, m| {
+                let _ = underlay.send(flow, *ep.ip(), m);
+            })
+        };
+        let mut r = seal(sealed);
+        if r == Err(DropReason::UnsupportedPeer)
+            && super::wg_sync_if_stale(node, &self.routes.load())
+        {
+            // The peer's lease came after the last sync.
+            r = seal(sealed);
+        }
+        let sealed_len = match r {
             Ok(n) => n,
             Err(reason) => {
                 counters.dropped(reason);
@@ -479,6 +489,7 @@ impl<U: Underlay> Worker<U> {
             vnet: *vnet,
             wg: wg.as_deref(),
             replies,
+            snap: &routes,
         };
         let r = underlay.recv(source, WORK_LIMIT, &mut sink);
         for (to, m) in self.replies.drain(..) {
@@ -518,6 +529,8 @@ struct TunSink<'a> {
     vnet: bool,
     wg: Option<&'a Node>,
     replies: &'a mut Vec<(SocketAddrV4, Vec<u8>)>,
+    /// The route snapshot `routes` is, as the WireGuard node tags its peer syncs.
+    snap: &'a Arc<crate::routes::RouteSnapshot>,
 }
 
 impl TunSink<'_> {
@@ -546,26 +559,35 @@ impl DatagramSink for TunSink<'_> {
         let coalescer = &mut *self.coalescer;
         if let Some(node) = self.wg {
             let (own, mtu, replies) = (self.rx.own, self.rx.mtu, &mut *self.replies);
-            let r = node.open(
-                src,
-                payload,
-                self.scratch,
-                |to, m| replies.push((to, m.to_vec())),
-                |packet| {
-                    let ip = crate::wire::ipv4::parse(packet).ok_or(DropReason::Truncated)?;
-                    if !own.contains(&ip.dst) {
-                        return Err(DropReason::NotForUs);
+            for attempt in 0..2 {
+                let r = node.open(
+                    src,
+                    payload,
+                    self.scratch,
+                    |to, m| replies.push((to, m.to_vec())),
+                    |packet| {
+                        let ip = crate::wire::ipv4::parse(packet).ok_or(DropReason::Truncated)?;
+                        if !own.contains(&ip.dst) {
+                            return Err(DropReason::NotForUs);
+                        }
+                        let packet = &mut packet[..ip.total_len];
+                        if !vnet && packet.len() > mtu {
+                            return Err(DropReason::TooBig);
+                        }
+                        Self::deliver(tun, counters, coalescer, vnet, packet);
+                        Ok(())
+                    },
+                );
+                match r {
+                    // A handshake from a peer whose lease came after the last sync.
+                    Err(DropReason::WgUnknownKey)
+                        if attempt == 0 && super::wg_sync_if_stale(node, self.snap) => {}
+                    Err(reason) => {
+                        counters.dropped(reason);
+                        return;
                     }
-                    let packet = &mut packet[..ip.total_len];
-                    if !vnet && packet.len() > mtu {
-                        return Err(DropReason::TooBig);
-                    }
-                    Self::deliver(tun, counters, coalescer, vnet, packet);
-                    Ok(())
-                },
-            );
-            if let Err(reason) = r {
-                counters.dropped(reason);
+                    Ok(()) => return,
+                }
             }
             return;
         }

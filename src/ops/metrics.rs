@@ -108,6 +108,18 @@ pub struct MetricsView {
     pub per_worker: Vec<(u64, u64)>,
     /// Peer leases in etcd that are ignored, by reason label.
     pub invalid_leases: Vec<(&'static str, usize)>,
+    /// The WireGuard sessions (wireguard backend).
+    pub wireguard: Option<WireGuardView>,
+}
+
+/// The WireGuard part of `/metrics` and `/status`.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WireGuardView {
+    pub public_key: String,
+    pub listen_port: u16,
+    /// Handshakes completed with any peer.
+    pub handshakes: u64,
+    pub peers: Vec<crate::wireguard::PeerStatus>,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
@@ -248,7 +260,73 @@ pub fn render(v: &MetricsView) -> String {
         "Datagrams the AF_XDP path sent through the kernel instead (next hop unknown or being revalidated)",
         c.xdp_via_kernel,
     );
+    if let Some(wg) = &v.wireguard {
+        render_wireguard(&mut o, wg, c);
+    }
     o
+}
+
+fn render_wireguard(o: &mut String, wg: &WireGuardView, c: &CounterTotals) {
+    metric(
+        o,
+        "weft_wireguard_handshakes_total",
+        "counter",
+        "WireGuard handshakes completed with any peer",
+        wg.handshakes,
+    );
+    let _ = writeln!(o, "# HELP weft_wireguard_decrypt_failures_total WireGuard messages refused, by reason (also in weft_drops_total)
+# TYPE weft_wireguard_decrypt_failures_total counter");
+    for r in [
+        DropReason::WgDecryptFailed,
+        DropReason::WgReplay,
+        DropReason::WgNoSession,
+        DropReason::WgUnknownKey,
+        DropReason::WgBadHandshake,
+    ] {
+        let _ = writeln!(
+            o,
+            "weft_wireguard_decrypt_failures_total{{reason=\"{}\"}} {}",
+            r.label(),
+            c.drops[r as usize]
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP weft_wireguard_peer_handshakes_total WireGuard handshakes completed, per peer
+# TYPE weft_wireguard_peer_handshakes_total counter"
+    );
+    for p in &wg.peers {
+        let _ = writeln!(
+            o,
+            "weft_wireguard_peer_handshakes_total{{peer=\"{}\",subnet=\"{}\"}} {}",
+            p.public_key, p.subnet, p.handshakes
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP weft_wireguard_peer_bytes_total Plaintext bytes to and from each WireGuard peer
+# TYPE weft_wireguard_peer_bytes_total counter"
+    );
+    for p in &wg.peers {
+        for (dir, n) in [("tx", p.tx_bytes), ("rx", p.rx_bytes)] {
+            let _ = writeln!(
+                o,
+                "weft_wireguard_peer_bytes_total{{peer=\"{}\",subnet=\"{}\",direction=\"{dir}\"}} {n}",
+                p.public_key, p.subnet
+            );
+        }
+    }
+    let _ = writeln!(o, "# HELP weft_wireguard_peer_last_handshake_seconds Seconds since the current session's handshake, per peer (absent: no session)
+# TYPE weft_wireguard_peer_last_handshake_seconds gauge");
+    for p in &wg.peers {
+        if let Some(secs) = p.last_handshake_secs {
+            let _ = writeln!(
+                o,
+                "weft_wireguard_peer_last_handshake_seconds{{peer=\"{}\",subnet=\"{}\"}} {secs:.1}",
+                p.public_key, p.subnet
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -38,4 +38,7 @@ pub struct StatusReport {
     pub underlay: String,
     pub lease: Option<LeaseStatus>,
     pub peers: Vec<Peer>,
+    /// This host's WireGuard key and its sessions with each peer (wireguard backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<crate::ops::metrics::WireGuardView>,
 }

@@ -110,6 +110,9 @@ pub struct Node {
     sync_lock: Mutex<()>,
     next_index: AtomicU32,
     handshakes: AtomicU64,
+    /// Which version of the peer leases the peers were last made from (an opaque tag the caller
+    /// gives `sync`), so a worker that finds a peer missing can tell whether a sync is due.
+    synced: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Node {
@@ -150,7 +153,24 @@ impl Node {
             sync_lock: Mutex::new(()),
             next_index: AtomicU32::new(rand::random::<u32>() % MAX_INDEX),
             handshakes: AtomicU64::new(0),
+            synced: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Whether the peers were made from a version of the leases other than `tag`.
+    pub fn stale(&self, tag: usize) -> bool {
+        self.synced.load(Ordering::Acquire) != tag
+    }
+
+    /// As `sync`, recording `tag` as the version of the leases the peers now follow.
+    pub fn sync_tagged(
+        &self,
+        tag: usize,
+        leases: impl IntoIterator<Item = PeerLease>,
+    ) -> SyncReport {
+        let r = self.sync(leases);
+        self.synced.store(tag, Ordering::Release);
+        r
     }
 
     pub fn public_key(&self) -> WgKey {

@@ -1,0 +1,250 @@
+//! The wireguard backend with a real etcd in network namespaces: hostile WireGuard messages from a peer
+//! that the test plays itself (boringtun's protocol in the test), key persistence across restarts, etcd
+//! outages, status and metrics, and the clear refusals.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::time::Duration;
+
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use common::netns::{in_netns, Bed};
+use common::packets::ipv4_udp;
+use common::wait_for;
+
+const T: Duration = Duration::from_secs(20);
+const WG: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#;
+
+fn b64(k: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+fn decode(s: &str) -> [u8; 32] {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+/// Host `i`'s WireGuard public key as its daemon reports it.
+fn public_key(bed: &Bed, i: usize) -> String {
+    let st = bed.weft(i).status().expect("status");
+    st["wireguard"]["public_key"]
+        .as_str()
+        .expect("a wireguard section in /status")
+        .to_string()
+}
+
+/// A WireGuard peer the test plays from host namespace `ns` at `ip`:51820, with boringtun's protocol.
+struct TestPeer {
+    sock: UdpSocket,
+    tunn: Tunn,
+    weft: SocketAddrV4,
+}
+
+impl TestPeer {
+    /// Binds in the current thread's namespace (call inside `in_netns`).
+    fn new(ip: Ipv4Addr, private: [u8; 32], weft_key: [u8; 32], weft: SocketAddrV4) -> TestPeer {
+        let sock = UdpSocket::bind((ip, 51820)).expect("bind 51820");
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let tunn = Tunn::new(
+            StaticSecret::from(private),
+            PublicKey::from(weft_key),
+            None,
+            None,
+            7,
+            None,
+        );
+        TestPeer { sock, tunn, weft }
+    }
+
+    /// Runs the handshake; true if weft answered it.
+    fn handshake(&mut self) -> bool {
+        let mut buf = vec![0u8; 2048];
+        let init = match self.tunn.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            other => panic!("no handshake initiation: {other:?}"),
+        };
+        self.sock.send_to(&init, self.weft).unwrap();
+        let mut resp = vec![0u8; 2048];
+        let Ok((n, _)) = self.sock.recv_from(&mut resp) else {
+            return false;
+        };
+        match self
+            .tunn
+            .decapsulate(Some((*self.weft.ip()).into()), &resp[..n], &mut buf)
+        {
+            TunnResult::WriteToNetwork(keepalive) => {
+                self.sock.send_to(keepalive, self.weft).unwrap();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Seals `packet` and returns the data message (not sent).
+    fn seal(&mut self, packet: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; packet.len() + 200];
+        match self.tunn.encapsulate(packet, &mut buf) {
+            TunnResult::WriteToNetwork(m) => m.to_vec(),
+            other => panic!("not sealed: {other:?}"),
+        }
+    }
+
+    fn send(&self, m: &[u8]) {
+        self.sock.send_to(m, self.weft).unwrap();
+    }
+}
+
+/// Counts UDP datagrams arriving on port 7777 in container namespace `ns` until `stop` is dropped.
+fn count_arrivals(
+    ns: String,
+    ip: Ipv4Addr,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<Vec<Vec<u8>>>,
+) {
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let s = UdpSocket::bind((ip, 7777)).expect("bind 7777");
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            loop {
+                if let Ok(n) = s.recv(&mut buf) {
+                    got.push(buf[..n].to_vec());
+                }
+                if !matches!(
+                    stop_rx.try_recv(),
+                    Err(std::sync::mpsc::TryRecvError::Empty)
+                ) {
+                    return got;
+                }
+            }
+        })
+    });
+    ready_rx.recv().unwrap();
+    (stop_tx, h)
+}
+
+#[test]
+fn tampered_replayed_spoofed_and_unknown_key_messages_are_dropped_and_counted() {
+    let mut bed = Bed::new(2, WG);
+    bed.start_weft(0, &[]);
+    let c0 = bed.attach_container(0);
+    let weft_key = decode(&public_key(&bed, 0));
+    // Host 1 is a peer the test plays: its lease (a reservation) with a key the test holds.
+    let private = weft::wireguard::keyfile::generate();
+    let public = PublicKey::from(&StaticSecret::from(private)).to_bytes();
+    let h1 = bed.hosts[1].ip;
+    let lease = format!(
+        r#"{{"PublicIP":"{h1}","BackendType":"wireguard","BackendData":{{"PublicKey":"{}","Port":51820}}}}"#,
+        b64(&public)
+    );
+    let out = bed
+        .etcd
+        .etcdctl(&["put", "/coreos.com/network/subnets/10.5.200.0-24", &lease]);
+    assert!(out.status.success(), "{out:?}");
+    bed.weft(0).wait_peers(&["10.5.200.0/24".to_string()], T);
+    let (stop, arrivals) = count_arrivals(bed.container_ns(0), c0);
+    let weft_addr = SocketAddrV4::new(bed.hosts[0].ip, 51820);
+    let ns = bed.hosts[1].ns.name.clone();
+    let good = ipv4_udp(
+        Ipv4Addr::new(10, 5, 200, 5),
+        c0,
+        7777,
+        b"the one good datagram",
+    );
+    let good2 = good.clone();
+    in_netns(&ns, move || {
+        let mut p = TestPeer::new(h1, private, weft_key, weft_addr);
+        assert!(
+            p.handshake(),
+            "weft answers a handshake from a key in a lease"
+        );
+        let m = p.seal(&good2);
+        p.send(&m);
+        // The same message again: a replay.
+        std::thread::sleep(Duration::from_millis(200));
+        p.send(&m);
+        // A flipped bit in the ciphertext.
+        let mut t = p.seal(&good2);
+        let i = t.len() - 20;
+        t[i] ^= 0x40;
+        p.send(&t);
+        // A source outside the peer's subnet (10.5.200.0/24), sealed properly.
+        let spoofed = ipv4_udp(Ipv4Addr::new(10, 5, 77, 7), c0, 7777, b"spoofed");
+        let s = p.seal(&spoofed);
+        p.send(&s);
+        // A handshake from a key that no lease has.
+        let mut stranger = TestPeer {
+            sock: p.sock.try_clone().unwrap(),
+            tunn: Tunn::new(
+                StaticSecret::from(weft::wireguard::keyfile::generate()),
+                PublicKey::from(weft_key),
+                None,
+                None,
+                9,
+                None,
+            ),
+            weft: weft_addr,
+        };
+        stranger
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        assert!(!stranger.handshake(), "weft does not answer an unknown key");
+        // Garbage of every message type.
+        for t in 1u8..=4 {
+            for n in [1usize, 4, 16, 32, 64, 148] {
+                let mut junk = vec![0xa5u8; n];
+                junk[0] = t;
+                p.send(&junk);
+            }
+        }
+    });
+    let w = bed.weft(0);
+    for reason in [
+        "replayed",
+        "decrypt_failed",
+        "spoofed_source",
+        "unknown_key",
+    ] {
+        wait_for(&format!("a {reason} drop counted\n{}", w.log()), T, || {
+            let n = w.metric(&format!("weft_drops_total{{reason=\"{reason}\"}}"))?;
+            (n >= 1).then_some(())
+        });
+    }
+    let n = w
+        .metric("weft_wireguard_decrypt_failures_total{reason=\"decrypt_failed\"}")
+        .unwrap();
+    assert!(n >= 1);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stop);
+    let got = arrivals.join().unwrap();
+    assert_eq!(
+        got,
+        vec![b"the one good datagram".to_vec()],
+        "only the good datagram arrived, once"
+    );
+    let st = w.status().unwrap();
+    let peer = &st["wireguard"]["peers"][0];
+    assert_eq!(peer["public_key"], b64(&public));
+    assert!(peer["last_handshake_secs"].as_f64().is_some(), "{st}");
+    assert!(
+        peer["rx_bytes"].as_u64().unwrap() >= good.len() as u64,
+        "{st}"
+    );
+    assert!(
+        bed.hosts[0].weft.as_mut().unwrap().running(),
+        "weft survived all of it"
+    );
+}
