@@ -335,7 +335,24 @@ impl Node {
             }
             Packet::HandshakeResponse(r) => (by_index(&peers, r.receiver_idx)?, true),
             Packet::PacketCookieReply(c) => (by_index(&peers, c.receiver_idx)?, false),
-            Packet::PacketData(d) => (by_index(&peers, d.receiver_idx)?, false),
+            Packet::PacketData(d) => match by_index(&peers, d.receiver_idx) {
+                Ok(p) => (p, false),
+                Err(e) => {
+                    // Data for a session we do not have, from a peer's address: the peer kept a session
+                    // this host lost (it restarted). Offer a new one now rather than after the peer's
+                    // own timeout (15 s); at most one handshake is in flight per peer.
+                    if let Some(peer) = peers.by_ip.get(&src) {
+                        let mut s = peer.lock();
+                        let endpoint = s.endpoint;
+                        if let TunnResult::WriteToNetwork(m) =
+                            s.tunn.format_handshake_initiation(out, false)
+                        {
+                            send(endpoint, m);
+                        }
+                    }
+                    return Err(e);
+                }
+            },
         };
         let mut s = peer.lock();
         let (subnet, endpoint) = (s.subnet, s.endpoint);
