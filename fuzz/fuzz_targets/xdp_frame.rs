@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
         _ => data.to_vec(),
     };
     if let Some(u) = parse_udp_frame(&frame) {
-        assert!(u.start <= u.end && u.end <= frame.len(), "payload bounds inside the frame");
+        assert!(
+            u.start <= u.end && u.end <= frame.len(),
+            "payload bounds inside the frame"
+        );
         common::run_from(u.src, &frame[u.start..u.end], encap);
     }
 });

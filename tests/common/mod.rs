@@ -619,6 +619,16 @@ impl Weft {
         self.child = Some(child);
     }
 
+    /// What `weft status` prints for this daemon (run in its namespace).
+    pub fn status_text(&self) -> String {
+        let out = command_in(self.ns.as_deref(), env!("CARGO_BIN_EXE_weft"))
+            .args(["status", &format!("--healthz-port={}", self.healthz_port)])
+            .output()
+            .expect("run weft status");
+        assert!(out.status.success(), "weft status: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The daemon's /status JSON, if it answers.
     pub fn status(&self) -> Option<Value> {
         let (code, body) = self.get("/status")?;
