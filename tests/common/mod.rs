@@ -12,6 +12,7 @@ use serde_json::Value;
 pub mod docker;
 pub mod netns;
 pub mod packets;
+pub mod wggo;
 
 /// A command for `program`, run inside network namespace `ns` when given.
 pub fn command_in(ns: Option<&str>, program: &str) -> Command {

@@ -96,6 +96,8 @@ impl Drop for Netns {
 
 /// One host of the bed: its namespace, underlay address, daemon and container.
 pub struct Host {
+    /// wireguard-go as a flannel wireguard host (`make_wggo_host`); dropped first.
+    pub wggo: Option<super::wggo::WgGo>,
     pub weft: Option<Weft>,
     pub container: Option<Netns>,
     pub container_ip: Option<Ipv4Addr>,
@@ -134,6 +136,12 @@ impl Bed {
         Bed::build(n, config, None)
     }
 
+    /// As `new`, with the config written by `etcdctl put` as a flannel operator does, not through `weft
+    /// config set` (whose checks it skips): for beds of plain flannel-style hosts only.
+    pub fn new_etcdctl_config(n: usize, config: &str) -> Bed {
+        Bed::build_with(n, config, None, false)
+    }
+
     /// As `new`, with `queues` receive and transmit queues on each host's underlay link (multi-queue, as
     /// a physical NIC has).
     pub fn with_queues(n: usize, config: &str, queues: usize) -> Bed {
@@ -141,6 +149,10 @@ impl Bed {
     }
 
     fn build(n: usize, config: &str, queues: Option<usize>) -> Bed {
+        Bed::build_with(n, config, queues, true)
+    }
+
+    fn build_with(n: usize, config: &str, queues: Option<usize>, via_weft: bool) -> Bed {
         let id = unique_id();
         let underlay = Netns::new(format!("{id}-ul"));
         let ul = underlay.name.as_str();
@@ -156,7 +168,16 @@ impl Bed {
         ]);
         ip(&["-n", ul, "link", "set", "br0", "up"]);
         let etcd = Etcd::start_in(ul, ETCD_IP);
-        etcd.set_config(config);
+        if via_weft {
+            etcd.set_config(config);
+        } else {
+            let out = etcd.etcdctl(&["put", "/coreos.com/network/config", config]);
+            assert!(
+                out.status.success(),
+                "etcdctl put config: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let mut bed = Bed {
             hosts: Vec::new(),
             etcd,
@@ -202,6 +223,7 @@ impl Bed {
         self.hosts.push(Host {
             ns,
             ip: addr,
+            wggo: None,
             weft: None,
             container: None,
             container_ip: None,
@@ -234,7 +256,7 @@ impl Bed {
 
     /// Builds a bridge `cbr0` with `<base>.1/len` on host `i` and a container namespace with `<base>.2`
     /// behind it, routed through the bridge. Returns the container's address.
-    fn add_container(&mut self, i: usize, base: Ipv4Addr, len: u8) -> Ipv4Addr {
+    pub fn add_container(&mut self, i: usize, base: Ipv4Addr, len: u8) -> Ipv4Addr {
         let gw = Ipv4Addr::from(u32::from(base) + 1);
         let cip = Ipv4Addr::from(u32::from(base) + 2);
         let c = Netns::new(format!("{}-c{}", self.id, i + 1));
