@@ -206,6 +206,9 @@ impl WgGo {
         // (IFNAMSIZ - 1) while pids stay below 10^7 and a process makes under 10^5 names.
         let dev = unique_id().replacen("wt", "wg", 1);
         assert!(dev.len() <= 15, "device name {dev} too long");
+        // Before the process starts, so that nothing can panic between its start and `w` owning it.
+        let (private_key, public_key) = wg_keypair(ns);
+        let base = subnet.split('/').next().expect("subnet").to_string();
         let log = std::fs::File::create(dir.path().join("wireguard-go.log")).expect("log file");
         let child = command_in(Some(ns), "wireguard-go")
             .arg(&dev)
@@ -217,8 +220,6 @@ impl WgGo {
             .stderr(log)
             .spawn()
             .expect("start wireguard-go (install wireguard-go: netns-fixtures/deps.sh does)");
-        let (private_key, public_key) = wg_keypair(ns);
-        let base = subnet.split('/').next().expect("subnet").to_string();
         let mut w = WgGo {
             child: Some(child),
             dir,
