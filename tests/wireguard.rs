@@ -576,3 +576,93 @@ fn kernel_dataplane_and_bad_key_files_are_refused_with_one_line_and_status_2() {
     ]);
     assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
 }
+
+/// Three weft hosts and a flannel wireguard host (wireguard-go, set up as flanneld does) form one overlay:
+/// all pairs ping, TCP is byte-identical both ways between weft and wireguard-go, both sides see the
+/// sessions, and the underlay carries ciphertext only.
+#[test]
+fn weft_and_wireguard_go_flannel_hosts_form_one_overlay() {
+    let mut bed = Bed::new(4, WG);
+    for i in 0..3 {
+        bed.start_weft(i, &["--workers=2"]);
+    }
+    let mut ips: Vec<Ipv4Addr> = (0..3).map(|i| bed.attach_container(i)).collect();
+    ips.push(bed.make_wggo_host(3, Ipv4Addr::new(10, 5, 250, 0)));
+    // The flannel host takes the weft hosts' leases as peers, as flanneld's backend does.
+    let added = bed.wggo_sync_peers(3);
+    assert_eq!(added.len(), 3, "{added:?}");
+    let mut subnets: Vec<String> = (0..3).map(|i| bed.weft(i).wait_subnet()).collect();
+    subnets.push("10.5.250.0/24".into());
+    for i in 0..3 {
+        let others: Vec<String> = subnets
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, s)| s.clone())
+            .collect();
+        bed.weft(i).wait_peers(&others, T);
+    }
+    for from in 0..4 {
+        for (to, ip) in ips.iter().enumerate() {
+            if from != to {
+                bed.wait_ping(from, *ip, T);
+            }
+        }
+    }
+    for (a, b) in [(0, 3), (3, 1)] {
+        let (sent, got) = bed.transfer(a, b, 20 << 20);
+        assert_eq!(got.1, 20 << 20, "all bytes {a} -> {b}");
+        assert_eq!(sent, got, "byte-identical {a} -> {b}");
+    }
+    // wireguard-go's view of the weft hosts, and weft's of wireguard-go.
+    let wg_key = bed.wggo(3).public_key.clone();
+    for i in 0..3 {
+        let p = bed.wggo(3).wait_handshake(&public_key(&bed, i), T);
+        assert!(p.rx_bytes > 0 && p.tx_bytes > 0, "{p:?}");
+        let st = bed.weft(i).status().unwrap();
+        let peer = st["wireguard"]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["public_key"] == wg_key.as_str())
+            .unwrap_or_else(|| panic!("host {i} has a session with wireguard-go: {st}"))
+            .clone();
+        assert!(peer["last_handshake_secs"].as_f64().is_some(), "{peer}");
+        assert_eq!(peer["endpoint"], format!("{}:{WG_PORT}", bed.hosts[3].ip));
+    }
+    // On the underlay: the pattern crosses weft -> weft and weft -> wireguard-go, never in clear, and
+    // every large packet is WireGuard UDP on port 51820.
+    let ul = bed.underlay.name.clone();
+    for (from, to, port) in [(0, 1, 5301), (0, 3, 5302), (3, 2, 5303)] {
+        let cap = Capture::start(&ul, "br0", "");
+        transfer_pattern(
+            &bed.container_ns(from),
+            &bed.container_ns(to),
+            ips[to],
+            port,
+            PATTERN,
+            4 << 20,
+        );
+        let seen = cap.finish();
+        let big: Vec<&Vec<u8>> = seen.packets.iter().filter(|p| p.len() > 1000).collect();
+        // weft's GSO trains cross the bridge as one super-packet each: count bytes, not packets.
+        let bytes: usize = big.iter().map(|p| p.len()).sum();
+        assert!(
+            bytes > 4 << 20,
+            "the capture saw the transfer {from} -> {to} ({bytes} bytes in {} large packets, {:?} dropped)",
+            big.len(),
+            seen.dropped
+        );
+        assert_eq!(
+            seen.count_containing(PATTERN),
+            0,
+            "clear pattern on the underlay {from} -> {to}"
+        );
+        let wg_port = WG_PORT.to_be_bytes();
+        assert!(
+            big.iter()
+                .all(|p| p[23] == 17 && (p[34..36] == wg_port && p[36..38] == wg_port)),
+            "large underlay packets are WireGuard from and to port 51820 ({from} -> {to})"
+        );
+    }
+}

@@ -136,12 +136,6 @@ impl Bed {
         Bed::build(n, config, None)
     }
 
-    /// As `new`, with the config written by `etcdctl put` as a flannel operator does, not through `weft
-    /// config set` (whose checks it skips): for beds of plain flannel-style hosts only.
-    pub fn new_etcdctl_config(n: usize, config: &str) -> Bed {
-        Bed::build_with(n, config, None, false)
-    }
-
     /// As `new`, with `queues` receive and transmit queues on each host's underlay link (multi-queue, as
     /// a physical NIC has).
     pub fn with_queues(n: usize, config: &str, queues: usize) -> Bed {
@@ -149,10 +143,6 @@ impl Bed {
     }
 
     fn build(n: usize, config: &str, queues: Option<usize>) -> Bed {
-        Bed::build_with(n, config, queues, true)
-    }
-
-    fn build_with(n: usize, config: &str, queues: Option<usize>, via_weft: bool) -> Bed {
         let id = unique_id();
         let underlay = Netns::new(format!("{id}-ul"));
         let ul = underlay.name.as_str();
@@ -168,16 +158,7 @@ impl Bed {
         ]);
         ip(&["-n", ul, "link", "set", "br0", "up"]);
         let etcd = Etcd::start_in(ul, ETCD_IP);
-        if via_weft {
-            etcd.set_config(config);
-        } else {
-            let out = etcd.etcdctl(&["put", "/coreos.com/network/config", config]);
-            assert!(
-                out.status.success(),
-                "etcdctl put config: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        etcd.set_config(config);
         let mut bed = Bed {
             hosts: Vec::new(),
             etcd,
