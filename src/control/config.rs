@@ -531,6 +531,46 @@ mod tests {
     }
 
     #[test]
+    fn wireguard_with_flannels_keys_and_defaults() {
+        let c = ok(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#);
+        let Backend::WireGuard(w) = &c.backend else {
+            panic!("{c:?}")
+        };
+        assert_eq!((w.listen_port, w.listen_port_v6), (51820, 51821));
+        assert_eq!(
+            (w.psk, w.keepalive, w.mode),
+            (None, 0, WireGuardMode::Separate)
+        );
+        assert_eq!(c.backend.port(), 51820);
+        assert_eq!(c.backend.overlay_mtu(1500), 1420);
+        assert_eq!(c.backend.type_name(), "wireguard");
+        let psk = crate::control::key::encode_key(&[1; 32]);
+        let c = ok(&format!(
+            r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"wireguard","ListenPort":51999,
+                "ListenPortV6":52000,"PSK":"{psk}","MTU":9000,"PersistentKeepaliveInterval":25,"Mode":"auto"}}}}"#
+        ));
+        let Backend::WireGuard(w) = &c.backend else {
+            panic!("{c:?}")
+        };
+        assert_eq!(w.listen_port, 51999);
+        assert_eq!(w.psk, Some([1; 32]));
+        assert_eq!((w.keepalive, w.mode), (25, WireGuardMode::Auto));
+        assert_eq!(c.backend.overlay_mtu(1500), 8920);
+        let wg = |b: &str| {
+            err(&format!(
+                r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"wireguard",{b}}}}}"#
+            ))
+        };
+        assert!(wg(r#""PSK":"short""#).contains("field Backend.PSK"));
+        assert!(wg(r#""PSK":"short""#).contains("wg genpsk"));
+        assert!(wg(r#""Mode":"both""#).contains("field Backend.Mode"));
+        assert!(wg(r#""ListenPort":70000"#).contains("field Backend.ListenPort"));
+        assert!(wg(r#""PersistentKeepaliveInterval":-1"#)
+            .contains("field Backend.PersistentKeepaliveInterval"));
+        assert!(wg(r#""MTU":100"#).contains("field Backend.MTU"));
+    }
+
+    #[test]
     fn missing_backend_is_udp_like_flannel() {
         let c = ok(r#"{"Network":"10.5.0.0/16"}"#);
         assert_eq!(c.backend, Backend::Udp(UdpOptions { port: 8285 }));
