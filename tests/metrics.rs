@@ -11,13 +11,38 @@ use common::netns::Bed;
 
 const VXLAN: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
+const WIREGUARD: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#;
+
 #[test]
 fn metrics_pass_promtool_and_keep_families_together() {
     let (bed, _, _) = Bed::pinging_pair(VXLAN);
     let (code, text) = bed.weft(0).get("/metrics").expect("/metrics answers");
     assert_eq!(code, 200);
     assert!(text.contains("weft_drops_total{"), "{text}");
-    assert_families_contiguous(&text);
+    assert!(!text.contains("weft_wireguard"), "{text}");
+    promtool(&text);
+}
+
+#[test]
+fn wireguard_metrics_pass_promtool_too() {
+    let (bed, _, _) = Bed::pinging_pair(WIREGUARD);
+    let (code, text) = bed.weft(0).get("/metrics").expect("/metrics answers");
+    assert_eq!(code, 200);
+    for family in [
+        "weft_wireguard_handshakes_total ",
+        "weft_wireguard_decrypt_failures_total{reason=\"replayed\"} ",
+        "weft_wireguard_peer_handshakes_total{peer=",
+        "weft_wireguard_peer_bytes_total{peer=",
+        "weft_wireguard_peer_last_handshake_seconds{peer=",
+    ] {
+        assert!(text.contains(family), "{family} in\n{text}");
+    }
+    promtool(&text);
+}
+
+/// `promtool check metrics` accepts `text` without a word, and its families stand together.
+fn promtool(text: &str) {
+    assert_families_contiguous(text);
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
