@@ -96,6 +96,14 @@ def links(ns):
         return {}
 
 
+def tuns(ns):
+    """The names of the tun devices (link type "none": weft's, wireguard-go's) in ns."""
+    try:
+        return {l["ifname"] for l in json.loads(sh("ip", "-n", ns, "-j", "link", "show")) if l.get("link_type") == "none"}
+    except (json.JSONDecodeError, KeyError):
+        return set()
+
+
 def snmp_udp(ns):
     lines = [l.split() for l in sh("ip", "netns", "exec", ns, "cat", "/proc/net/snmp").splitlines() if l.startswith("Udp:")]
     return dict(zip(lines[0][1:], map(int, lines[1][1:]))) if len(lines) >= 2 else {}
@@ -130,6 +138,7 @@ def softnet_dropped():
 def snapshot(nss, weft_nss):
     return {
         "links": {ns: links(ns) for ns in nss},
+        "tuns": {ns: tuns(ns) for ns in nss},
         "udp": {ns: snmp_udp(ns) for ns in nss},
         "weft": {ns: weft_metrics(ns) for ns in weft_nss},
         "softnet": softnet_dropped(),
@@ -152,7 +161,7 @@ def drops(a, b):
         for dev in devs:
             for d in ("rx", "tx"):
                 v = stat(b, ns, dev, d, "dropped") - stat(a, ns, dev, d, "dropped")
-                add(f"tun-{d}" if dev == TUN else f"veth-{d}", v)
+                add(f"tun-{d}" if dev == TUN or dev in b["tuns"].get(ns, ()) else f"veth-{d}", v)
     for ns in b["udp"]:
         short = ns.rsplit("-", 1)[-1]
         for k, name in (("RcvbufErrors", "UdpRcvbufErrors"), ("InErrors", "UdpInErrors"), ("SndbufErrors", "UdpSndbufErrors")):

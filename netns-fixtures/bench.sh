@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Side-by-side data plane benchmark on one two-host netns bed: the underlay itself, kernel VXLAN set up as
 # flanneld does, weft's userspace vxlan (with and without its fast paths, with --cpu-local, and over AF_XDP),
-# weft udp, and weft's kernel backend. A benchmark: it never fails on a number. The bed and its cleanup are
-# netns-fixtures/lib.sh; the frame builder, packet-rate search and report are netns-fixtures/bench.py.
+# weft udp, weft's kernel backend, wireguard-go set up as flanneld's wireguard backend does (the reference for
+# encrypted paths: this kernel has no WireGuard module) and weft's wireguard backend. A benchmark: it never fails
+# on a number. The bed and its cleanup are netns-fixtures/lib.sh; the frame builder, packet-rate search and report
+# are netns-fixtures/bench.py.
 #
 #   usage: [WEFT_BIN=path] [WEFT_BIN_B=path] netns-fixtures/bench.sh [--runs N] [--time SECONDS] [--only "rows"]
 #   rows (in this order): underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin
-#                         weft-vxlan-afxdp weft-udp weft-kernel (weft-vxlan-spin: --busy-poll-us 50)
+#                         weft-vxlan-afxdp weft-udp weft-kernel wireguard-go weft-wireguard
+#                         (weft-vxlan-spin: --busy-poll-us 50)
 #   --runs N (default 5): for run in 1..N, every row in turn is set up, measured and torn down (the paths are
 #     interleaved, so slow drift of the machine hits all of them alike); each cell is the median [min-max].
 #   --time S (default 3): seconds per iperf3 / sockperf test. One run of all rows takes ~(4*S + 18) s per row
@@ -37,7 +40,11 @@
 #                           decap: the blaster in h1 sends pre-built tunnel payloads to h2's port (VXLAN VNI 1
 #                             to h2's VTEP MAC, or flannel-udp on 8285), inner c1 -> c2, so h2's data path
 #                             decapsulates and forwards; sink: iptables raw DROP in c2;
-#                             forwarded = c2 eth0 rx (from bytes, too). No decap for "underlay" ("-").
+#                             forwarded = c2 eth0 rx (from bytes, too). No decap for "underlay" ("-"), nor for
+#                             the WireGuard rows ("-"): pre-built ciphertext cannot be replayed (the receiver's
+#                             replay window drops every repeat of a counter, and a session's keys exist only in
+#                             the two peers), and fresh ciphertext would have to come from h1's own encap, which
+#                             then bounds the figure; so only encap is measured for them.
 #                           "<0.1% loss": full speed first (the "at full offer" figure: forwarded under
 #                           overload), then 3 paced steps bisecting below it; the best forwarded rate with
 #                           < 0.1 % lost. If the path keeps up at full speed, that is a lower bound.
@@ -69,7 +76,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [[ "$SECS" =~ ^[0-9]+$ && "$RUNS" =~ ^[0-9]+$ && "$SECS" -ge 2 && "$RUNS" -ge 1 ]] || usage
-ALL_ROWS="underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin weft-vxlan-afxdp weft-udp weft-kernel"
+ALL_ROWS="underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin weft-vxlan-afxdp weft-udp weft-kernel wireguard-go weft-wireguard"
 for r in $ONLY; do [[ " $ALL_ROWS " == *" ${r%@B} "* ]] || { echo "bench: unknown row $r" >&2; usage; }; done
 
 . netns-fixtures/lib.sh
@@ -108,7 +115,13 @@ done
 
 bed_init bench wb
 H1="$ID-h1"; H2="$ID-h2"; C1="$ID-c1"; C2="$ID-c2"
-WPIDS=()        # the weft daemons of the current row
+WPIDS=()        # the weft daemons (or wireguard-go processes) of the current row
+WG_PORT=51820   # flannel's wireguard ListenPort
+# wireguard-go's UAPI sockets (/var/run/wireguard/<dev>.sock) are shared by all namespaces: device names are
+# unique per bench run ($ID-wgI); a wireguard-go killed hard leaves its socket, which the cleanup removes.
+wg_dev() { echo "$ID-wg$1"; }
+wg_sockets_cleanup() { rm -f /var/run/wireguard/"$ID"-wg*.sock; }
+bed_on_cleanup wg_sockets_cleanup
 HZ=$(getconf CLK_TCK)
 PPS_WINDOW=1    # seconds per paced packet-rate step (the full-speed step runs 0.5 s longer)
 
@@ -120,7 +133,7 @@ mac_of() { ip -n "$1" -j link show dev "$2" | python3 -c 'import json,sys; print
 cpustat() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $8; exit}' /proc/stat; }   # busy softirq (ticks)
 rec() { printf '%s\t%s\t%s\t%s\n' "$RUN" "$ROW" "$1" "$2" >>"$RAW"; }
 
-start_weft() { # backend dataplane [extra flags...]
+start_weft() { # backend dataplane [extra flags...] ("{i}" in a flag becomes the host's number, 1 or 2)
   local backend=$1 dp=$2; shift 2
   ip netns exec "$UL" "$WEFT" config set "$EP" "{\"Network\":\"10.5.0.0/16\",\"Backend\":{\"Type\":\"$backend\"}}" >/dev/null
   ip netns exec "$UL" etcdctl --endpoints="http://$ETCD_IP:2379" del --prefix /coreos.com/network/subnets/ >/dev/null
@@ -128,7 +141,7 @@ start_weft() { # backend dataplane [extra flags...]
   local i mtu
   for i in 1 2; do
     rm -f "$WORK/s$i.env"
-    bed_weft_run "$i" "$WORK/s$i.env" "$WORK/weft$i.log" --dataplane "$dp" "$@"
+    bed_weft_run "$i" "$WORK/s$i.env" "$WORK/weft$i.log" --dataplane "$dp" "${@//\{i\}/$i}"
     WPIDS+=("$BED_PID")
   done
   for i in 1 2; do bed_weft_wait "$i" "$WORK/s$i.env"; done
@@ -144,7 +157,46 @@ stop_row() {
   [ ${#WPIDS[@]} = 0 ] || bed_kill "${WPIDS[@]}"
   WPIDS=()
   local i
-  for i in 1 2; do ip -n "$ID-h$i" link del flannel.1 2>/dev/null || true; bed_container_del "$i"; done
+  for i in 1 2; do
+    ip -n "$ID-h$i" link del flannel.1 2>/dev/null || true
+    # wireguard-go removes its device and socket on SIGTERM; this is for one that did not
+    ip -n "$ID-h$i" link del "$(wg_dev "$i")" 2>/dev/null || true
+    rm -f "/var/run/wireguard/$(wg_dev "$i").sock"
+    bed_container_del "$i"
+  done
+}
+
+# flanneld's wireguard backend on both hosts, by hand, with wireguard-go in place of the kernel module: per host a
+# fresh key, listen port 51820, MTU = underlay MTU - 80, the subnet's first address /32, up, the whole Network
+# routed to the device; per peer `wg set DEV peer KEY endpoint IP:51820 allowed-ips SUBNET`.
+start_wireguard_go() {
+  local i j h dev mtu _
+  WPIDS=()
+  for i in 1 2; do
+    h="$ID-h$i"; dev=$(wg_dev "$i")
+    (umask 077; wg genkey >"$WORK/wg$i.key")
+    wg pubkey <"$WORK/wg$i.key" >"$WORK/wg$i.pub"
+    # WG_PROCESS_FOREGROUND: otherwise wireguard-go re-executes itself in the background and exits
+    bed_spawn "$WORK/wireguard-go$i.log" env WG_PROCESS_FOREGROUND=1 ip netns exec "$h" wireguard-go "$dev"
+    WPIDS+=("$BED_PID")
+  done
+  for i in 1 2; do
+    dev=$(wg_dev "$i")
+    for _ in $(seq 1 100); do [ -S "/var/run/wireguard/$dev.sock" ] && break; sleep 0.1; done
+    [ -S "/var/run/wireguard/$dev.sock" ] || { echo "bench: wireguard-go $dev did not start:" >&2; cat "$WORK/wireguard-go$i.log" >&2; return 1; }
+  done
+  for i in 1 2; do
+    h="$ID-h$i"; dev=$(wg_dev "$i"); j=$((3 - i))
+    mtu=$(( $(ip -n "$h" -j link show dev eth0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])') - 80 ))
+    ip netns exec "$h" wg set "$dev" private-key "$WORK/wg$i.key" listen-port "$WG_PORT"
+    ip -n "$h" link set "$dev" mtu "$mtu"
+    ip -n "$h" addr add "10.5.$i.0/32" dev "$dev"
+    ip -n "$h" link set "$dev" up
+    ip -n "$h" route add 10.5.0.0/16 dev "$dev"
+    ip netns exec "$h" wg set "$dev" peer "$(cat "$WORK/wg$j.pub")" endpoint "10.250.0.$j:$WG_PORT" allowed-ips "10.5.$j.0/24"
+  done
+  bed_container 1 10.5.1.1/24 "$mtu"; C1IP=$CIP
+  bed_container 2 10.5.2.1/24 "$mtu"; C2IP=$CIP
 }
 
 # setup_row NAME: sets SRC DST DIP (the iperf3/sockperf pair), KIND PORT (decap frames), C1IP C2IP VTEP1 VTEP2, WEFT_NS
@@ -180,6 +232,10 @@ setup_row() {
     weft-vxlan-afxdp) start_weft vxlan userspace --underlay af-xdp ;;
     weft-udp) start_weft udp userspace; KIND=udp; PORT=8285 ;;
     weft-kernel) start_weft vxlan kernel ;;
+    wireguard-go) start_wireguard_go; KIND=wireguard; PORT=$WG_PORT ;;
+    # weft writes the host's private key to the file (and reuses it), so each host has its own.
+    weft-wireguard)
+      start_weft wireguard userspace --wireguard-key-file "$WORK/weft-wg-{i}.key"; KIND=wireguard; PORT=$WG_PORT ;;
   esac
   [[ $base != weft-* ]] || WEFT_NS="$H1,$H2"
   DIP=$C2IP
@@ -261,12 +317,15 @@ packet_rate() {
     return 0
   fi
   nss="$C1,$nss,$C2"
-  # encapsulation per frame: VXLAN (outer UDP 8 + VXLAN 8 + inner Ethernet 14 + outer IPv4 20), or udp (IPv4 20 + UDP 8)
-  PREFIX=50; [ "$KIND" = vxlan ] || PREFIX=28
+  # encapsulation per frame: VXLAN (outer UDP 8 + VXLAN 8 + inner Ethernet 14 + outer IPv4 20), udp (IPv4 20 +
+  # UDP 8), or WireGuard (IPv4 20 + UDP 8 + data header 16 + tag 16 + the 92-byte inner packet padded to 96: 4)
+  case "$KIND" in vxlan) PREFIX=50 ;; wireguard) PREFIX=64 ;; *) PREFIX=28 ;; esac
   python3 "$BENCH_PY" payloads plain >"$WORK/encap.cfg"
   python3 "$BENCH_PY" pps encap "$C1" "$C2IP:9" "$WORK/encap.cfg" "$C1:eth0" "$H1:eth0" tx "$((106 + PREFIX))" "$PPS_WINDOW" "$nss" "$WEFT_NS" \
     2>>"$WORK/pps.log" | while read -r k v; do rec "$k" "$v"; done
   ip netns exec "$UL" ebtables -F FORWARD
+  # No decap for WireGuard (see the header): ciphertext made beforehand cannot be replayed to a peer.
+  [ "$KIND" != wireguard ] || return 0
   if [ "$KIND" = vxlan ]; then
     python3 "$BENCH_PY" payloads vxlan 1 "$VTEP2" "${VTEP1:-$h1mac}" "$C1IP" "$C2IP" >"$WORK/decap.cfg"
   else
