@@ -443,7 +443,10 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("WEFT_LOG")
+        // boringtun's own lines name protocol timers ("HANDSHAKE(REKEY_TIMEOUT)"); weft says what they
+        // mean for the operator instead (see dataplane::wg_timers).
+        .unwrap_or_else(|_| EnvFilter::new("info,boringtun=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

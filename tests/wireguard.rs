@@ -443,6 +443,29 @@ fn tampered_replayed_spoofed_and_unknown_key_messages_are_dropped_and_counted() 
         peer["rx_bytes"].as_u64().unwrap() >= good.len() as u64,
         "{st}"
     );
+    // The peer's lease gets a new key (a reinstalled host): the old key is refused, the new one answered.
+    let private2 = weft::wireguard::keyfile::generate();
+    let public2 = PublicKey::from(&StaticSecret::from(private2)).to_bytes();
+    let lease2 = lease.replace(&b64(&public), &b64(&public2));
+    let out = bed
+        .etcd
+        .etcdctl(&["put", "/coreos.com/network/subnets/10.5.200.0-24", &lease2]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the new key in weft's status", T, || {
+        let st = bed.weft(0).status()?;
+        (st["wireguard"]["peers"][0]["public_key"] == b64(&public2).as_str()).then_some(())
+    });
+    let ns = bed.hosts[1].ns.name.clone();
+    in_netns(&ns, move || {
+        let mut old = TestPeer::new(h1, private, weft_key, weft_addr);
+        old.sock
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        assert!(!old.handshake(), "the replaced key is refused");
+        drop(old);
+        let mut new = TestPeer::new(h1, private2, weft_key, weft_addr);
+        assert!(new.handshake(), "the new key gets a session");
+    });
     assert!(
         bed.hosts[0].weft.as_mut().unwrap().running(),
         "weft survived all of it"
@@ -665,4 +688,113 @@ fn weft_and_wireguard_go_flannel_hosts_form_one_overlay() {
             "large underlay packets are WireGuard from and to port 51820 ({from} -> {to})"
         );
     }
+}
+
+/// flannel's `PSK`: weft and a wireguard-go flannel host with the same preshared key reach each other both
+/// ways; with a different one on the wireguard-go side, its handshakes fail and nothing crosses.
+#[test]
+fn a_preshared_key_is_mixed_into_every_handshake_with_wireguard_go() {
+    let psk = "Yl2oHBDbsv2cz8pfiCSB6vr1pB9sJ6vDDc/MNdZlgJk=";
+    let config = format!(
+        r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"wireguard","PSK":"{psk}","PersistentKeepaliveInterval":5}}}}"#
+    );
+    let mut bed = Bed::new(2, &config);
+    bed.start_weft(0, &[]);
+    let c0 = bed.attach_container(0);
+    let c1 = bed.make_wggo_host(1, Ipv4Addr::new(10, 5, 250, 0));
+    assert_eq!(bed.wggo_sync_peers(1).len(), 1);
+    bed.wait_ping(0, c1, T);
+    bed.wait_ping(1, c0, T);
+    for (a, b) in [(0, 1), (1, 0)] {
+        let (sent, got) = bed.transfer(a, b, 8 << 20);
+        assert_eq!(sent, got, "byte-identical {a} -> {b}");
+    }
+    let key0 = public_key(&bed, 0);
+    let p = bed
+        .wggo(1)
+        .peer(&key0)
+        .expect("weft is wireguard-go's peer");
+    assert_eq!(p.persistent_keepalive, Some(5));
+    // wireguard-go with another preshared key: a new handshake fails and nothing crosses.
+    bed.wggo(1)
+        .set_psk(&key0, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    bed.wggo(1).remove_peer(&key0);
+    let w = bed.wggo(1);
+    let l = wireguard_leases(&bed.etcd)
+        .into_iter()
+        .find(|l| l.public_key == key0)
+        .unwrap();
+    w.add_peer(
+        &key0,
+        SocketAddrV4::new(l.public_ip, l.port),
+        &l.subnet,
+        None,
+    );
+    w.set_psk(&key0, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    assert!(
+        !bed.ping_once(1, c0),
+        "no traffic with a different preshared key"
+    );
+    // The right key again, and traffic flows: the key was what mattered.
+    w.set_psk(&key0, psk);
+    bed.wait_ping(1, c0, T);
+}
+
+/// A peer that does not answer handshakes is reported once, in plain words, and again when it answers.
+#[test]
+fn a_peer_that_does_not_answer_is_reported_once_and_again_when_it_does() {
+    let mut bed = Bed::new(2, WG);
+    bed.start_weft(0, &[]);
+    bed.attach_container(0);
+    let weft_key = decode(&public_key(&bed, 0));
+    let private = weft::wireguard::keyfile::generate();
+    let public = PublicKey::from(&StaticSecret::from(private)).to_bytes();
+    let h1 = bed.hosts[1].ip;
+    let lease = format!(
+        r#"{{"PublicIP":"{h1}","BackendType":"wireguard","BackendData":{{"PublicKey":"{}","Port":51820}}}}"#,
+        b64(&public)
+    );
+    let out = bed
+        .etcd
+        .etcdctl(&["put", "/coreos.com/network/subnets/10.5.201.0-24", &lease]);
+    assert!(out.status.success(), "{out:?}");
+    bed.weft(0).wait_peers(&["10.5.201.0/24".to_string()], T);
+    // Traffic for the silent peer makes weft offer handshakes (every 5 s) that nobody answers.
+    assert!(!bed.ping_once(0, Ipv4Addr::new(10, 5, 201, 5)));
+    let said = |what: &str| {
+        bed.weft(0)
+            .log()
+            .lines()
+            .filter(|l| l.contains(what))
+            .count()
+    };
+    wait_for("the silent peer reported", Duration::from_secs(30), || {
+        (said(
+            "WireGuard peer 10.5.201.0/24 at 10.250.0.2:51820 has not answered handshakes for 15 s",
+        ) == 1)
+            .then_some(())
+    });
+    // The peer comes up: it answers weft's next offer.
+    let ns = bed.hosts[1].ns.name.clone();
+    let weft_addr = SocketAddrV4::new(bed.hosts[0].ip, 51820);
+    in_netns(&ns, move || {
+        let mut p = TestPeer::new(h1, private, weft_key, weft_addr);
+        p.sock
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut m = vec![0u8; 2048];
+        let (n, _) = p
+            .sock
+            .recv_from(&mut m)
+            .expect("weft offers a handshake again");
+        let mut out = vec![0u8; 2048];
+        match p.tunn.decapsulate(Some(h1.into()), &m[..n], &mut out) {
+            TunnResult::WriteToNetwork(resp) => p.send(resp),
+            other => panic!("not a handshake initiation: {other:?}"),
+        }
+    });
+    wait_for("the peer reported back", T, || {
+        (said("WireGuard peer 10.5.201.0/24 at 10.250.0.2:51820 answers again") == 1).then_some(())
+    });
+    assert_eq!(said("has not answered handshakes"), 1, "said once");
 }

@@ -359,9 +359,22 @@ fn wg_timers(
                 if reset {
                     last_reset = std::time::Instant::now();
                 }
-                node.tick(reset, &mut buf, |to, m| {
+                let events = node.tick(reset, &mut buf, |to, m| {
                     let _ = sock.send_to(m, to);
                 });
+                for e in events {
+                    use crate::wireguard::node::PeerEvent;
+                    match e {
+                        PeerEvent::Unanswered { subnet, endpoint } => tracing::warn!(
+                            "WireGuard peer {subnet} at {endpoint} has not answered handshakes for {} s; is weft (or flanneld) running there with this network, and is UDP port {} open between the hosts? Still trying",
+                            crate::wireguard::node::UNANSWERED_AFTER.as_secs(),
+                            endpoint.port()
+                        ),
+                        PeerEvent::Answering { subnet, endpoint } => {
+                            info!("WireGuard peer {subnet} at {endpoint} answers again")
+                        }
+                    }
+                }
             }
         })
         .expect("spawn the WireGuard timer thread")

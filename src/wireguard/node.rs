@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use boringtun::noise::errors::WireGuardError;
@@ -46,6 +46,30 @@ struct PeerState {
     tunn: Tunn,
     subnet: Ipv4Net,
     endpoint: SocketAddrV4,
+    /// When this host first offered a handshake that is still unanswered.
+    waiting_since: Option<Instant>,
+    /// The peer was reported as not answering (and is not known to answer again yet).
+    reported_down: bool,
+    /// `Peer::handshakes` when the timers last looked.
+    seen_handshakes: u64,
+}
+
+/// How long handshakes may go unanswered before the peer is reported (three tries of WireGuard's 5 s).
+pub const UNANSWERED_AFTER: Duration = Duration::from_secs(15);
+
+/// A change in whether a peer answers handshakes, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// Handshakes offered to the peer have gone unanswered for `UNANSWERED_AFTER`.
+    Unanswered {
+        subnet: Ipv4Net,
+        endpoint: SocketAddrV4,
+    },
+    /// A peer reported as unanswered completed a handshake.
+    Answering {
+        subnet: Ipv4Net,
+        endpoint: SocketAddrV4,
+    },
 }
 
 /// One peer, kept across lease updates for as long as its key stays.
@@ -243,6 +267,9 @@ impl Node {
                 tunn,
                 subnet,
                 endpoint,
+                waiting_since: None,
+                reported_down: false,
+                seen_handshakes: 0,
             }),
             handshakes: AtomicU64::new(0),
         })
@@ -288,6 +315,9 @@ impl Node {
                 TunnResult::Err(e) => return Err(reason(&e)),
                 TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
             }
+        }
+        if other_len > 0 && s.waiting_since.is_none() {
+            s.waiting_since = Some(Instant::now());
         }
         drop(s);
         if other_len > 0 {
@@ -384,24 +414,51 @@ impl Node {
     }
 
     /// Runs every peer's timers (handshake retries, rekeying, keepalives); what is due goes to `send`.
-    /// Call about every 250 ms. `reset_rate` once a second resets the handshake rate limiter.
+    /// Call about every 250 ms. `reset_rate` once a second resets the handshake rate limiter. Returns the
+    /// peers that stopped or started answering handshakes since the last call.
     pub fn tick(
         &self,
         reset_rate: bool,
         buf: &mut [u8],
         mut send: impl FnMut(SocketAddrV4, &[u8]),
-    ) {
+    ) -> Vec<PeerEvent> {
         if reset_rate {
             self.rate_limiter.reset_count();
         }
+        let mut events = Vec::new();
         let peers = self.peers.load();
         for peer in peers.by_key.values() {
             let mut s = peer.lock();
             let endpoint = s.endpoint;
             if let TunnResult::WriteToNetwork(m) = s.tunn.update_timers(buf) {
+                if m.first() == Some(&1) && s.waiting_since.is_none() {
+                    s.waiting_since = Some(Instant::now());
+                }
                 send(endpoint, m);
             }
+            let done = peer.handshakes.load(Ordering::Relaxed);
+            if done != s.seen_handshakes {
+                s.seen_handshakes = done;
+                s.waiting_since = None;
+                if std::mem::take(&mut s.reported_down) {
+                    events.push(PeerEvent::Answering {
+                        subnet: s.subnet,
+                        endpoint,
+                    });
+                }
+            }
+            if !s.reported_down
+                && s.waiting_since
+                    .is_some_and(|t| t.elapsed() >= UNANSWERED_AFTER)
+            {
+                s.reported_down = true;
+                events.push(PeerEvent::Unanswered {
+                    subnet: s.subnet,
+                    endpoint,
+                });
+            }
         }
+        events
     }
 
     /// Every peer's session, for `/status`, sorted by subnet.
@@ -600,6 +657,33 @@ mod tests {
             let junk = vec![4u8; n];
             assert!(open_b(&p, &junk).is_err());
         }
+    }
+
+    #[test]
+    fn a_peer_that_stops_answering_is_reported_once_and_again_when_it_answers() {
+        let p = pair(None);
+        let pkt = udp_packet([10, 5, 1, 9], [10, 5, 2, 7], 1, 2, b"x");
+        let (_, hs) = seal(&p.a, B_IP, &pkt, pkt.len());
+        assert_eq!(hs.len(), 1);
+        let mut buf = vec![0u8; 2048];
+        assert!(p.a.tick(false, &mut buf, |_, _| {}).is_empty());
+        // Pretend the offer is 15 s old.
+        let peer = p.a.peers.load().by_ip[&B_IP].clone();
+        peer.lock().waiting_since = Some(Instant::now() - UNANSWERED_AFTER);
+        let ev = p.a.tick(false, &mut buf, |_, _| {});
+        assert!(
+            matches!(ev.as_slice(), [PeerEvent::Unanswered { .. }]),
+            "{ev:?}"
+        );
+        assert!(p.a.tick(false, &mut buf, |_, _| {}).is_empty(), "said once");
+        // b answers this time.
+        exchange(&p, hs);
+        let ev = p.a.tick(false, &mut buf, |_, _| {});
+        assert!(
+            matches!(ev.as_slice(), [PeerEvent::Answering { .. }]),
+            "{ev:?}"
+        );
+        assert!(p.a.tick(false, &mut buf, |_, _| {}).is_empty());
     }
 
     #[test]

@@ -320,6 +320,22 @@ impl WgGo {
         wg(&self.ns, &args, None);
     }
 
+    /// `wg set <dev> peer <public_key> preshared-key <psk>` (flannel's `Backend.PSK`, for every peer).
+    pub fn set_psk(&self, public_key: &str, psk: &str) {
+        wg(
+            &self.ns,
+            &[
+                "set",
+                &self.dev,
+                "peer",
+                public_key,
+                "preshared-key",
+                "/dev/stdin",
+            ],
+            Some(&format!("{psk}\n")),
+        );
+    }
+
     /// `wg set <dev> peer <public_key> remove`.
     pub fn remove_peer(&self, public_key: &str) {
         wg(
@@ -457,7 +473,7 @@ impl Bed {
 
     /// What flanneld's wireguard backend does on host `i` for the leases in etcd: every wireguard lease
     /// but its own becomes a peer (endpoint PublicIP:Port, allowed-ips its subnet, the config's
-    /// `PersistentKeepaliveInterval` if set). Returns the leases it added.
+    /// `PersistentKeepaliveInterval` and `PSK` if set). Returns the leases it added.
     pub fn wggo_sync_peers(&self, i: usize) -> Vec<WgLease> {
         let w = self.wggo(i);
         let keepalive = self.network_config()["Backend"]["PersistentKeepaliveInterval"]
@@ -468,6 +484,9 @@ impl Bed {
             .into_iter()
             .filter(|l| l.public_ip != w.lease.public_ip)
             .collect();
+        let psk = self.network_config()["Backend"]["PSK"]
+            .as_str()
+            .map(str::to_string);
         for l in &peers {
             w.add_peer(
                 &l.public_key,
@@ -475,6 +494,9 @@ impl Bed {
                 &l.subnet,
                 keepalive,
             );
+            if let Some(psk) = &psk {
+                w.set_psk(&l.public_key, psk);
+            }
         }
         peers
     }
