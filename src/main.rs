@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the per-host daemon: lease a subnet, write subnet.env, track peers.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Read or write the network config in etcd.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -140,6 +140,18 @@ struct RunArgs {
     /// Default: the interface of the default route.
     #[arg(long, env = "WEFT_IFACE", value_delimiter = ',')]
     iface: Vec<String>,
+    /// A regex over interface addresses, then names, to pick the underlay by; repeatable, tried in order
+    /// after --iface (flanneld's flag).
+    #[arg(long, env = "WEFT_IFACE_REGEX")]
+    iface_regex: Vec<String>,
+    /// Use the interface (and source address) the kernel would use to reach this address, as
+    /// `ip route get ADDR` says; tried after --iface and --iface-regex.
+    #[arg(long, env = "WEFT_IFACE_CAN_REACH")]
+    iface_can_reach: Option<Ipv4Addr>,
+    /// The IPv6 address other hosts reach this one at (accepted for flanneld compatibility; weft's overlay
+    /// is IPv4 today).
+    #[arg(long, env = "WEFT_PUBLIC_IPV6")]
+    public_ipv6: Option<std::net::Ipv6Addr>,
     /// The IP other hosts send overlay traffic to (default: the underlay interface's address).
     #[arg(long, env = "WEFT_PUBLIC_IP")]
     public_ip: Option<Ipv4Addr>,
@@ -157,8 +169,34 @@ struct RunArgs {
     #[arg(long, env = "WEFT_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_seconds)]
     subnet_lease_ttl: Duration,
     /// Set FLANNEL_IPMASQ=true: weft masquerades traffic leaving the overlay (dockerd then must not).
-    #[arg(long, env = "WEFT_IP_MASQ")]
+    #[arg(long, env = "WEFT_IP_MASQ", num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     ip_masq: bool,
+    /// MASQUERADE without --random-fully.
+    #[arg(long, env = "WEFT_IP_MASQ_FULLY_RANDOM_DISABLE", num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
+    ip_masq_fully_random_disable: bool,
+    /// Add ACCEPT rules for the Network to the FORWARD chain (flanneld's default: on; =false turns it off).
+    #[arg(long, env = "WEFT_IPTABLES_FORWARD_RULES", num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = go_bool)]
+    iptables_forward_rules: bool,
+    /// Seconds between checks that weft's iptables rules are in place (put back if not).
+    #[arg(long, env = "WEFT_IPTABLES_RESYNC", default_value_t = 5)]
+    iptables_resync: u64,
+    /// Add a blackhole route for this host's subnet (at the lowest priority: it catches traffic to the
+    /// subnet only while no other route, such as the container bridge's, does).
+    #[arg(long, env = "WEFT_IP_BLACKHOLE_ROUTE", num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
+    ip_blackhole_route: bool,
+    /// flanneld's Kubernetes flags: refused (weft serves etcd-backed Docker hosts).
+    #[arg(long, env = "WEFT_KUBE_SUBNET_MGR", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    kube_subnet_mgr: Option<String>,
+    #[arg(long, env = "WEFT_KUBE_API_URL", hide = true)]
+    kube_api_url: Option<String>,
+    #[arg(long, env = "WEFT_KUBE_ANNOTATION_PREFIX", hide = true)]
+    kube_annotation_prefix: Option<String>,
+    #[arg(long, env = "WEFT_KUBECONFIG_FILE", hide = true)]
+    kubeconfig_file: Option<String>,
+    #[arg(long, env = "WEFT_NET_CONFIG_PATH", hide = true)]
+    net_config_path: Option<String>,
+    #[arg(long, env = "WEFT_SET_NODE_NETWORK_UNAVAILABLE", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    set_node_network_unavailable: Option<String>,
     /// Which data plane forwards the overlay's packets.
     #[arg(long, env = "WEFT_DATAPLANE", value_enum, default_value = "auto")]
     dataplane: DataPlaneArg,
@@ -403,6 +441,109 @@ fn check_workers(n: usize) -> Result<usize, String> {
 }
 
 /// `--tun-name`: a Linux interface name (1 to 15 bytes, no '/', ':' or white space, not "." or "..").
+/// A boolean flag's value as flanneld (Go's flag package) takes it: `--flag`, `--flag=true|false|1|0|t|f`.
+fn go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("{s:?} is not true or false")),
+    }
+}
+
+/// flanneld's Kubernetes-only flags are refused, naming the one given.
+fn check_not_kubernetes(a: &RunArgs) -> Result<(), String> {
+    let given = [
+        (
+            "--kube-subnet-mgr",
+            a.kube_subnet_mgr.is_some() && a.kube_subnet_mgr.as_deref() != Some("false"),
+        ),
+        ("--kube-api-url", a.kube_api_url.is_some()),
+        (
+            "--kube-annotation-prefix",
+            a.kube_annotation_prefix.is_some(),
+        ),
+        ("--kubeconfig-file", a.kubeconfig_file.is_some()),
+        ("--net-config-path", a.net_config_path.is_some()),
+        (
+            "--set-node-network-unavailable",
+            a.set_node_network_unavailable.is_some(),
+        ),
+    ];
+    match given.iter().find(|(_, on)| *on) {
+        Some((flag, _)) => Err(format!("{flag} is one of flanneld's Kubernetes flags; weft serves etcd-backed Docker hosts (flannel's etcd mode): remove it and give --etcd-endpoints")),
+        None => Ok(()),
+    }
+}
+
+/// flanneld reads each flag from `FLANNELD_<FLAG>` too; weft reads `WEFT_<FLAG>`. Copies each `FLANNELD_`
+/// variable to its `WEFT_` name, unless that is set to something else (one line, exit 2).
+fn flanneld_env() -> Result<(), String> {
+    for (k, v) in std::env::vars_os() {
+        let (Some(k), Some(v)) = (k.to_str(), v.to_str()) else {
+            continue;
+        };
+        let Some(name) = k.strip_prefix("FLANNELD_") else {
+            continue;
+        };
+        let ours = format!("WEFT_{name}");
+        match std::env::var(&ours) {
+            Ok(w) if w != v => {
+                return Err(format!(
+                    "{k}={v:?} and {ours}={w:?} disagree; set only one of them"
+                ))
+            }
+            Ok(_) => {}
+            // Before any other thread exists (called first thing in main).
+            Err(_) => std::env::set_var(&ours, v),
+        }
+    }
+    Ok(())
+}
+
+/// The command line as flanneld takes it, turned into weft's: `flanneld -etcd-endpoints=X -iface eth0`
+/// (Go's single-dash long flags, no subcommand; also when weft is installed under the name flanneld)
+/// becomes `weft run --etcd-endpoints=X --iface eth0`. weft's own command lines pass unchanged.
+fn flanneld_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let as_flanneld = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "flanneld");
+    let first = args.get(1).and_then(|a| a.to_str());
+    let top_level = matches!(
+        first,
+        Some("-h" | "--help" | "-V" | "--version" | "-help" | "-version")
+    );
+    let starts_with_flag = first.is_some_and(|a| a.starts_with('-'));
+    let go_style = matches!(first, Some("-version" | "-help"));
+    if !(as_flanneld || go_style || (starts_with_flag && !top_level)) {
+        return args;
+    }
+    let mut out = vec![args[0].clone()];
+    let rest = &args[1..];
+    let go_long = |a: &std::ffi::OsString| -> std::ffi::OsString {
+        match a.to_str() {
+            Some(s) if s.len() > 2 && s.starts_with('-') && !s.starts_with("--") => {
+                format!("-{s}").into()
+            }
+            _ => a.clone(),
+        }
+    };
+    if rest.iter().any(|a| a == "-version" || a == "--version") {
+        out.push("--version".into());
+        return out;
+    }
+    if rest
+        .iter()
+        .any(|a| a == "-help" || a == "--help" || a == "-h")
+    {
+        out.extend(["run".into(), "--help".into()]);
+        return out;
+    }
+    out.push("run".into());
+    out.extend(rest.iter().map(go_long));
+    out
+}
+
 fn check_tun_name(name: &str) -> Result<(), String> {
     let bad = name.is_empty()
         || name.len() >= 16
@@ -456,7 +597,11 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    if let Err(e) = flanneld_env() {
+        eprintln!("weft: error: {e}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse_from(flanneld_args(std::env::args_os().collect()));
     init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -494,11 +639,27 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
     match cmd {
         Cmd::Run(a) => {
             check_tun_name(&a.tun_name).map_err(CliError::Usage)?;
+            check_not_kubernetes(&a).map_err(CliError::Usage)?;
+            if a.iptables_resync == 0 {
+                return Err(CliError::Usage(
+                    "--iptables-resync 0: the rules are checked every N seconds; pass 1 or more"
+                        .into(),
+                ));
+            }
             let healthz = (a.healthz.healthz_port != 0)
                 .then(|| SocketAddr::new(a.healthz.healthz_ip, a.healthz.healthz_port));
             let opts = RunOptions {
                 etcd: a.etcd.options()?,
-                iface: a.iface,
+                iface: weft::host::iface::IfaceWanted {
+                    iface: a.iface,
+                    regex: a.iface_regex,
+                    can_reach: a.iface_can_reach,
+                },
+                public_ipv6: a.public_ipv6,
+                forward_rules: a.iptables_forward_rules,
+                masq_random_fully: !a.ip_masq_fully_random_disable,
+                iptables_resync: Duration::from_secs(a.iptables_resync),
+                blackhole_route: a.ip_blackhole_route,
                 public_ip: a.public_ip,
                 subnet_file: a.subnet_file,
                 lease_ttl: a.subnet_lease_ttl,
@@ -718,6 +879,71 @@ fn print_status(v: &StatusReport) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flanneld_command_lines_become_weft_run() {
+        let v = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let conv = |a: &[&str]| flanneld_args(v(a));
+        assert_eq!(
+            conv(&[
+                "weft",
+                "-etcd-endpoints=http://e:2379",
+                "-iface",
+                "eth0",
+                "--ip-masq"
+            ]),
+            v(&[
+                "weft",
+                "run",
+                "--etcd-endpoints=http://e:2379",
+                "--iface",
+                "eth0",
+                "--ip-masq"
+            ])
+        );
+        assert_eq!(
+            conv(&["/usr/bin/flanneld"]),
+            v(&["/usr/bin/flanneld", "run"])
+        );
+        assert_eq!(
+            conv(&["flanneld", "-version"]),
+            v(&["flanneld", "--version"])
+        );
+        assert_eq!(conv(&["weft", "-version"]), v(&["weft", "--version"]));
+        // weft's own command lines are left alone (a value like "-1" after a flag too).
+        for own in [
+            &["weft", "run", "--iface", "eth0"][..],
+            &["weft", "--help"],
+            &["weft", "--version"],
+            &["weft", "leases"],
+        ] {
+            assert_eq!(conv(own), v(own));
+        }
+        assert!(
+            Cli::try_parse_from(conv(&["weft", "-iface-regex=eth.*", "-ip-masq=false"])).is_ok()
+        );
+    }
+
+    #[test]
+    fn booleans_as_go_writes_them() {
+        for t in ["1", "t", "T", "true", "TRUE", "True"] {
+            assert_eq!(go_bool(t), Ok(true));
+        }
+        for f in ["0", "f", "F", "false", "FALSE", "False"] {
+            assert_eq!(go_bool(f), Ok(false));
+        }
+        assert!(go_bool("yes").unwrap_err().contains("not true or false"));
+        let parse = |a: &[&str]| match Cli::try_parse_from(a).unwrap().cmd {
+            Cmd::Run(r) => (r.ip_masq, r.iptables_forward_rules),
+            _ => unreachable!(),
+        };
+        assert_eq!(parse(&["weft", "run"]), (false, true));
+        assert_eq!(
+            parse(&["weft", "run", "--ip-masq", "--iptables-forward-rules=false"]),
+            (true, false)
+        );
+        assert_eq!(parse(&["weft", "run", "--ip-masq=0"]), (false, true));
+    }
 
     #[test]
     fn endpoints_must_be_http_urls_with_a_host() {

@@ -217,8 +217,25 @@ async fn control_plane(
         Some(ActiveDataPlane::Kernel(_)) => "kernel",
         None => "none",
     };
-    if opts.ip_masq {
-        let m = crate::host::masq::Masquerade::start(cfg.network, own.subnet).await?;
+    if opts.blackhole_route {
+        match crate::host::netlink::add_blackhole(own.subnet) {
+            Ok(()) => info!(subnet = %own.subnet, "blackhole route for our subnet in place (--ip-blackhole-route)"),
+            Err(e) => warn!("cannot add the blackhole route for {} ({e}); traffic to unused addresses of our subnet follows the other routes", own.subnet),
+        }
+    }
+    if opts.ip_masq || opts.forward_rules {
+        let set = crate::host::masq::RuleSet {
+            masq: opts.ip_masq,
+            forward: opts.forward_rules,
+            random_fully: opts.masq_random_fully,
+        };
+        let m = crate::host::masq::Masquerade::start(
+            cfg.network,
+            own.subnet,
+            set,
+            opts.iptables_resync,
+        )
+        .await?;
         *shared.masq.lock().expect("masq lock") = Some(m);
     }
     let env = SubnetEnv {

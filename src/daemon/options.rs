@@ -10,13 +10,23 @@ use crate::control::store::EtcdOptions;
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub etcd: EtcdOptions,
-    pub iface: Vec<String>,
+    pub iface: crate::host::iface::IfaceWanted,
     pub public_ip: Option<Ipv4Addr>,
     pub subnet_file: PathBuf,
     pub lease_ttl: Duration,
     pub renew_margin: Duration,
     pub healthz: Option<SocketAddr>,
     pub ip_masq: bool,
+    /// FORWARD accepts the Network (flannel's --iptables-forward-rules, default on).
+    pub forward_rules: bool,
+    /// MASQUERADE with --random-fully (off: --ip-masq-fully-random-disable).
+    pub masq_random_fully: bool,
+    /// How often weft's iptables rules are checked and put back (--iptables-resync).
+    pub iptables_resync: Duration,
+    /// A blackhole route for our own subnet (--ip-blackhole-route).
+    pub blackhole_route: bool,
+    /// The IPv6 address other hosts reach this one at (--public-ipv6; for the IPv6 work, unused yet).
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
     pub dataplane: DataPlaneMode,
     pub workers: usize,
     pub tun_name: String,

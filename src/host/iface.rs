@@ -1,10 +1,12 @@
-//! Picks the underlay interface and public IP (--public-ip, --iface, or the default route's interface).
+//! Picks the underlay interface and public IP, as flanneld does: --iface in order, then --iface-regex, then
+//! --iface-can-reach (the interface the kernel routes that address out of), else the interface holding
+//! --public-ip, else the default route's interface.
 
 use std::net::Ipv4Addr;
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use regex::Regex;
 
@@ -29,8 +31,10 @@ pub struct IfaceInfo {
 /// Why no underlay could be picked; each says what to pass instead.
 #[derive(Debug, thiserror::Error)]
 pub enum IfaceError {
-    #[error("none of --iface {0} names an interface with an IPv4 address here (interfaces: {1}); pass an interface name, an address or a regex that matches one")]
+    #[error("none of {0} names an interface with an IPv4 address here (interfaces: {1}); pass an interface name, an address or a regex that matches one")]
     NoMatch(String, String),
+    #[error("--iface-regex {0:?} is not a valid regex: {1}")]
+    BadIfaceRegex(String, String),
     #[error("there is no default route to pick the underlay interface from; pass --iface NAME or --public-ip ADDR")]
     NoDefaultRoute,
     #[error("the default route's interface {0} has no IPv4 address; pass --iface NAME or --public-ip ADDR")]
@@ -43,42 +47,76 @@ pub enum IfaceError {
     Mtu(String, String),
 }
 
+/// How the operator asked for the underlay interface (flanneld's flags).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IfaceWanted {
+    /// `--iface`: names or addresses (weft also takes a regex over names here), tried in order.
+    pub iface: Vec<String>,
+    /// `--iface-regex`: regexes over addresses, then names, tried in order after `iface`.
+    pub regex: Vec<String>,
+    /// `--iface-can-reach`: the interface (and source address) the kernel would use to reach this address.
+    pub can_reach: Option<Ipv4Addr>,
+}
+
+impl IfaceWanted {
+    fn is_empty(&self) -> bool {
+        self.iface.is_empty() && self.regex.is_empty() && self.can_reach.is_none()
+    }
+
+    fn describe(&self) -> String {
+        let mut v: Vec<String> = Vec::new();
+        if !self.iface.is_empty() {
+            v.push(format!("--iface {}", self.iface.join(",")));
+        }
+        if !self.regex.is_empty() {
+            v.push(format!("--iface-regex {}", self.regex.join(",")));
+        }
+        if let Some(ip) = self.can_reach {
+            v.push(format!("--iface-can-reach {ip}"));
+        }
+        v.join(", ")
+    }
+}
+
 /// Picks among `ifaces` (pure): each `--iface` value in order is an exact name, an address held by an
-/// interface, or a regex over names; with none given, the interface holding `public_ip`, else
-/// `default_iface`.
+/// interface, or a regex over names; then each `--iface-regex` over addresses, then names; then what
+/// `reach` (the kernel's route to `--iface-can-reach`) says; with none given, the interface holding
+/// `public_ip`, else `default_iface`.
 pub fn pick(
     ifaces: &[IfaceInfo],
-    wanted: &[String],
+    wanted: &IfaceWanted,
+    reach: impl FnOnce(Ipv4Addr) -> Option<(String, Ipv4Addr)>,
     public_ip: Option<Ipv4Addr>,
     default_iface: Option<&str>,
 ) -> Result<(String, Ipv4Addr), IfaceError> {
     let first = |i: &IfaceInfo| i.addrs.first().map(|a| (i.name.clone(), *a));
     if !wanted.is_empty() {
-        for w in wanted {
-            if let Some(i) = ifaces.iter().find(|i| &i.name == w) {
-                if let Some(found) = first(i) {
-                    return Ok(found);
-                }
-                continue;
-            }
-            if let Ok(addr) = w.parse::<Ipv4Addr>() {
-                if let Some(i) = ifaces.iter().find(|i| i.addrs.contains(&addr)) {
-                    return Ok((i.name.clone(), addr));
-                }
-                continue;
-            }
-            let re = Regex::new(&format!("^(?:{w})$"))
-                .map_err(|e| IfaceError::BadRegex(w.clone(), e.to_string()))?;
-            if let Some(found) = ifaces
-                .iter()
-                .filter(|i| re.is_match(&i.name))
-                .find_map(first)
-            {
+        if let Some(found) = pick_by_iface(ifaces, &wanted.iface)? {
+            return Ok(found);
+        }
+        for r in &wanted.regex {
+            let re = Regex::new(&format!("^(?:{r})$"))
+                .map_err(|e| IfaceError::BadIfaceRegex(r.clone(), e.to_string()))?;
+            let by_addr = ifaces.iter().find_map(|i| {
+                i.addrs
+                    .iter()
+                    .find(|a| re.is_match(&a.to_string()))
+                    .map(|a| (i.name.clone(), *a))
+            });
+            if let Some(found) = by_addr.or_else(|| {
+                ifaces
+                    .iter()
+                    .filter(|i| re.is_match(&i.name))
+                    .find_map(first)
+            }) {
                 return Ok(found);
             }
         }
+        if let Some(found) = wanted.can_reach.and_then(reach) {
+            return Ok(found);
+        }
         let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
-        return Err(IfaceError::NoMatch(wanted.join(","), names.join(", ")));
+        return Err(IfaceError::NoMatch(wanted.describe(), names.join(", ")));
     }
     if let Some(ip) = public_ip {
         if let Some(i) = ifaces.iter().find(|i| i.addrs.contains(&ip)) {
@@ -91,6 +129,41 @@ pub fn pick(
         .find(|i| i.name == def)
         .and_then(first)
         .ok_or_else(|| IfaceError::NoAddress(def.to_string()))
+}
+
+/// The first `--iface` value that names an interface with an address, holds an address, or (weft's
+/// extension) is a regex matching an interface's name.
+fn pick_by_iface(
+    ifaces: &[IfaceInfo],
+    wanted: &[String],
+) -> Result<Option<(String, Ipv4Addr)>, IfaceError> {
+    let first = |i: &IfaceInfo| i.addrs.first().map(|a| (i.name.clone(), *a));
+    {
+        for w in wanted {
+            if let Some(i) = ifaces.iter().find(|i| &i.name == w) {
+                if let Some(found) = first(i) {
+                    return Ok(Some(found));
+                }
+                continue;
+            }
+            if let Ok(addr) = w.parse::<Ipv4Addr>() {
+                if let Some(i) = ifaces.iter().find(|i| i.addrs.contains(&addr)) {
+                    return Ok(Some((i.name.clone(), addr)));
+                }
+                continue;
+            }
+            let re = Regex::new(&format!("^(?:{w})$"))
+                .map_err(|e| IfaceError::BadRegex(w.clone(), e.to_string()))?;
+            if let Some(found) = ifaces
+                .iter()
+                .filter(|i| re.is_match(&i.name))
+                .find_map(first)
+            {
+                return Ok(Some(found));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The output interface of the IPv4 default route of the main table, among dumped routes (pure).
@@ -206,11 +279,53 @@ pub fn mtu_of(name: &str) -> Result<u32, IfaceError> {
         .ok_or_else(|| err("the kernel reported no MTU".into()))
 }
 
+/// The interface and source address the kernel would use to reach `dst` (`ip route get`), over netlink.
+fn route_to(dst: Ipv4Addr) -> Option<(String, Ipv4Addr)> {
+    let mut nl = Rtnl::open().ok()?;
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.destination_prefix_length = 32;
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+    let replies = nl
+        .request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST)
+        .ok()?;
+    let r = replies.into_iter().find_map(|r| match r {
+        RouteNetlinkMessage::NewRoute(r) => Some(r),
+        _ => None,
+    })?;
+    let oif = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })?;
+    let src = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::PrefSource(RouteAddress::Inet(s)) => Some(*s),
+        _ => None,
+    });
+    let mut msg = LinkMessage::default();
+    msg.header.index = oif;
+    let name = link(&mut nl, msg).ok()?.into_iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n),
+        _ => None,
+    })?;
+    let src = match src {
+        Some(s) => s,
+        None => list_interfaces()
+            .ok()?
+            .into_iter()
+            .find(|i| i.name == name)?
+            .addrs
+            .first()
+            .copied()?,
+    };
+    Some((name, src))
+}
+
 /// Picks the underlay on this host from the flags.
-pub fn detect(wanted: &[String], public_ip: Option<Ipv4Addr>) -> Result<Underlay, IfaceError> {
+pub fn detect(wanted: &IfaceWanted, public_ip: Option<Ipv4Addr>) -> Result<Underlay, IfaceError> {
     let ifaces = list_interfaces()?;
     let def = default_route_iface()?;
-    let (iface, local_ip) = pick(&ifaces, wanted, public_ip, def.as_deref())?;
+    let (iface, local_ip) = pick(&ifaces, wanted, route_to, public_ip, def.as_deref())?;
     let mtu = mtu_of(&iface)?;
     Ok(Underlay {
         public_ip: public_ip.unwrap_or(local_ip),
@@ -247,7 +362,11 @@ mod tests {
 
     #[test]
     fn picks_by_name_address_and_regex() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let s = |v: &[&str]| IfaceWanted {
+            iface: v.iter().map(|x| x.to_string()).collect(),
+            ..Default::default()
+        };
+        let pick = |ifs: &[IfaceInfo], w: &IfaceWanted, p, d| pick(ifs, w, |_| None, p, d);
         assert_eq!(pick(&ifs(), &s(&["ens5"]), None, None).unwrap().0, "ens5");
         assert_eq!(
             pick(&ifs(), &s(&["192.0.2.10"]), None, None).unwrap().0,
@@ -264,6 +383,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--iface wlan0") && e.contains("eth0"), "{e}");
+        // --iface-regex after --iface, over addresses first, then names; then --iface-can-reach.
+        let w = |iface: &[&str], regex: &[&str], reach: Option<Ipv4Addr>| IfaceWanted {
+            iface: iface.iter().map(|x| x.to_string()).collect(),
+            regex: regex.iter().map(|x| x.to_string()).collect(),
+            can_reach: reach,
+        };
+        let got = |wanted: &IfaceWanted| {
+            super::pick(
+                &ifs(),
+                wanted,
+                |_| Some(("ens5".to_string(), Ipv4Addr::new(198, 51, 100, 7))),
+                None,
+                None,
+            )
+        };
+        assert_eq!(got(&w(&["eth0"], &["ens.*"], None)).unwrap().0, "eth0");
+        assert_eq!(got(&w(&["wlan0"], &["ens.*"], None)).unwrap().0, "ens5");
+        assert_eq!(got(&w(&[], &["192\\.0\\.2\\..*"], None)).unwrap().0, "eth0");
+        assert_eq!(
+            got(&w(&[], &["nomatch"], Some(Ipv4Addr::new(8, 8, 8, 8))))
+                .unwrap()
+                .0,
+            "ens5"
+        );
+        let e = got(&w(&["wlan0"], &["wl.*"], None))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--iface wlan0, --iface-regex wl.*"), "{e}");
+        assert!(matches!(
+            got(&w(&[], &["(("], None)),
+            Err(IfaceError::BadIfaceRegex(..))
+        ));
         assert!(matches!(
             pick(&ifs(), &s(&["(("]), None, None),
             Err(IfaceError::BadRegex(..))
@@ -272,6 +423,18 @@ mod tests {
 
     #[test]
     fn default_route_and_public_ip() {
+        let pick = |ifs: &[IfaceInfo], w: &[String], p, d| {
+            pick(
+                ifs,
+                &IfaceWanted {
+                    iface: w.to_vec(),
+                    ..Default::default()
+                },
+                |_| None,
+                p,
+                d,
+            )
+        };
         assert_eq!(
             pick(&ifs(), &[], None, Some("eth0")).unwrap(),
             ("eth0".into(), Ipv4Addr::new(192, 0, 2, 10))

@@ -1,5 +1,6 @@
-//! `--ip-masq`: flannel's masquerade and forward rules (computed purely), installed idempotently through
-//! the `iptables` crate (which drives the iptables tools), re-checked periodically, removed on clean exit.
+//! `--ip-masq` and `--iptables-forward-rules`: flannel's masquerade and forward rules (computed purely),
+//! installed idempotently through the `iptables` crate (which drives the iptables tools), re-checked every
+//! `--iptables-resync` seconds, removed on clean exit.
 
 use std::time::Duration;
 
@@ -10,8 +11,20 @@ use tracing::{info, warn};
 /// weft's own chains, so its rules are found and removed as a unit.
 pub const NAT_CHAIN: &str = "WEFT-POSTRTG";
 pub const FWD_CHAIN: &str = "WEFT-FWD";
-/// How often the rules are checked and put back if something removed them (flannel's --iptables-resync).
+/// How often the rules are checked and put back if something removed them (flannel's --iptables-resync
+/// default).
 pub const RESYNC: Duration = Duration::from_secs(5);
+
+/// Which of flannel's rules a host wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleSet {
+    /// `--ip-masq`: masquerade containers' traffic leaving the overlay.
+    pub masq: bool,
+    /// `--iptables-forward-rules` (flannel's default: on): FORWARD accepts the Network.
+    pub forward: bool,
+    /// MASQUERADE with `--random-fully` (off with `--ip-masq-fully-random-disable`).
+    pub random_fully: bool,
+}
 
 /// One iptables rule: table, chain, rule specification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,48 +38,64 @@ fn rule(table: &'static str, chain: &'static str, spec: String) -> Rule {
     Rule { table, chain, spec }
 }
 
-/// flannel's --ip-masq rules for this host: containers' traffic to the outside is masqueraded, traffic
-/// between containers across the overlay keeps its source address; FORWARD accepts the Network.
-/// Jumps into weft's chains come first in the list, so install in reverse to add chain rules first.
-pub fn rules(network: Ipv4Net, subnet: Ipv4Net) -> Vec<Rule> {
+/// flannel's rules for this host: with `masq`, containers' traffic to the outside is masqueraded and
+/// traffic between containers across the overlay keeps its source address; with `forward`, FORWARD accepts
+/// the Network. Jumps into weft's chains come first in the list, so install in reverse to add chain rules
+/// first.
+pub fn rules(network: Ipv4Net, subnet: Ipv4Net, set: RuleSet) -> Vec<Rule> {
     let (n, s) = (network.to_string(), subnet.to_string());
-    vec![
-        rule(
+    let random = if set.random_fully {
+        " --random-fully"
+    } else {
+        ""
+    };
+    let mut v = Vec::new();
+    if set.masq {
+        v.push(rule(
             "nat",
             "POSTROUTING",
             format!("-m comment --comment weft-masq -j {NAT_CHAIN}"),
-        ),
-        rule(
+        ));
+    }
+    if set.forward {
+        v.push(rule(
             "filter",
             "FORWARD",
             format!("-m comment --comment weft-forward -j {FWD_CHAIN}"),
-        ),
-        // Traffic already marked for masquerade by kube-proxy-style setups is left alone.
-        rule(
-            "nat",
-            NAT_CHAIN,
-            "-m mark --mark 0x4000/0x4000 -j RETURN".into(),
-        ),
-        // Within the overlay: keep source addresses.
-        rule("nat", NAT_CHAIN, format!("-s {s} -d {n} -j RETURN")),
-        rule("nat", NAT_CHAIN, format!("-s {n} -d {s} -j RETURN")),
-        // From outside the overlay to our containers: not ours to rewrite.
-        rule("nat", NAT_CHAIN, format!("! -s {n} -d {s} -j RETURN")),
-        // From the overlay to the outside world (but not multicast): masquerade.
-        rule(
-            "nat",
-            NAT_CHAIN,
-            format!("-s {n} ! -d 224.0.0.0/4 -j MASQUERADE --random-fully"),
-        ),
-        // From the outside into the overlay, via this host: masquerade so replies come back here.
-        rule(
-            "nat",
-            NAT_CHAIN,
-            format!("! -s {n} -d {n} -j MASQUERADE --random-fully"),
-        ),
-        rule("filter", FWD_CHAIN, format!("-s {n} -j ACCEPT")),
-        rule("filter", FWD_CHAIN, format!("-d {n} -j ACCEPT")),
-    ]
+        ));
+    }
+    if set.masq {
+        v.extend([
+            // Traffic already marked for masquerade by kube-proxy-style setups is left alone.
+            rule(
+                "nat",
+                NAT_CHAIN,
+                "-m mark --mark 0x4000/0x4000 -j RETURN".into(),
+            ),
+            // Within the overlay: keep source addresses.
+            rule("nat", NAT_CHAIN, format!("-s {s} -d {n} -j RETURN")),
+            rule("nat", NAT_CHAIN, format!("-s {n} -d {s} -j RETURN")),
+            // From outside the overlay to our containers: not ours to rewrite.
+            rule("nat", NAT_CHAIN, format!("! -s {n} -d {s} -j RETURN")),
+            // From the overlay to the outside world (but not multicast): masquerade.
+            rule(
+                "nat",
+                NAT_CHAIN,
+                format!("-s {n} ! -d 224.0.0.0/4 -j MASQUERADE{random}"),
+            ),
+            // From the outside into the overlay, via this host: masquerade so replies come back here.
+            rule(
+                "nat",
+                NAT_CHAIN,
+                format!("! -s {n} -d {n} -j MASQUERADE{random}"),
+            ),
+        ]);
+    }
+    if set.forward {
+        v.push(rule("filter", FWD_CHAIN, format!("-s {n} -j ACCEPT")));
+        v.push(rule("filter", FWD_CHAIN, format!("-d {n} -j ACCEPT")));
+    }
+    v
 }
 
 /// Why the `--ip-masq` rules could not be checked, installed or removed.
@@ -98,9 +127,21 @@ fn open() -> Result<iptables::IPTables, MasqError> {
 }
 
 /// Makes sure every rule exists (creating weft's chains first); returns how many were added.
+/// weft's chains that `rules` use.
+fn chains(rules: &[Rule]) -> Vec<(&'static str, &'static str)> {
+    [("nat", NAT_CHAIN), ("filter", FWD_CHAIN)]
+        .into_iter()
+        .filter(|(t, c)| {
+            rules
+                .iter()
+                .any(|r| (r.table == *t && r.chain == *c) || r.spec.ends_with(&format!("-j {c}")))
+        })
+        .collect()
+}
+
 fn ensure(rules: &[Rule]) -> Result<usize, MasqError> {
     let ipt = open()?;
-    for (table, chain) in [("nat", NAT_CHAIN), ("filter", FWD_CHAIN)] {
+    for (table, chain) in chains(rules) {
         if !ipt
             .chain_exists(table, chain)
             .map_err(op(format!("looking for {table}/{chain}")))?
@@ -112,7 +153,7 @@ fn ensure(rules: &[Rule]) -> Result<usize, MasqError> {
     let mut added = 0;
     // weft's chains must hold their rules in order (a RETURN after the MASQUERADE it should pre-empt is
     // useless): if any is missing, rebuild the chain.
-    for (table, chain) in [("nat", NAT_CHAIN), ("filter", FWD_CHAIN)] {
+    for (table, chain) in chains(rules) {
         let body: Vec<&Rule> = rules
             .iter()
             .filter(|r| r.table == table && r.chain == chain)
@@ -166,7 +207,7 @@ fn remove(rules: &[Rule]) -> Result<(), MasqError> {
             )))?;
         }
     }
-    for (table, chain) in [("nat", NAT_CHAIN), ("filter", FWD_CHAIN)] {
+    for (table, chain) in chains(rules) {
         if ipt.chain_exists(table, chain).unwrap_or(false) {
             ipt.flush_chain(table, chain)
                 .map_err(op(format!("flushing {table}/{chain}")))?;
@@ -184,33 +225,67 @@ pub struct Masquerade {
 }
 
 impl Masquerade {
-    /// Installs the rules now (an error here is fatal: the operator asked for masquerading) and keeps
-    /// re-checking them.
-    pub async fn start(network: Ipv4Net, subnet: Ipv4Net) -> Result<Masquerade, MasqError> {
-        let rules = rules(network, subnet);
+    /// Installs the rules now and keeps re-checking them every `resync`. An error now is fatal when
+    /// masquerading was asked for; the forward rules alone (flannel's default) are only warned about and
+    /// retried, so a host without iptables still forwards where FORWARD accepts.
+    pub async fn start(
+        network: Ipv4Net,
+        subnet: Ipv4Net,
+        set: RuleSet,
+        resync: Duration,
+    ) -> Result<Masquerade, MasqError> {
+        let rules = rules(network, subnet, set);
+        // What an earlier run with other flags (or one that crashed) left of the parts not wanted now.
+        let unwanted: Vec<Rule> = self::rules(
+            network,
+            subnet,
+            RuleSet {
+                masq: true,
+                forward: true,
+                random_fully: set.random_fully,
+            },
+        )
+        .into_iter()
+        .filter(|r| {
+            !chains(&rules)
+                .iter()
+                .any(|(_, c)| r.chain == *c || r.spec.ends_with(&format!("-j {c}")))
+        })
+        .collect();
+        if !unwanted.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || remove(&unwanted)).await;
+        }
         let r = rules.clone();
-        tokio::task::spawn_blocking(move || ensure(&r)).await??;
-        info!(%network, %subnet, "ip-masq rules installed");
+        let mut last_err: Option<String> = None;
+        match tokio::task::spawn_blocking(move || ensure(&r)).await? {
+            Ok(_) => {
+                info!(%network, %subnet, masq = set.masq, forward = set.forward, "iptables rules installed")
+            }
+            Err(e) if set.masq => return Err(e),
+            Err(e) => {
+                warn!("cannot install the FORWARD accept rules for {network} ({e}); if this host's FORWARD chain drops, containers on other hosts cannot reach ours. Retrying; --iptables-forward-rules=false turns this off");
+                last_err = Some(e.to_string());
+            }
+        }
         let r = rules.clone();
         let task = tokio::spawn(async move {
-            let mut last_err: Option<String> = None;
             loop {
-                tokio::time::sleep(RESYNC).await;
+                tokio::time::sleep(resync).await;
                 let r2 = r.clone();
                 match tokio::task::spawn_blocking(move || ensure(&r2)).await {
                     Ok(Ok(0)) => last_err = None,
                     Ok(Ok(n)) => info!(
                         restored = n,
-                        "ip-masq rules had been removed; put them back"
+                        "iptables rules had been removed; put them back"
                     ),
                     Ok(Err(e)) => {
                         let e = e.to_string();
                         if last_err.as_deref() != Some(e.as_str()) {
-                            warn!("cannot check the ip-masq rules: {e}; retrying");
+                            warn!("cannot check the iptables rules: {e}; retrying");
                             last_err = Some(e);
                         }
                     }
-                    Err(e) => warn!("ip-masq check failed: {e}"),
+                    Err(e) => warn!("iptables check failed: {e}"),
                 }
             }
         });
@@ -222,9 +297,9 @@ impl Masquerade {
         self.task.abort();
         let rules = self.rules;
         match tokio::task::spawn_blocking(move || remove(&rules)).await {
-            Ok(Ok(())) => info!("ip-masq rules removed"),
-            Ok(Err(e)) => warn!("cannot remove the ip-masq rules: {e}"),
-            Err(e) => warn!("cannot remove the ip-masq rules: {e}"),
+            Ok(Ok(())) => info!("iptables rules removed"),
+            Ok(Err(e)) => warn!("cannot remove the iptables rules: {e}"),
+            Err(e) => warn!("cannot remove the iptables rules: {e}"),
         }
     }
 }
@@ -235,9 +310,15 @@ mod tests {
 
     #[test]
     fn flannels_rules_for_a_host() {
+        let all = RuleSet {
+            masq: true,
+            forward: true,
+            random_fully: true,
+        };
         let r = rules(
             "10.5.0.0/16".parse().unwrap(),
             "10.5.7.0/24".parse().unwrap(),
+            all,
         );
         let specs: Vec<String> = r
             .iter()
@@ -264,5 +345,24 @@ mod tests {
                 .count(),
             2
         );
+        // Each part on its own, and MASQUERADE without --random-fully when it is turned off.
+        let only = |set: RuleSet| {
+            rules(
+                "10.5.0.0/16".parse().unwrap(),
+                "10.5.7.0/24".parse().unwrap(),
+                set,
+            )
+        };
+        let fwd = only(RuleSet { masq: false, ..all });
+        assert!(fwd.iter().all(|r| r.table == "filter") && fwd.len() == 3);
+        let masq = only(RuleSet {
+            forward: false,
+            random_fully: false,
+            ..all
+        });
+        assert!(masq.iter().all(|r| r.table == "nat"));
+        assert!(masq
+            .iter()
+            .any(|r| r.spec.ends_with("-j MASQUERADE") && !r.spec.contains("random")));
     }
 }

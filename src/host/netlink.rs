@@ -95,3 +95,34 @@ pub fn probe_wireguard(name: &str) -> io::Result<()> {
     request(RouteNetlinkMessage::DelLink(del), NLM_F_REQUEST | NLM_F_ACK)?;
     Ok(())
 }
+
+/// Adds a blackhole route for `subnet` in the main table (flanneld's --ip-blackhole-route), at the lowest
+/// priority so it never shadows the container bridge's route for the same subnet: it only catches traffic
+/// to the subnet while no other route does. An existing identical route is fine.
+pub fn add_blackhole(subnet: ipnet::Ipv4Net) -> io::Result<()> {
+    use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+    use netlink_packet_route::route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+        RouteType,
+    };
+    use netlink_packet_route::AddressFamily;
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.destination_prefix_length = subnet.prefix_len();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Static;
+    msg.header.scope = RouteScope::Universe;
+    msg.header.kind = RouteType::BlackHole;
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(
+            subnet.network(),
+        )));
+    msg.attributes.push(RouteAttribute::Priority(u32::MAX));
+    match request(
+        RouteNetlinkMessage::NewRoute(msg),
+        NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
