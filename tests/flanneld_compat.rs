@@ -241,3 +241,73 @@ fn iptables_forward_rules_by_default_masquerade_options_and_the_blackhole_route(
             .into_owned();
     assert!(routes.contains(&format!("blackhole {subnet}")), "{routes}");
 }
+
+/// A lease key without an etcd lease is a reservation, as in flannel: the host with its PublicIP gets
+/// exactly that subnet (before its previous subnet.env's), keeps it without a TTL, and no other host takes
+/// it, even one whose previous subnet.env names it.
+#[test]
+fn a_reservation_is_taken_by_its_host_only_and_stays_a_reservation() {
+    let etcd = common::Etcd::start();
+    etcd.set_config(VXLAN);
+    let key = "/coreos.com/network/subnets/10.5.77.0-24";
+    let value = r#"{"PublicIP":"127.0.0.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:bb:cc:dd:07"}}"#;
+    let out = etcd.etcdctl(&["put", key, value]);
+    assert!(out.status.success(), "{out:?}");
+    let lease_of = |etcd: &common::Etcd| {
+        let out = etcd.etcdctl(&["get", key, "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            v["kvs"][0]["lease"].as_i64().unwrap_or(0),
+            v["kvs"][0]["value"].is_string(),
+        )
+    };
+    // Another host first, whose previous subnet.env names the reserved subnet.
+    let mut b = common::Weft::start(&etcd, "127.0.0.8", &[]);
+    let b_subnet = b.wait_subnet();
+    assert_ne!(b_subnet, "10.5.77.0/24");
+    b.stop();
+    let text = std::fs::read_to_string(b.subnet_file()).unwrap();
+    let prefix = b_subnet.trim_end_matches(".0/24");
+    std::fs::write(
+        b.subnet_file(),
+        text.replace(&format!("{prefix}.1/24"), "10.5.77.1/24"),
+    )
+    .unwrap();
+    b.start_again();
+    assert_eq!(
+        b.wait_subnet(),
+        b_subnet,
+        "never the subnet reserved for another host"
+    );
+    // The host it is reserved for takes it, and it stays a reservation (no etcd lease).
+    let mut a = common::Weft::start(
+        &etcd,
+        "127.0.0.7",
+        &["--subnet-lease-ttl=3s", "--subnet-lease-renew-margin=1s"],
+    );
+    assert_eq!(a.wait_subnet(), "10.5.77.0/24");
+    assert!(a.log().contains("is reserved for this host"), "{}", a.log());
+    assert_eq!(
+        lease_of(&etcd),
+        (0, true),
+        "still a key without an etcd lease"
+    );
+    let v: serde_json::Value = serde_json::from_str(&etcd.get(key).unwrap()).unwrap();
+    assert_eq!(
+        v["BackendData"]["VtepMAC"], "02:aa:bb:cc:dd:07",
+        "the reservation's VTEP MAC kept"
+    );
+    // Stopped well past the TTL weft would give a lease: the reservation is still there, marked.
+    a.stop();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(lease_of(&etcd), (0, true));
+    let out = etcd.weft(&["leases"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    let line = list
+        .lines()
+        .find(|l| l.starts_with("10.5.77.0/24"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(line.contains("reserved"), "{list}");
+    a.start_again();
+    assert_eq!(a.wait_subnet(), "10.5.77.0/24");
+}

@@ -16,6 +16,8 @@ const RANDOM_POOL: usize = 100;
 pub struct ExistingLease {
     pub subnet: Ipv4Net,
     pub public_ip: Ipv4Addr,
+    /// A reservation: a key without an etcd lease (no TTL), which only the host with its PublicIP takes.
+    pub reserved: bool,
 }
 
 /// What the allocator decided.
@@ -58,6 +60,14 @@ pub fn choose_subnet(
     previous: Option<Ipv4Net>,
     rng: &mut impl rand::Rng,
 ) -> Result<Choice, Exhausted> {
+    // A reservation for our public IP comes first, as in flannel: the operator chose that subnet for
+    // this host.
+    if let Some(l) = existing
+        .iter()
+        .find(|l| l.reserved && l.public_ip == me && cfg.fits(&l.subnet))
+    {
+        return Ok(Choice::Reuse(l.subnet));
+    }
     if let Some(prev) = previous.filter(|p| cfg.fits(p)) {
         match existing.iter().find(|l| l.subnet == prev) {
             None => return Ok(Choice::Previous(prev)),
@@ -116,6 +126,7 @@ mod tests {
 
     fn lease(s: &str, ip: [u8; 4]) -> ExistingLease {
         ExistingLease {
+            reserved: false,
             subnet: s.parse().unwrap(),
             public_ip: Ipv4Addr::from(ip),
         }

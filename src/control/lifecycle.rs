@@ -143,6 +143,9 @@ pub enum Event {
     /// Our key had vanished (or its etcd lease had) and was written again with the same subnet and a new
     /// etcd lease of `ttl`.
     Recreated { subnet: Ipv4Net, ttl: Duration },
+    /// `subnet` is reserved for our public IP (a key without an etcd lease): we take it and keep it a
+    /// reservation.
+    Reserved { subnet: Ipv4Net },
 }
 
 /// The subnet picked and the transaction that claims it.
@@ -153,6 +156,8 @@ struct Claim {
     expect_rev: i64,
     /// The etcd lease of the key we take over (0: none), revoked once ours is written.
     old_lease: i64,
+    /// The key is a reservation for us: written as it is, without an etcd lease, so it stays one.
+    reserved: bool,
 }
 
 #[derive(Debug)]
@@ -322,6 +327,15 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
             (AcquireStep::Listing, Outcome::Listed(Ok(leases))) => {
                 self.events.push_back(Event::EtcdUp);
                 match self.claim(&leases) {
+                    Ok(claim) if claim.reserved => {
+                        self.action = Some(Action::PutIf {
+                            subnet: claim.choice.subnet(),
+                            attrs: claim.attrs.clone(),
+                            lease_id: 0,
+                            expect_rev: claim.expect_rev,
+                        });
+                        AcquireStep::Writing(claim, 0)
+                    }
                     Ok(claim) => {
                         self.action = Some(Action::Grant {
                             ttl: self.params.ttl,
@@ -391,6 +405,7 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
         let existing: Vec<ExistingLease> = leases
             .iter()
             .map(|l| ExistingLease {
+                reserved: l.etcd_lease == 0,
                 subnet: l.subnet,
                 // Unparsable values still occupy their subnet.
                 public_ip: l
@@ -423,7 +438,14 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
             Choice::Reuse(_) => old.map(|l| l.mod_revision).unwrap_or(0),
             _ => 0,
         };
+        let reserved = matches!(choice, Choice::Reuse(_)) && old.is_some_and(|l| l.etcd_lease == 0);
+        if reserved {
+            self.events.push_back(Event::Reserved {
+                subnet: choice.subnet(),
+            });
+        }
         Ok(Claim {
+            reserved,
             choice,
             attrs: lease_attrs(
                 &self.params.config,

@@ -189,6 +189,10 @@ impl<'a> LeaseKeeper<'a> {
                     shared.lease_renewals.fetch_add(1, Ordering::Relaxed);
                     debug!(subnet = %subnet, ttl, "renewed lease");
                 }
+                Event::Reserved { subnet } => {
+                    info!(subnet = %subnet, public_ip = %self.underlay.public_ip,
+                        "{subnet} is reserved for this host in etcd (a lease key without a TTL); taking it, and it stays a reservation");
+                }
                 Event::Recreated { subnet, ttl } => {
                     shared
                         .lease_ttl

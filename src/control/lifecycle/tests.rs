@@ -196,15 +196,61 @@ fn the_lease_carrying_our_ip_is_reused_with_its_mac_and_its_old_etcd_lease_revok
 fn reusing_a_reservation_revokes_nothing() {
     let t = Instant::now();
     let mut m = machine(params(VXLAN, None, RENEW));
-    let s = acquire_with(
-        &mut m,
+    assert_eq!(action(&mut m), Action::ListLeases);
+    m.handle(
         t,
-        vec![stored("10.5.9.0/24", ME, [2, 0, 0, 0, 0, 9], 0, 42)],
-        8,
+        Outcome::Listed(Ok(vec![stored(
+            "10.5.9.0/24",
+            ME,
+            [2, 0, 0, 0, 0, 9],
+            0,
+            42,
+        )])),
     );
-    assert_eq!(s, net("10.5.9.0/24"));
+    // No etcd lease is granted: the key is written without one, so it stays a reservation.
+    let (subnet, _, lease_id, expect_rev) = put_if(&mut m);
+    assert_eq!((subnet, lease_id, expect_rev), (net("10.5.9.0/24"), 0, 42));
+    m.handle(t, Outcome::Written(Ok(true)));
     assert_eq!(m.poll_action(), None);
-    assert_eq!(m.held().unwrap().etcd_lease, 8);
+    assert_eq!(m.held().unwrap().etcd_lease, 0, "it stays a reservation");
+    assert!(events(&mut m)
+        .iter()
+        .any(|e| matches!(e, Event::Reserved { subnet } if *subnet == net("10.5.9.0/24"))));
+}
+
+#[test]
+fn a_reservation_for_our_ip_wins_over_the_previous_subnet_and_others_never_take_one() {
+    let t = Instant::now();
+    // Our previous subnet.env said 10.5.3.0/24 (free), but the operator reserved 10.5.9.0/24 for us.
+    let mut m = machine(params(VXLAN, Some("10.5.3.0/24"), RENEW));
+    assert_eq!(action(&mut m), Action::ListLeases);
+    m.handle(
+        t,
+        Outcome::Listed(Ok(vec![stored(
+            "10.5.9.0/24",
+            ME,
+            [2, 0, 0, 0, 0, 9],
+            0,
+            42,
+        )])),
+    );
+    assert_eq!(put_if(&mut m).0, net("10.5.9.0/24"));
+    // Another host whose previous subnet is reserved for someone else gets a fresh one.
+    let mut m = machine(params(VXLAN, Some("10.5.9.0/24"), RENEW));
+    assert_eq!(action(&mut m), Action::ListLeases);
+    m.handle(
+        t,
+        Outcome::Listed(Ok(vec![stored(
+            "10.5.9.0/24",
+            Ipv4Addr::new(192, 0, 2, 99),
+            [2, 0, 0, 0, 0, 9],
+            0,
+            42,
+        )])),
+    );
+    assert_eq!(action(&mut m), Action::Grant { ttl: TTL });
+    m.handle(t, Outcome::Granted(Ok(5)));
+    assert_ne!(put_if(&mut m).0, net("10.5.9.0/24"));
 }
 
 #[test]
