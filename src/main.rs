@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use weft::control::config::NetworkConfig;
 use weft::control::store::StoreError;
 use weft::control::store::{EtcdOptions, Store, DEFAULT_PREFIX};
-use weft::control::subnet_env::{docker_opts, DockerOptsStyle, SubnetEnv};
+use weft::control::subnet_env::{
+    direct_routing_note, docker_opts, DockerOptsStyle, DockerVersion, SubnetEnv,
+};
 use weft::daemon::{self, DaemonError, DataPlaneMode, RunOptions};
 use weft::dataplane::xdp::XdpModeChoice;
 use weft::ops::http::HttpError;
@@ -393,6 +395,38 @@ struct DockerOptsArgs {
     /// Leave --ip-masq out (mk-docker-opts.sh -m).
     #[arg(short = 'm', long)]
     no_ipmasq: bool,
+    /// The dockerd release the options are for (default: what `dockerd --version` says); from 28.2 on
+    /// --allow-direct-routing is added, so dockerd lets the overlay's packets reach its containers.
+    #[arg(long = "docker-version", value_name = "X.Y.Z")]
+    docker_version: Option<String>,
+}
+
+/// The installed dockerd's release, from `dockerd --version`; `None`, with one note on standard error, when
+/// dockerd cannot be run or does not answer with a version.
+fn installed_dockerd() -> Option<DockerVersion> {
+    let fix = "options for dockerd 28.2 and later are left out; give --docker-version X.Y.Z to choose them";
+    match std::process::Command::new("dockerd")
+        .arg("--version")
+        .output()
+    {
+        Err(e) => {
+            eprintln!("weft: note: cannot run `dockerd --version` ({e}); {fix}");
+            None
+        }
+        Ok(out) => {
+            let text = String::from_utf8_lossy(if out.stdout.is_empty() {
+                &out.stderr
+            } else {
+                &out.stdout
+            });
+            let v = DockerVersion::parse(&text).filter(|_| out.status.success());
+            if v.is_none() {
+                let said = text.trim();
+                eprintln!("weft: note: `dockerd --version` said {said:?}, not a version; {fix}");
+            }
+            v
+        }
+    }
 }
 
 /// An etcd endpoint must be an http(s) URL with a host (`http://10.0.0.1:2379`).
@@ -746,6 +780,17 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
                 path: a.subnet_file.display().to_string(),
                 source,
             })?;
+            let dockerd = match &a.docker_version {
+                Some(v) => Some(DockerVersion::parse(v).ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "--docker-version {v:?} is not a Docker release; give it as X.Y.Z, e.g. --docker-version 28.2.2"
+                    ))
+                })?),
+                None => installed_dockerd(),
+            };
+            if let Some(note) = dockerd.and_then(direct_routing_note) {
+                eprintln!("weft: note: {note}");
+            }
             let text = docker_opts(
                 &env,
                 &DockerOptsStyle {
@@ -754,6 +799,7 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
                     individual: a.individual,
                     no_ipmasq: a.no_ipmasq,
                 },
+                dockerd,
             );
             if a.dest.as_os_str() == "-" {
                 outln!("{}", text.trim_end_matches('\n'))

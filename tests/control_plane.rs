@@ -349,6 +349,69 @@ fn docker_opts_from_subnet_env() {
 }
 
 #[test]
+fn docker_opts_for_a_given_docker_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("subnet.env");
+    std::fs::write(&env, "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n").unwrap();
+    let f = env.to_str().unwrap();
+    let at = |release: &str| {
+        weft(
+            &[],
+            &[
+                "docker-opts",
+                "-f",
+                f,
+                "-d",
+                "-",
+                "-c",
+                "--docker-version",
+                release,
+            ],
+        )
+    };
+    let new = at("28.2.2");
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&new.stdout),
+        "DOCKER_OPTS=\"--bip=10.5.72.1/24 --ip-masq=false --mtu=1450 --allow-direct-routing\"\n"
+    );
+    assert!(
+        new.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    let old = at("20.10.24+dfsg1");
+    assert_eq!(
+        String::from_utf8_lossy(&old.stdout),
+        "DOCKER_OPTS=\"--bip=10.5.72.1/24 --ip-masq=false --mtu=1450\"\n"
+    );
+    assert!(
+        old.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+    // 28.0 and 28.1 have no option to add: the same options, and one line saying what to do.
+    let stuck = at("28.1.1");
+    assert!(stuck.status.success());
+    assert_eq!(stuck.stdout, old.stdout);
+    let note = String::from_utf8_lossy(&stuck.stderr);
+    assert_eq!(note.lines().count(), 1, "{note}");
+    assert!(note.contains("upgrade dockerd to 28.2"), "{note}");
+    let bad = at("latest");
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--docker-version \"latest\"") && err.contains("X.Y.Z"),
+        "{err}"
+    );
+}
+
+#[test]
 fn short_lease_is_renewed_before_it_expires() {
     let etcd = Etcd::start();
     etcd.set_config(VXLAN);

@@ -1,4 +1,5 @@
-//! subnet.env (flannel's variables for dockerd) and the dockerd options derived from it, with no I/O.
+//! subnet.env (flannel's variables for dockerd) and the dockerd options derived from it (and from the installed
+//! dockerd's version), with no I/O.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -116,9 +117,99 @@ pub struct DockerOptsStyle {
     pub no_ipmasq: bool,
 }
 
+/// A dockerd release, as `dockerd --version` reports it (distribution and pre-release suffixes dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DockerVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl std::fmt::Display for DockerVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+impl DockerVersion {
+    /// Reads `dockerd --version` output ("Docker version 28.2.2, build e6534b4") or a bare version ("28.2.2",
+    /// "v28.2.2", "20.10.24+dfsg1", "28.2.0-rc.1", "17.03.2-ce"); `None` when there is no X.Y or X.Y.Z.
+    pub fn parse(text: &str) -> Option<Self> {
+        let t = text.trim();
+        let t = t.strip_prefix("Docker version ").unwrap_or(t);
+        let t = t.strip_prefix('v').unwrap_or(t);
+        let word = t.split([',', ' ', '\n']).next()?;
+        let end = word
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(word.len());
+        let (number, suffix) = word.split_at(end);
+        if !(suffix.is_empty() || suffix.starts_with(['+', '-', '~'])) {
+            return None;
+        }
+        let mut parts = number.split('.').map(|p| p.parse::<u32>().ok());
+        let major = parts.next()??;
+        let minor = parts.next()??;
+        let patch = match parts.next() {
+            None => 0,
+            Some(p) => p?,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(DockerVersion {
+            major,
+            minor,
+            patch,
+        })
+    }
+}
+
+/// What a dockerd does with packets other hosts send straight to its containers' addresses (the overlay's
+/// traffic, arriving on weft0 / flannel.1 rather than on docker0), and what `weft docker-opts` can do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectRouting {
+    /// Before 28.0: no filter of its own on them; nothing to add.
+    Unfiltered,
+    /// 28.0 and 28.1: a raw-table PREROUTING rule drops those to published ports (nothing later in the
+    /// firewall can accept them again) and no dockerd option lifts it (moby/moby#49792).
+    NoOption,
+    /// 28.2 and later: the raw-table rule covers every port of the container, and the daemon option
+    /// `--allow-direct-routing` lifts it for every bridge network, docker0 included.
+    AllowFlag,
+}
+
+/// The `DirectRouting` case of a dockerd release.
+pub fn direct_routing(v: DockerVersion) -> DirectRouting {
+    let v = (v.major, v.minor);
+    if v < (28, 0) {
+        DirectRouting::Unfiltered
+    } else if v < (28, 2) {
+        DirectRouting::NoOption
+    } else {
+        DirectRouting::AllowFlag
+    }
+}
+
+/// One plain line for the operator when the installed dockerd will drop the overlay's traffic whatever weft
+/// writes; `None` otherwise.
+pub fn direct_routing_note(v: DockerVersion) -> Option<String> {
+    (direct_routing(v) == DirectRouting::NoOption).then(|| {
+        format!(
+            "dockerd {v} drops packets other hosts send to its containers and has no option to allow them \
+             (moby/moby#49792); upgrade dockerd to 28.2 or later and run weft docker-opts again"
+        )
+    })
+}
+
 /// Turns subnet.env into dockerd options the way flannel's mk-docker-opts.sh does.
 /// When weft masquerades (FLANNEL_IPMASQ=true) dockerd must not: `--ip-masq=false`.
-pub fn docker_opts(env: &SubnetEnv, style: &DockerOptsStyle) -> String {
+/// For a dockerd of 28.2 or later (`dockerd`, when known) it adds `--allow-direct-routing`
+/// (`DOCKER_OPT_DIRECT_ROUTING`), without which that dockerd drops the overlay's packets to its containers.
+pub fn docker_opts(
+    env: &SubnetEnv,
+    style: &DockerOptsStyle,
+    dockerd: Option<DockerVersion>,
+) -> String {
     let mut opts = vec![(
         "DOCKER_OPT_BIP",
         format!("--bip={}", bridge_address(&env.subnet)),
@@ -127,6 +218,12 @@ pub fn docker_opts(env: &SubnetEnv, style: &DockerOptsStyle) -> String {
         opts.push(("DOCKER_OPT_IPMASQ", format!("--ip-masq={}", !env.ipmasq)));
     }
     opts.push(("DOCKER_OPT_MTU", format!("--mtu={}", env.mtu)));
+    if dockerd.map(direct_routing) == Some(DirectRouting::AllowFlag) {
+        opts.push((
+            "DOCKER_OPT_DIRECT_ROUTING",
+            "--allow-direct-routing".to_string(),
+        ));
+    }
     // Neither -c nor -i means both, as in mk-docker-opts.sh.
     let (combined, individual) = if !style.combined && !style.individual {
         (true, true)
@@ -193,7 +290,7 @@ mod tests {
             no_ipmasq: false,
         };
         assert_eq!(
-            docker_opts(&e, &style),
+            docker_opts(&e, &style, None),
             "DOCKER_OPTS=\"--bip=10.5.72.1/24 --ip-masq=false --mtu=1450\"\n"
         );
         let both = DockerOptsStyle {
@@ -203,8 +300,126 @@ mod tests {
             no_ipmasq: true,
         };
         assert_eq!(
-            docker_opts(&env(), &both),
+            docker_opts(&env(), &both, None),
             "DOCKER_OPT_BIP=\"--bip=10.5.72.1/24\"\nDOCKER_OPT_MTU=\"--mtu=1450\"\nOPTS=\"--bip=10.5.72.1/24 --mtu=1450\"\n"
         );
+    }
+
+    fn v(text: &str) -> Option<(u32, u32, u32)> {
+        DockerVersion::parse(text).map(|v| (v.major, v.minor, v.patch))
+    }
+
+    #[test]
+    fn reads_dockerd_versions() {
+        assert_eq!(v("Docker version 28.2.2, build e6534b4"), Some((28, 2, 2)));
+        assert_eq!(
+            v("Docker version 28.2.2, build e6534b4\n"),
+            Some((28, 2, 2))
+        );
+        assert_eq!(
+            v("Docker version 20.10.24+dfsg1, build 297e128"),
+            Some((20, 10, 24))
+        );
+        assert_eq!(
+            v("Docker version 17.03.2-ce, build f5ec1e2"),
+            Some((17, 3, 2))
+        );
+        assert_eq!(v("Docker version 1.13.1, build 092cba3"), Some((1, 13, 1)));
+        assert_eq!(v("27.5.1"), Some((27, 5, 1)));
+        assert_eq!(v("28.0.0"), Some((28, 0, 0)));
+        assert_eq!(v("28.1.1"), Some((28, 1, 1)));
+        assert_eq!(v("29.0.0"), Some((29, 0, 0)));
+        assert_eq!(v(" v28.2.0-rc.1 "), Some((28, 2, 0)));
+        assert_eq!(v("26.1.5+dfsg1"), Some((26, 1, 5)));
+        assert_eq!(v("28.2"), Some((28, 2, 0)));
+        for garbage in [
+            "",
+            "garbage",
+            "Docker version dev, build abc",
+            "28",
+            "28.",
+            "28.2.",
+            "28..2",
+            "1.2.3.4",
+            "28.2.2x",
+            "99999999999.0.0",
+            "bash: dockerd: command not found",
+        ] {
+            assert_eq!(v(garbage), None, "{garbage:?}");
+        }
+        assert_eq!(
+            DockerVersion::parse("Docker version 28.2.2, build e6534b4")
+                .unwrap()
+                .to_string(),
+            "28.2.2"
+        );
+    }
+
+    #[test]
+    fn direct_routing_by_release() {
+        use DirectRouting::*;
+        for (text, want) in [
+            ("1.13.1", Unfiltered),
+            ("20.10.24+dfsg1", Unfiltered),
+            ("27.5.1", Unfiltered),
+            ("27.99.0", Unfiltered),
+            ("28.0.0", NoOption),
+            ("28.0.4", NoOption),
+            ("28.1.1", NoOption),
+            ("28.2.0", AllowFlag),
+            ("Docker version 28.2.2, build e6534b4", AllowFlag),
+            ("28.10.0", AllowFlag),
+            ("29.0.0", AllowFlag),
+            ("30.1.0", AllowFlag),
+        ] {
+            assert_eq!(
+                direct_routing(DockerVersion::parse(text).unwrap()),
+                want,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_28_0_and_28_1_get_a_note() {
+        let note = |t: &str| direct_routing_note(DockerVersion::parse(t).unwrap());
+        let n = note("28.1.1").expect("a note for 28.1");
+        assert!(
+            n.contains("dockerd 28.1.1") && n.contains("upgrade dockerd to 28.2"),
+            "{n}"
+        );
+        assert!(note("28.0.0").is_some());
+        for quiet in ["27.5.1", "20.10.24", "28.2.0", "29.0.0"] {
+            assert_eq!(note(quiet), None, "{quiet}");
+        }
+    }
+
+    #[test]
+    fn docker_opts_allow_direct_routing_from_28_2() {
+        let both = DockerOptsStyle {
+            key: "DOCKER_OPTS".into(),
+            combined: false,
+            individual: false,
+            no_ipmasq: false,
+        };
+        let at = |t: &str| docker_opts(&env(), &both, DockerVersion::parse(t));
+        assert_eq!(
+            at("Docker version 28.2.2, build e6534b4"),
+            "DOCKER_OPT_BIP=\"--bip=10.5.72.1/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=true\"\n\
+             DOCKER_OPT_MTU=\"--mtu=1450\"\nDOCKER_OPT_DIRECT_ROUTING=\"--allow-direct-routing\"\n\
+             DOCKER_OPTS=\"--bip=10.5.72.1/24 --ip-masq=true --mtu=1450 --allow-direct-routing\"\n"
+        );
+        assert_eq!(at("29.0.0"), at("28.2.0"));
+        // Older releases (and an unknown one) get exactly what mk-docker-opts.sh writes.
+        let plain = docker_opts(&env(), &both, None);
+        assert!(!plain.contains("direct"), "{plain}");
+        for old in [
+            "Docker version 20.10.24+dfsg1, build 297e128",
+            "27.5.1",
+            "28.0.0",
+            "28.1.1",
+        ] {
+            assert_eq!(at(old), plain, "{old}");
+        }
     }
 }
