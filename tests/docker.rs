@@ -114,11 +114,26 @@ fn containers_on_real_dockerd_across_hosts_with_ip_masq() {
             .contains("-A WEFT-POSTRTG -s 10.5.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE")
             .then_some(())
     });
+    // dockerd made DOCKER-USER after weft started: weft's forward chain is jumped to from its top
+    // (Docker 28+ drops the overlay's traffic to unpublished ports in its own chains otherwise).
+    let filter = |ns: &str| {
+        String::from_utf8_lossy(&netns::exec(ns, "iptables", &["-S", "DOCKER-USER"]).stdout)
+            .into_owned()
+    };
+    wait_for("the jump from DOCKER-USER", Duration::from_secs(15), || {
+        let f = filter(&h0);
+        let first = f
+            .lines()
+            .find(|l| l.starts_with("-A DOCKER-USER"))?
+            .to_string();
+        first.contains("-j WEFT-FWD").then_some(())
+    });
     bed.hosts[0].weft.as_mut().unwrap().stop();
     assert!(
         !nat(&h0).contains("WEFT-POSTRTG"),
         "rules removed on clean shutdown: {}",
         nat(&h0)
     );
+    assert!(!filter(&h0).contains("WEFT-FWD"), "{}", filter(&h0));
     drop(dockerds);
 }

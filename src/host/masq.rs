@@ -127,6 +127,16 @@ fn open() -> Result<iptables::IPTables, MasqError> {
 }
 
 /// Makes sure every rule exists (creating weft's chains first); returns how many were added.
+/// Docker's chain for the operator's own FORWARD rules, run before Docker's: Docker 28 and later drop
+/// traffic from other interfaces to its bridges' unpublished ports in its own chains (moby/moby#48724),
+/// so the overlay's ACCEPT must come first, here. Docker creates it (weft never does) and never rewrites it.
+pub const DOCKER_USER: &str = "DOCKER-USER";
+
+/// The jump from DOCKER-USER into weft's forward chain.
+fn docker_user_jump() -> String {
+    format!("-m comment --comment weft-forward -j {FWD_CHAIN}")
+}
+
 /// weft's chains that `rules` use.
 fn chains(rules: &[Rule]) -> Vec<(&'static str, &'static str)> {
     [("nat", NAT_CHAIN), ("filter", FWD_CHAIN)]
@@ -174,6 +184,20 @@ fn ensure(rules: &[Rule]) -> Result<usize, MasqError> {
             added += body.len();
         }
     }
+    // With Docker's DOCKER-USER chain there (dockerd may start after weft: checked on every resync), the
+    // overlay's ACCEPT goes first in it too.
+    if chains(rules).contains(&("filter", FWD_CHAIN))
+        && ipt
+            .chain_exists("filter", DOCKER_USER)
+            .map_err(op(format!("looking for filter/{DOCKER_USER}")))?
+        && !ipt
+            .exists("filter", DOCKER_USER, &docker_user_jump())
+            .map_err(op(format!("checking the jump in filter/{DOCKER_USER}")))?
+    {
+        ipt.insert("filter", DOCKER_USER, &docker_user_jump(), 1)
+            .map_err(op(format!("adding the jump to filter/{DOCKER_USER}")))?;
+        added += 1;
+    }
     // Then the jumps into them.
     for r in rules
         .iter()
@@ -196,6 +220,15 @@ fn ensure(rules: &[Rule]) -> Result<usize, MasqError> {
 /// Removes the jumps and weft's chains.
 fn remove(rules: &[Rule]) -> Result<(), MasqError> {
     let ipt = open()?;
+    if chains(rules).contains(&("filter", FWD_CHAIN))
+        && ipt.chain_exists("filter", DOCKER_USER).unwrap_or(false)
+        && ipt
+            .exists("filter", DOCKER_USER, &docker_user_jump())
+            .unwrap_or(false)
+    {
+        ipt.delete("filter", DOCKER_USER, &docker_user_jump())
+            .map_err(op(format!("deleting the jump from filter/{DOCKER_USER}")))?;
+    }
     for r in rules
         .iter()
         .filter(|r| r.chain == "POSTROUTING" || r.chain == "FORWARD")
