@@ -888,6 +888,7 @@ fn print_status(v: &StatusReport) -> Result<(), CliError> {
             weft::routes::PeerBackend::WireGuard { public_key, port } => {
                 ("wireguard", format!("{public_key} :{port}"))
             }
+            weft::routes::PeerBackend::HostGw => ("host-gw", "-".to_string()),
             weft::routes::PeerBackend::Other => ("other", "-".to_string()),
         };
         outln!(

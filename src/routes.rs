@@ -28,7 +28,10 @@ pub enum PeerBackend {
         public_key: crate::control::key::WgKey,
         port: u16,
     },
-    /// A backend weft cannot talk to (host-gw, ...) or malformed backend data.
+    /// flannel's host-gw: routed to its public IP, no encapsulation.
+    #[serde(rename = "host-gw")]
+    HostGw,
+    /// A backend weft cannot talk to, or malformed backend data.
     Other,
 }
 
@@ -53,6 +56,7 @@ impl Peer {
             },
             // flannel's own udp backend writes no BackendType.
             "udp" | "" => PeerBackend::Udp,
+            "host-gw" => PeerBackend::HostGw,
             "wireguard" => match attrs.wireguard_data() {
                 Some(d) => PeerBackend::WireGuard {
                     public_key: d.public_key,
@@ -186,7 +190,7 @@ impl PeerTable for RouteSnapshot {
                 PeerBackend::Vxlan { vtep_mac, .. } => PeerEncap::Vxlan { vtep_mac },
                 PeerBackend::Udp => PeerEncap::Udp,
                 PeerBackend::WireGuard { .. } => PeerEncap::WireGuard,
-                PeerBackend::Other => PeerEncap::Other,
+                PeerBackend::HostGw | PeerBackend::Other => PeerEncap::Other,
             },
         })
     }

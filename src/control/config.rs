@@ -37,6 +37,8 @@ pub enum Backend {
     Vxlan(VxlanOptions),
     Udp(UdpOptions),
     WireGuard(WireGuardOptions),
+    /// flannel's host-gw: no encapsulation, each peer's subnet routed via its public IP (one L2 segment).
+    HostGw,
 }
 
 /// Options of the `vxlan` backend.
@@ -121,15 +123,11 @@ impl Backend {
     /// Options the config turns on that weft parses but does not act on yet (said once at start).
     pub fn unsupported_options(&self) -> Vec<&'static str> {
         match self {
-            Backend::Vxlan(v) => [
-                (v.gbp, "Backend.GBP"),
-                (v.learning, "Backend.Learning"),
-                (v.direct_routing, "Backend.DirectRouting"),
-            ]
-            .into_iter()
-            .filter_map(|(on, name)| on.then_some(name))
-            .collect(),
-            Backend::Udp(_) | Backend::WireGuard(_) => Vec::new(),
+            Backend::Vxlan(v) => [(v.gbp, "Backend.GBP"), (v.learning, "Backend.Learning")]
+                .into_iter()
+                .filter_map(|(on, name)| on.then_some(name))
+                .collect(),
+            Backend::Udp(_) | Backend::WireGuard(_) | Backend::HostGw => Vec::new(),
         }
     }
 
@@ -138,6 +136,7 @@ impl Backend {
             Backend::Vxlan(_) => "vxlan",
             Backend::Udp(_) => "udp",
             Backend::WireGuard(_) => "wireguard",
+            Backend::HostGw => "host-gw",
         }
     }
 
@@ -148,6 +147,8 @@ impl Backend {
             Backend::Vxlan(v) => v.port,
             Backend::Udp(u) => u.port,
             Backend::WireGuard(w) => w.listen_port,
+            // No UDP at all.
+            Backend::HostGw => 0,
         }
     }
 
@@ -160,6 +161,8 @@ impl Backend {
                 .mtu
                 .unwrap_or(underlay_mtu)
                 .saturating_sub(WIREGUARD_OVERHEAD),
+            // Packets cross the underlay as they are.
+            Backend::HostGw => underlay_mtu,
         }
     }
 }
@@ -449,7 +452,9 @@ fn parse_backend(v: Option<&Value>) -> Result<Backend, ConfigError> {
         Some(other) => {
             return Err(field(
                 "Backend.Type",
-                format!("{other} is not a string; use \"vxlan\", \"udp\" or \"wireguard\""),
+                format!(
+                    "{other} is not a string; use \"vxlan\", \"udp\", \"wireguard\" or \"host-gw\""
+                ),
             ))
         }
     };
@@ -479,9 +484,10 @@ fn parse_backend(v: Option<&Value>) -> Result<Backend, ConfigError> {
             },
         })),
         "wireguard" => parse_wireguard(obj),
+        "host-gw" => Ok(Backend::HostGw),
         other => Err(field(
             "Backend.Type",
-            format!("{other:?} is not supported by weft; use \"vxlan\", \"udp\" or \"wireguard\""),
+            format!("{other:?} is not supported by weft; use \"vxlan\", \"udp\", \"wireguard\" or \"host-gw\""),
         )),
     }
 }
@@ -613,8 +619,8 @@ mod tests {
                 .contains("above SubnetMax")
         );
         assert!(
-            err(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#)
-                .contains("field Backend.Type: \"host-gw\" is not supported")
+            err(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"}}"#)
+                .contains("field Backend.Type: \"ipip\" is not supported")
         );
         assert!(
             err(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#)

@@ -106,6 +106,16 @@ impl LeaseAttrs {
         }
     }
 
+    /// Attributes of a host-gw lease (flannel writes no BackendData for it).
+    pub fn host_gw(public_ip: Ipv4Addr) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: "host-gw".into(),
+            backend_data: None,
+        }
+    }
+
     /// Attributes of a udp lease.
     pub fn udp(public_ip: Ipv4Addr) -> Self {
         LeaseAttrs {

@@ -611,6 +611,7 @@ pub fn lease_attrs(
     match &cfg.backend {
         Backend::Vxlan(v) => LeaseAttrs::vxlan(public_ip, v.vni, mac),
         Backend::Udp(_) => LeaseAttrs::udp(public_ip),
+        Backend::HostGw => LeaseAttrs::host_gw(public_ip),
         Backend::WireGuard(w) => LeaseAttrs::wireguard(
             public_ip,
             wg_key.unwrap_or(crate::control::key::WgKey([0; 32])),

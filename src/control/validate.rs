@@ -108,6 +108,10 @@ pub fn check_peer_lease(
             "udp" | "" => Ok(()),
             _ => Err(InvalidLease::WrongBackend),
         },
+        Backend::HostGw => match a.backend_type.as_str() {
+            "host-gw" => Ok(()),
+            _ => Err(InvalidLease::WrongBackend),
+        },
         Backend::WireGuard(_) => {
             if a.backend_type != "wireguard" {
                 return Err(InvalidLease::WrongBackend);

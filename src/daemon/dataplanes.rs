@@ -7,6 +7,8 @@ use tracing::{info, warn};
 use crate::control::config::{Backend, NetworkConfig};
 use crate::dataplane::{DataPlane, DataPlaneConfig, DataPlaneError, Encap};
 use crate::host::iface::Underlay;
+use crate::kernel::direct::DirectRoutes;
+use crate::kernel::direct_state::DirectMode;
 use crate::kernel::vxlan::{KernelVxlan, KernelVxlanConfig};
 
 use super::{DaemonError, DataPlaneMode, OwnLease, RunOptions, Shared};
@@ -15,6 +17,8 @@ use super::{DaemonError, DataPlaneMode, OwnLease, RunOptions, Shared};
 pub enum ActiveDataPlane {
     Userspace(Box<DataPlane>),
     Kernel(KernelVxlan),
+    /// host-gw: no encapsulation, only direct routes.
+    Routes(DirectRoutes),
 }
 
 pub(super) async fn start_dataplane(
@@ -27,6 +31,20 @@ pub(super) async fn start_dataplane(
     if opts.dataplane != DataPlaneMode::None {
         if let Err(e) = crate::dataplane::enable_ip_forwarding() {
             warn!("cannot enable net.ipv4.ip_forward ({e}); containers' traffic will not be forwarded until it is on");
+        }
+    }
+    if opts.dataplane != DataPlaneMode::None {
+        if let Backend::HostGw = cfg.backend {
+            // host-gw is routes only, whichever data plane was asked for.
+            let d = start_direct(DirectMode::HostGw, underlay, &shared).await?;
+            return Ok(Some(ActiveDataPlane::Routes(d)));
+        }
+        if let Backend::Vxlan(v) = &cfg.backend {
+            if v.direct_routing {
+                let d =
+                    start_direct(DirectMode::VxlanDirect { vni: v.vni }, underlay, &shared).await?;
+                *shared.direct.lock().expect("direct lock") = Some(d);
+            }
         }
     }
     match opts.dataplane {
@@ -55,6 +73,20 @@ pub(super) async fn start_dataplane(
             }
         }
     }
+}
+
+/// Starts the direct-route reconciler on the underlay interface.
+async fn start_direct(
+    mode: DirectMode,
+    underlay: &Underlay,
+    shared: &Shared,
+) -> Result<DirectRoutes, DaemonError> {
+    let index = nix::net::if_::if_nametoindex(underlay.iface.as_str()).map_err(|e| {
+        DaemonError::Direct(format!("the underlay interface {}: {e}", underlay.iface))
+    })?;
+    DirectRoutes::start(mode, index, shared.routes.clone())
+        .await
+        .map_err(|e| DaemonError::Direct(e.to_string()))
 }
 
 /// Whether a tun error means this host has no usable tun device (so the kernel backend should carry the
@@ -88,6 +120,7 @@ pub(super) async fn start_kernel(
         mac: d.vtep_mac,
         mtu: own.mtu,
         own_subnet: own.subnet,
+        direct_routing: v.direct_routing,
     };
     Ok(KernelVxlan::start(kc, shared.routes.clone()).await?)
 }

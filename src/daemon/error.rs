@@ -35,6 +35,8 @@ pub enum DaemonError {
     KernelWireGuardUnsupported,
     #[error("--underlay af-xdp does not carry the wireguard backend yet; use --underlay udp (the default)")]
     AfXdpNoWireGuard,
+    #[error("cannot program direct routes (host-gw / DirectRouting): {0}; does weft run as root?")]
+    Direct(String),
     #[error("--ip-masq: {0}")]
     Masq(#[from] crate::host::masq::MasqError),
     #[error(transparent)]

@@ -215,6 +215,7 @@ async fn control_plane(
             "userspace"
         }
         Some(ActiveDataPlane::Kernel(_)) => "kernel",
+        Some(ActiveDataPlane::Routes(_)) => "host-gw",
         None => "none",
     };
     if opts.blackhole_route {

@@ -53,6 +53,8 @@ pub struct Shared {
     pub invalid_leases: Mutex<Vec<(InvalidLease, usize)>>,
     /// This host's WireGuard identity and peer sessions (wireguard backend), set once at start.
     pub wireguard: std::sync::OnceLock<Arc<crate::wireguard::Node>>,
+    /// vxlan's DirectRouting: the direct-route reconciler running beside the data plane.
+    pub direct: Mutex<Option<crate::kernel::direct::DirectRoutes>>,
 }
 
 impl StatusSource for Shared {

@@ -39,6 +39,8 @@ pub struct KernelVxlanConfig {
     pub mac: MacAddr,
     pub mtu: u32,
     pub own_subnet: Ipv4Net,
+    /// DirectRouting: peers on our layer-2 segment are left to the direct routes (`kernel::direct`).
+    pub direct_routing: bool,
 }
 
 impl KernelVxlanConfig {
@@ -77,7 +79,7 @@ pub enum ReconcileError {
 }
 
 /// Names the netlink request that failed.
-fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> ReconcileError {
+pub(crate) fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> ReconcileError {
     let op = op.into();
     move |source| ReconcileError::Netlink { op, source }
 }
@@ -224,7 +226,22 @@ impl Reconciler {
     async fn reconcile(&mut self, routes: &RouteTable) -> Result<(), ReconcileError> {
         let index = self.ensure_device().await?;
         self.ensure_address(index).await?;
-        let want = desired(routes.load().peers(), self.cfg.vni);
+        let mut peers = routes.load().peers().to_vec();
+        if self.cfg.direct_routing {
+            let (vni, index, all) = (self.cfg.vni, self.spec.underlay_index, peers.clone());
+            let direct = tokio::task::spawn_blocking(move || {
+                let plan = crate::kernel::direct_state::plan(
+                    &all,
+                    crate::kernel::direct_state::DirectMode::VxlanDirect { vni },
+                    |ip| crate::kernel::direct::reach(ip, index),
+                );
+                crate::kernel::direct_state::direct_subnets(&plan)
+            })
+            .await
+            .map_err(|e| ReconcileError::Socket(std::io::Error::other(e)))?;
+            peers.retain(|p| !direct.contains(&p.subnet));
+        }
+        let want = desired(&peers, self.cfg.vni);
         let (actual, msgs) = self.read_entries(index).await?;
         for change in diff(&want, &actual) {
             self.apply(index, change, &msgs).await?;

@@ -1,0 +1,171 @@
+//! Direct routes (flannel's host-gw backend, and vxlan's DirectRouting): which peer subnets are routed
+//! straight to the peer's public IP over the underlay, computed from the route table; pure.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::routes::{Peer, PeerBackend};
+
+/// One direct route: a peer's subnet via its public IP.
+pub type Route = (Ipv4Net, Ipv4Addr);
+
+/// Which peers get direct routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectMode {
+    /// host-gw: every host-gw peer (one not on our layer-2 segment cannot be routed and is reported).
+    HostGw,
+    /// vxlan with DirectRouting: vxlan peers of our VNI on our segment; the others keep VXLAN.
+    VxlanDirect { vni: u32 },
+}
+
+/// How the underlay reaches an address, as the kernel's route says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// On a connected network of the underlay interface: no gateway between us (same L2 segment).
+    OnLink,
+    /// Through a gateway (another segment), or through another interface.
+    Via(Option<Ipv4Addr>),
+    /// No route at all.
+    Unreachable,
+}
+
+/// What the direct routes should be: `<peer subnet> via <peer public IP>`; and the host-gw peers that
+/// cannot have one (not on our segment), for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DirectPlan {
+    pub routes: BTreeSet<Route>,
+    pub unroutable: Vec<(Ipv4Net, Ipv4Addr, Reach)>,
+}
+
+/// The plan for `peers` in `mode`; `reach` says how the underlay reaches a public IP.
+pub fn plan(
+    peers: &[Peer],
+    mode: DirectMode,
+    mut reach: impl FnMut(Ipv4Addr) -> Reach,
+) -> DirectPlan {
+    let mut p = DirectPlan::default();
+    for peer in peers {
+        let wanted = match (mode, peer.backend) {
+            (DirectMode::HostGw, PeerBackend::HostGw) => true,
+            (DirectMode::VxlanDirect { vni }, PeerBackend::Vxlan { vni: v, .. }) => v == vni,
+            _ => false,
+        };
+        if !wanted {
+            continue;
+        }
+        match reach(peer.public_ip) {
+            Reach::OnLink => {
+                p.routes.insert((peer.subnet, peer.public_ip));
+            }
+            r if mode == DirectMode::HostGw => p.unroutable.push((peer.subnet, peer.public_ip, r)),
+            _ => {}
+        }
+    }
+    p
+}
+
+/// The subnets with direct routes in `plan` (the kernel VXLAN backend leaves them to the direct routes).
+pub fn direct_subnets(plan: &DirectPlan) -> BTreeSet<Ipv4Net> {
+    plan.routes.iter().map(|(n, _)| *n).collect()
+}
+
+/// Routes to add (`want` but not `have`) and to delete (`have` but not `want`).
+pub fn route_diff(want: &BTreeSet<Route>, have: &BTreeSet<Route>) -> (Vec<Route>, Vec<Route>) {
+    (
+        want.difference(have).copied().collect(),
+        have.difference(want).copied().collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(subnet: &str, ip: [u8; 4], backend: PeerBackend) -> Peer {
+        Peer {
+            subnet: subnet.parse().unwrap(),
+            public_ip: Ipv4Addr::from(ip),
+            backend,
+        }
+    }
+
+    #[test]
+    fn host_gw_routes_its_segment_and_reports_the_rest() {
+        let peers = [
+            peer("10.5.1.0/24", [192, 0, 2, 1], PeerBackend::HostGw),
+            peer("10.5.2.0/24", [198, 51, 100, 2], PeerBackend::HostGw),
+            peer("10.5.3.0/24", [192, 0, 2, 3], PeerBackend::Udp),
+        ];
+        let reach = |ip: Ipv4Addr| {
+            if ip.octets()[0] == 192 {
+                Reach::OnLink
+            } else {
+                Reach::Via(Some(Ipv4Addr::new(192, 0, 2, 254)))
+            }
+        };
+        let p = plan(&peers, DirectMode::HostGw, reach);
+        assert_eq!(
+            p.routes.iter().copied().collect::<Vec<_>>(),
+            vec![("10.5.1.0/24".parse().unwrap(), Ipv4Addr::new(192, 0, 2, 1))]
+        );
+        assert_eq!(p.unroutable.len(), 1);
+        assert_eq!(p.unroutable[0].0, "10.5.2.0/24".parse::<Ipv4Net>().unwrap());
+    }
+
+    #[test]
+    fn direct_routing_takes_same_segment_vxlan_peers_of_our_vni_only() {
+        let mac = "02:00:00:00:00:01".parse().unwrap();
+        let peers = [
+            peer(
+                "10.5.1.0/24",
+                [192, 0, 2, 1],
+                PeerBackend::Vxlan {
+                    vni: 1,
+                    vtep_mac: mac,
+                },
+            ),
+            peer(
+                "10.5.2.0/24",
+                [198, 51, 100, 2],
+                PeerBackend::Vxlan {
+                    vni: 1,
+                    vtep_mac: mac,
+                },
+            ),
+            peer(
+                "10.5.3.0/24",
+                [192, 0, 2, 3],
+                PeerBackend::Vxlan {
+                    vni: 2,
+                    vtep_mac: mac,
+                },
+            ),
+        ];
+        let reach = |ip: Ipv4Addr| {
+            if ip.octets()[0] == 192 {
+                Reach::OnLink
+            } else {
+                Reach::Via(None)
+            }
+        };
+        let p = plan(&peers, DirectMode::VxlanDirect { vni: 1 }, reach);
+        assert_eq!(
+            direct_subnets(&p).into_iter().collect::<Vec<_>>(),
+            vec!["10.5.1.0/24".parse::<Ipv4Net>().unwrap()]
+        );
+        assert!(p.unroutable.is_empty(), "the others simply keep VXLAN");
+    }
+
+    #[test]
+    fn the_diff_adds_what_is_missing_and_removes_what_is_stale() {
+        let r = |s: &str, ip: u8| (s.parse::<Ipv4Net>().unwrap(), Ipv4Addr::new(192, 0, 2, ip));
+        let want: BTreeSet<_> = [r("10.5.1.0/24", 1), r("10.5.2.0/24", 2)].into();
+        let have: BTreeSet<_> = [r("10.5.2.0/24", 2), r("10.5.9.0/24", 9)].into();
+        assert_eq!(
+            route_diff(&want, &have),
+            (vec![r("10.5.1.0/24", 1)], vec![r("10.5.9.0/24", 9)])
+        );
+    }
+}
