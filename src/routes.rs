@@ -433,6 +433,11 @@ mod tests {
             LeaseAttrs::from_json(br#"{"PublicIP":"1.2.3.4","BackendType":"host-gw"}"#).unwrap();
         assert_eq!(
             Peer::from_lease("10.5.1.0/24".parse().unwrap(), &h).backend,
+            PeerBackend::HostGw
+        );
+        let o = LeaseAttrs::from_json(br#"{"PublicIP":"1.2.3.4","BackendType":"ipip"}"#).unwrap();
+        assert_eq!(
+            Peer::from_lease("10.5.1.0/24".parse().unwrap(), &o).backend,
             PeerBackend::Other
         );
     }
