@@ -8,7 +8,8 @@
 #
 #   usage: [WEFT_BIN=path] [WEFT_BIN_B=path] netns-fixtures/bench.sh [--runs N] [--time SECONDS] [--only "rows"]
 #   rows (in this order): underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin
-#                         weft-vxlan-afxdp weft-udp weft-kernel wireguard-go weft-wireguard
+#                         weft-vxlan-afxdp weft-udp weft-kernel wireguard-go weft-wireguard weft-host-gw
+#                         weft-vxlan-direct
 #                         (weft-vxlan-spin: --busy-poll-us 50)
 #   --runs N (default 5): for run in 1..N, every row in turn is set up, measured and torn down (the paths are
 #     interleaved, so slow drift of the machine hits all of them alike); each cell is the median [min-max].
@@ -76,7 +77,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [[ "$SECS" =~ ^[0-9]+$ && "$RUNS" =~ ^[0-9]+$ && "$SECS" -ge 2 && "$RUNS" -ge 1 ]] || usage
-ALL_ROWS="underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin weft-vxlan-afxdp weft-udp weft-kernel wireguard-go weft-wireguard"
+ALL_ROWS="underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin weft-vxlan-afxdp weft-udp weft-kernel wireguard-go weft-wireguard weft-host-gw weft-vxlan-direct"
 for r in $ONLY; do [[ " $ALL_ROWS " == *" ${r%@B} "* ]] || { echo "bench: unknown row $r" >&2; usage; }; done
 
 . netns-fixtures/lib.sh
@@ -134,8 +135,10 @@ cpustat() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $8; exit}' /proc/sta
 rec() { printf '%s\t%s\t%s\t%s\n' "$RUN" "$ROW" "$1" "$2" >>"$RAW"; }
 
 start_weft() { # backend dataplane [extra flags...] ("{i}" in a flag becomes the host's number, 1 or 2)
+  # backend: a Type ("vxlan"), or a whole Backend object ('{"Type":"vxlan","DirectRouting":true}')
   local backend=$1 dp=$2; shift 2
-  ip netns exec "$UL" "$WEFT" config set "$EP" "{\"Network\":\"10.5.0.0/16\",\"Backend\":{\"Type\":\"$backend\"}}" >/dev/null
+  [[ $backend == \{* ]] || backend="{\"Type\":\"$backend\"}"
+  ip netns exec "$UL" "$WEFT" config set "$EP" "{\"Network\":\"10.5.0.0/16\",\"Backend\":$backend}" >/dev/null
   ip netns exec "$UL" etcdctl --endpoints="http://$ETCD_IP:2379" del --prefix /coreos.com/network/subnets/ >/dev/null
   WPIDS=()
   local i mtu
@@ -236,6 +239,9 @@ setup_row() {
     # weft writes the host's private key to the file (and reuses it), so each host has its own.
     weft-wireguard)
       start_weft wireguard userspace --wireguard-key-file "$WORK/weft-wg-{i}.key"; KIND=wireguard; PORT=$WG_PORT ;;
+    # No encapsulation: each host routes the other's subnet to its underlay address (both on one bridge).
+    weft-host-gw) start_weft host-gw userspace; KIND=direct ;;
+    weft-vxlan-direct) start_weft '{"Type":"vxlan","DirectRouting":true}' userspace; KIND=direct ;;
   esac
   [[ $base != weft-* ]] || WEFT_NS="$H1,$H2"
   DIP=$C2IP
@@ -322,14 +328,17 @@ packet_rate() {
   # packet to 96, as the protocol's paper suggests: 4 more; weft, like boringtun, does not pad)
   case "$ROW" in
     weft-wireguard*) PREFIX=60 ;;
-    *) case "$KIND" in vxlan) PREFIX=50 ;; wireguard) PREFIX=64 ;; *) PREFIX=28 ;; esac ;;
+    *) case "$KIND" in vxlan) PREFIX=50 ;; wireguard) PREFIX=64 ;; direct) PREFIX=0 ;; *) PREFIX=28 ;; esac ;;
   esac
+  # Direct routes send the container's packet itself: the sink drops it by its inner address instead.
+  [ "$KIND" != direct ] || ip netns exec "$UL" ebtables -A FORWARD -p IPv4 --ip-dst "$C2IP" --ip-proto udp -j DROP
   python3 "$BENCH_PY" payloads plain >"$WORK/encap.cfg"
   python3 "$BENCH_PY" pps encap "$C1" "$C2IP:9" "$WORK/encap.cfg" "$C1:eth0" "$H1:eth0" tx "$((106 + PREFIX))" "$PPS_WINDOW" "$nss" "$WEFT_NS" \
     2>>"$WORK/pps.log" | while read -r k v; do rec "$k" "$v"; done
   ip netns exec "$UL" ebtables -F FORWARD
   # No decap for WireGuard (see the header): ciphertext made beforehand cannot be replayed to a peer.
-  [ "$KIND" != wireguard ] || return 0
+  # Nor for direct routes: there is no encapsulated form to offer.
+  [ "$KIND" != wireguard ] && [ "$KIND" != direct ] || return 0
   if [ "$KIND" = vxlan ]; then
     python3 "$BENCH_PY" payloads vxlan 1 "$VTEP2" "${VTEP1:-$h1mac}" "$C1IP" "$C2IP" >"$WORK/decap.cfg"
   else
