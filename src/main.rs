@@ -199,6 +199,14 @@ struct RunArgs {
     net_config_path: Option<String>,
     #[arg(long, env = "WEFT_SET_NODE_NETWORK_UNAVAILABLE", hide = true, num_args = 0..=1, default_missing_value = "true")]
     set_node_network_unavailable: Option<String>,
+    /// flanneld's log verbosity (klog's -v): 1 or more logs at debug level, unless WEFT_LOG says otherwise.
+    #[arg(long = "v", env = "WEFT_V", hide = true)]
+    verbosity: Option<u8>,
+    /// klog's -vmodule and -log_backtrace_at: accepted for flanneld's command lines, not used.
+    #[arg(long = "vmodule", env = "WEFT_VMODULE", hide = true)]
+    _vmodule: Option<String>,
+    #[arg(long = "log_backtrace_at", env = "WEFT_LOG_BACKTRACE_AT", hide = true)]
+    _log_backtrace_at: Option<String>,
     /// Which data plane forwards the overlay's packets.
     #[arg(long, env = "WEFT_DATAPLANE", value_enum, default_value = "auto")]
     dataplane: DataPlaneArg,
@@ -556,7 +564,8 @@ fn flanneld_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let rest = &args[1..];
     let go_long = |a: &std::ffi::OsString| -> std::ffi::OsString {
         match a.to_str() {
-            Some(s) if s.len() > 2 && s.starts_with('-') && !s.starts_with("--") => {
+            // Go's flags are all long: `-v=2` and `-v 2` too (but `-h` stays help).
+            Some(s) if s.len() >= 2 && s.starts_with('-') && !s.starts_with("--") && s != "-h" => {
                 format!("-{s}").into()
             }
             _ => a.clone(),
@@ -636,6 +645,13 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = Cli::parse_from(flanneld_args(std::env::args_os().collect()));
+    if let Cmd::Run(a) = &cli.cmd {
+        // flanneld's --v=N: more detail, as WEFT_LOG=debug gives (WEFT_LOG itself wins).
+        if a.verbosity.unwrap_or(0) > 0 && std::env::var_os("WEFT_LOG").is_none() {
+            // Before any other thread exists.
+            std::env::set_var("WEFT_LOG", "debug,boringtun=off");
+        }
+    }
     init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
