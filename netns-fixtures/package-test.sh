@@ -48,6 +48,9 @@ if [ "${1:-}" != --on-throwaway-machine ]; then
   [ $# = 0 ] || { sed -n '4,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
   FRESH=../shared/tools/fresh-machine.sh
   if [ -x "$FRESH" ]; then
+    # The chroot runs this machine's ~/.cargo/bin (rustup's tools) read-only, and crates.io's TLS cannot be verified
+    # from it on this machine, so cargo-deb is installed here, where the chroot finds it on PATH.
+    netns-fixtures/build-deb.sh --cargo-deb-only
     exec "$FRESH" --timeout "${PACKAGE_TEST_TIMEOUT:-1200}" . 'netns-fixtures/package-test.sh --on-throwaway-machine'
   fi
   say "$FRESH not found: building the package here and checking its contents (installing it needs a throwaway machine)"
