@@ -99,9 +99,10 @@ for n in $names; do
 done
 say "/etc/default/weft: $(echo "$names" | wc -l) settings, each read by weft run"
 
-say "installing systemd (for systemd-analyze) and docker.io (for the drop-in's unit)"
-apt-get install -y -qq --no-install-recommends systemd docker.io >"$TMP/apt.log" 2>&1 </dev/null \
-  || { cat "$TMP/apt.log"; fail "apt-get install systemd docker.io failed"; }
+# procps: docker.io's own docker.service reloads with /bin/kill, which minbase lacks and docker.io does not depend on.
+say "installing systemd (for systemd-analyze), docker.io (for the drop-in's unit) and procps (its /bin/kill)"
+apt-get install -y -qq --no-install-recommends systemd docker.io procps >"$TMP/apt.log" 2>&1 </dev/null \
+  || { cat "$TMP/apt.log"; fail "apt-get install systemd docker.io procps failed"; }
 
 # systemd-analyze verify: unknown directives, bad values, missing executables, bad dependencies. It prints
 # problems of the unit and of the units it pulls in; any line at all is a failure here.
