@@ -2,11 +2,11 @@
 //! 64 KB train (45 segments, as a TSO read becomes), through weft's node (session lookup, lock, boringtun's
 //! ChaCha20-Poly1305 via ring) with a session already up.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use weft::control::key::WgKey;
-use weft::wireguard::node::{PeerLease, DATA_OVERHEAD, HANDSHAKE_INIT_LEN};
+use weft::wireguard::node::{connect_in_memory, PeerLease, DATA_OVERHEAD, HANDSHAKE_INIT_LEN};
 use weft::wireguard::{keyfile, Node};
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -36,26 +36,7 @@ fn pair() -> (Node, Node) {
     };
     a.sync([lease(&b, "10.5.2.0/24", B_IP)]);
     b.sync([lease(&a, "10.5.1.0/24", A_IP)]);
-    // Handshake: a's initiation -> b, b's response -> a, a's keepalive -> b.
-    let mut wire: Vec<(Ipv4Addr, Vec<u8>)> = Vec::new();
-    let mut out = vec![0u8; 4096];
-    let p = packet(100);
-    a.seal(B_IP, &p, p.len(), &mut out, |ep: SocketAddrV4, m: &[u8]| {
-        wire.push((*ep.ip(), m.to_vec()))
-    })
-    .unwrap();
-    while let Some((to, m)) = wire.pop() {
-        let (node, from) = if to == B_IP { (&b, A_IP) } else { (&a, B_IP) };
-        let mut next = Vec::new();
-        let _ = node.open(
-            from,
-            &m,
-            &mut out,
-            |ep, m| next.push((*ep.ip(), m.to_vec())),
-            |_| Ok(()),
-        );
-        wire.extend(next);
-    }
+    connect_in_memory(&a, A_IP, &b, B_IP);
     (a, b)
 }
 

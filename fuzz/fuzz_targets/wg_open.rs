@@ -3,12 +3,12 @@
 //! comes from the sending peer's subnet.
 #![no_main]
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use weft::control::key::WgKey;
-use weft::wireguard::node::PeerLease;
+use weft::wireguard::node::{connect_in_memory, PeerLease};
 use weft::wireguard::{keyfile, Node};
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -39,24 +39,7 @@ fn nodes() -> &'static (Node, Node) {
         };
         a.sync([lease(&b, "10.5.2.0/24", B_IP)]);
         b.sync([lease(&a, "10.5.1.0/24", A_IP)]);
-        let mut wire = Vec::new();
-        let mut out = vec![0u8; 4096];
-        let p = packet();
-        let _ = a.seal(B_IP, &p, p.len(), &mut out, |ep: SocketAddrV4, m: &[u8]| {
-            wire.push((*ep.ip(), m.to_vec()))
-        });
-        while let Some((to, m)) = wire.pop() {
-            let (node, from) = if to == B_IP { (&b, A_IP) } else { (&a, B_IP) };
-            let mut next = Vec::new();
-            let _ = node.open(
-                from,
-                &m,
-                &mut out,
-                |ep, m| next.push((*ep.ip(), m.to_vec())),
-                |_| Ok(()),
-            );
-            wire.extend(next);
-        }
+        connect_in_memory(&a, A_IP, &b, B_IP);
         (a, b)
     })
 }

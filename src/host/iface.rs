@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use regex::Regex;
 
@@ -282,33 +282,14 @@ pub fn mtu_of(name: &str) -> Result<u32, IfaceError> {
 /// The interface and source address the kernel would use to reach `dst` (`ip route get`), over netlink.
 fn route_to(dst: Ipv4Addr) -> Option<(String, Ipv4Addr)> {
     let mut nl = Rtnl::open().ok()?;
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet;
-    msg.header.destination_prefix_length = 32;
-    msg.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
-    let replies = nl
-        .request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST)
-        .ok()?;
-    let r = replies.into_iter().find_map(|r| match r {
-        RouteNetlinkMessage::NewRoute(r) => Some(r),
-        _ => None,
-    })?;
-    let oif = r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Oif(i) => Some(*i),
-        _ => None,
-    })?;
-    let src = r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::PrefSource(RouteAddress::Inet(s)) => Some(*s),
-        _ => None,
-    });
+    let to = nl.route_to(dst).ok()??;
     let mut msg = LinkMessage::default();
-    msg.header.index = oif;
+    msg.header.index = to.oif?;
     let name = link(&mut nl, msg).ok()?.into_iter().find_map(|a| match a {
         LinkAttribute::IfName(n) => Some(n),
         _ => None,
     })?;
-    let src = match src {
+    let src = match to.prefsrc {
         Some(s) => s,
         None => list_interfaces()
             .ok()?

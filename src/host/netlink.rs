@@ -70,6 +70,51 @@ impl Rtnl {
     }
 }
 
+/// What the kernel's route to an address says (`ip route get`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteTo {
+    /// The output interface.
+    pub oif: Option<u32>,
+    /// The gateway, if the address is not on a connected network.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// The source address the kernel would use.
+    pub prefsrc: Option<std::net::Ipv4Addr>,
+}
+
+impl Rtnl {
+    /// The kernel's route to `dst`, or None when it has none.
+    pub fn route_to(&mut self, dst: std::net::Ipv4Addr) -> io::Result<Option<RouteTo>> {
+        use netlink_packet_core::NLM_F_REQUEST;
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+        use netlink_packet_route::AddressFamily;
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = 32;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        let replies = match self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST) {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(replies.into_iter().find_map(|r| {
+            let RouteNetlinkMessage::NewRoute(r) = r else {
+                return None;
+            };
+            let mut to = RouteTo::default();
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => to.oif = Some(*i),
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => to.gateway = Some(*g),
+                    RouteAttribute::PrefSource(RouteAddress::Inet(s)) => to.prefsrc = Some(*s),
+                    _ => {}
+                }
+            }
+            Some(to)
+        }))
+    }
+}
+
 /// One request on a socket of its own.
 pub fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
     Rtnl::open()?.request(msg, flags)

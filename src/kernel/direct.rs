@@ -5,14 +5,12 @@
 use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
 };
-use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -21,8 +19,6 @@ use crate::kernel::direct_state::{plan, route_diff, DirectMode, Reach, Route};
 use crate::kernel::vxlan::ReconcileError;
 use crate::routes::RouteTable;
 
-/// How often the kernel's routes are compared with the plan when nothing else triggers it.
-const RESYNC: Duration = Duration::from_secs(2);
 /// The routing protocol number weft's direct routes carry, so the reconciler knows its own (and never
 /// touches the operator's): "W".
 pub const PROTO: RouteProtocol = RouteProtocol::Other(0x57);
@@ -30,38 +26,12 @@ pub const PROTO: RouteProtocol = RouteProtocol::Other(0x57);
 /// How the kernel reaches `dst` (`ip route get`): on-link when its route has no gateway and leaves through
 /// `underlay_index`.
 pub fn reach(dst: Ipv4Addr, underlay_index: u32) -> Reach {
-    use netlink_packet_core::NLM_F_REQUEST;
-    use netlink_packet_route::RouteNetlinkMessage;
-    let Ok(mut nl) = crate::host::netlink::Rtnl::open() else {
-        return Reach::Unreachable;
-    };
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet;
-    msg.header.destination_prefix_length = 32;
-    msg.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
-    let Ok(replies) = nl.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST) else {
-        return Reach::Unreachable;
-    };
-    for r in replies {
-        let RouteNetlinkMessage::NewRoute(r) = r else {
-            continue;
-        };
-        let mut oif = None;
-        let mut gw = None;
-        for a in &r.attributes {
-            match a {
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
-                _ => {}
-            }
-        }
-        return match (oif, gw) {
-            (Some(i), None) if i == underlay_index => Reach::OnLink,
-            _ => Reach::Via(gw),
-        };
+    let to = crate::host::netlink::Rtnl::open().and_then(|mut nl| nl.route_to(dst));
+    match to {
+        Ok(Some(t)) if t.oif == Some(underlay_index) && t.gateway.is_none() => Reach::OnLink,
+        Ok(Some(t)) => Reach::Via(t.gateway),
+        _ => Reach::Unreachable,
     }
-    Reach::Unreachable
 }
 
 /// The running reconciler; dropping it stops it (the routes stay, so forwarding survives a restart of
@@ -82,7 +52,15 @@ struct Reconciler {
     underlay_index: u32,
     /// Host-gw peers reported as not on our segment (each said once, until it is routable again).
     reported: HashSet<(Ipv4Net, Ipv4Addr)>,
-    last_error: Option<String>,
+}
+
+impl super::Reconcile for Reconciler {
+    fn what(&self) -> String {
+        "the direct routes".into()
+    }
+    async fn reconcile(&mut self, routes: &RouteTable) -> Result<(), ReconcileError> {
+        Reconciler::reconcile(self, routes).await
+    }
 }
 
 impl DirectRoutes {
@@ -92,7 +70,6 @@ impl DirectRoutes {
         underlay_index: u32,
         routes: Arc<RouteTable>,
     ) -> Result<DirectRoutes, ReconcileError> {
-        let mut changed = routes.subscribe();
         let (conn, handle, _) = rtnetlink::new_connection().map_err(ReconcileError::Socket)?;
         let conn_task = tokio::spawn(conn);
         let mut r = Reconciler {
@@ -100,42 +77,11 @@ impl DirectRoutes {
             mode,
             underlay_index,
             reported: HashSet::new(),
-            last_error: None,
         };
         r.reconcile(&routes).await?;
         info!(mode = ?mode, "direct routes up");
-        let task = tokio::spawn(async move {
-            let _conn = AbortTask(conn_task);
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(RESYNC) => {},
-                    _ = changed.changed() => {},
-                }
-                match r.reconcile(&routes).await {
-                    Ok(()) => {
-                        if r.last_error.take().is_some() {
-                            info!("direct routes repaired");
-                        }
-                    }
-                    Err(e) => {
-                        let e = e.to_string();
-                        if r.last_error.as_deref() != Some(e.as_str()) {
-                            warn!("cannot program the direct routes: {e}; retrying");
-                            r.last_error = Some(e);
-                        }
-                    }
-                }
-            }
-        });
+        let task = super::keep_reconciling(r, routes, conn_task);
         Ok(DirectRoutes { task })
-    }
-}
-
-struct AbortTask(JoinHandle<()>);
-
-impl Drop for AbortTask {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

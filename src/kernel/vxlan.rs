@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
@@ -25,9 +24,6 @@ use crate::kernel::state::{
 };
 use crate::routes::RouteTable;
 use crate::wire::ethernet::MacAddr;
-
-/// How often the kernel state is compared with the desired state when nothing else triggers it.
-const RESYNC: Duration = Duration::from_secs(2);
 
 /// What the kernel backend needs, fixed for its lifetime.
 #[derive(Debug, Clone)]
@@ -101,7 +97,15 @@ struct Reconciler {
     cfg: KernelVxlanConfig,
     spec: DeviceSpec,
     name: String,
-    last_error: Option<String>,
+}
+
+impl super::Reconcile for Reconciler {
+    fn what(&self) -> String {
+        format!("the kernel VXLAN device {}", self.name)
+    }
+    async fn reconcile(&mut self, routes: &RouteTable) -> Result<(), ReconcileError> {
+        Reconciler::reconcile(self, routes).await
+    }
 }
 
 impl KernelVxlan {
@@ -110,7 +114,6 @@ impl KernelVxlan {
         cfg: KernelVxlanConfig,
         routes: Arc<RouteTable>,
     ) -> Result<KernelVxlan, KernelVxlanError> {
-        let mut changed = routes.subscribe();
         let name = cfg.device_name();
         let err = |source: ReconcileError| KernelVxlanError::Netlink {
             name: name.clone(),
@@ -136,42 +139,11 @@ impl KernelVxlan {
             cfg,
             spec,
             name: name.clone(),
-            last_error: None,
         };
         r.reconcile(&routes).await.map_err(err)?;
         info!(device = %name, vni = r.cfg.vni, port = r.cfg.port, mtu = r.cfg.mtu, "kernel VXLAN backend up");
-        let task = tokio::spawn(async move {
-            let _conn = AbortOnDrop(conn_task);
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(RESYNC) => {},
-                    _ = changed.changed() => {},
-                }
-                match r.reconcile(&routes).await {
-                    Ok(()) => {
-                        if r.last_error.take().is_some() {
-                            info!(device = %r.name, "kernel VXLAN state repaired");
-                        }
-                    }
-                    Err(e) => {
-                        let e = e.to_string();
-                        if r.last_error.as_deref() != Some(e.as_str()) {
-                            warn!(device = %r.name, "cannot program the kernel VXLAN device: {e}; retrying");
-                            r.last_error = Some(e);
-                        }
-                    }
-                }
-            }
-        });
+        let task = super::keep_reconciling(r, routes, conn_task);
         Ok(KernelVxlan { task })
-    }
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

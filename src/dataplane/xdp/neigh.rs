@@ -13,7 +13,6 @@ use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::host::netlink::{request, Rtnl};
@@ -87,30 +86,8 @@ impl NextHops {
 /// The address whose MAC a frame to `dst` carries (the gateway, or `dst` itself when on-link), if the
 /// kernel routes `dst` out of `ifindex`.
 fn route_via(nl: &mut Rtnl, dst: Ipv4Addr, ifindex: u32) -> Option<Ipv4Addr> {
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet;
-    msg.header.destination_prefix_length = 32;
-    msg.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
-    let replies = nl
-        .request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST)
-        .ok()?;
-    for r in replies {
-        let RouteNetlinkMessage::NewRoute(r) = r else {
-            continue;
-        };
-        let mut oif = None;
-        let mut gw = None;
-        for a in &r.attributes {
-            match a {
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
-                _ => {}
-            }
-        }
-        return (oif == Some(ifindex)).then_some(gw.unwrap_or(dst));
-    }
-    None
+    let to = nl.route_to(dst).ok()??;
+    (to.oif == Some(ifindex)).then_some(to.gateway.unwrap_or(dst))
 }
 
 /// The kernel's neighbour entry for `ip` on `ifindex`, when it has a usable MAC.
