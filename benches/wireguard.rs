@@ -5,9 +5,7 @@
 use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use weft::control::key::WgKey;
-use weft::wireguard::node::{connect_in_memory, PeerLease, DATA_OVERHEAD, HANDSHAKE_INIT_LEN};
-use weft::wireguard::{keyfile, Node};
+use weft::wireguard::node::{connected_pair, DATA_OVERHEAD, HANDSHAKE_INIT_LEN};
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const B_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -24,24 +22,8 @@ fn packet(total: usize) -> Vec<u8> {
     p
 }
 
-/// Two nodes with a session up between them (a -> b).
-fn pair() -> (Node, Node) {
-    let a = Node::new(keyfile::generate(), 51820, None, 0);
-    let b = Node::new(keyfile::generate(), 51820, None, 0);
-    let lease = |n: &Node, subnet: &str, ip| PeerLease {
-        subnet: subnet.parse().unwrap(),
-        public_ip: ip,
-        key: WgKey(n.public_key().0),
-        port: 51820,
-    };
-    a.sync([lease(&b, "10.5.2.0/24", B_IP)]);
-    b.sync([lease(&a, "10.5.1.0/24", A_IP)]);
-    connect_in_memory(&a, A_IP, &b, B_IP);
-    (a, b)
-}
-
 fn seal_open(c: &mut Criterion) {
-    let (a, b) = pair();
+    let (a, b) = connected_pair();
     for (name, total, count) in [
         ("1400-byte packet", 1400usize, 1usize),
         ("64 KB train (45 x 1448)", 1448, 45),

@@ -239,6 +239,23 @@ fn public_key(bed: &Bed, i: usize) -> String {
         .to_string()
 }
 
+/// Writes a wireguard lease for `subnet` (a reservation) at host `i`'s address with a new key the test
+/// holds, waits until host `weft`'s daemon sees it, and returns (private, public) key.
+fn test_peer_lease(bed: &Bed, weft: usize, i: usize, subnet: &str) -> ([u8; 32], [u8; 32]) {
+    let private = weft::wireguard::keyfile::generate();
+    let public = PublicKey::from(&StaticSecret::from(private)).to_bytes();
+    let lease = format!(
+        r#"{{"PublicIP":"{}","BackendType":"wireguard","BackendData":{{"PublicKey":"{}","Port":51820}}}}"#,
+        bed.hosts[i].ip,
+        b64(&public)
+    );
+    let key = format!("/coreos.com/network/subnets/{}", subnet.replace('/', "-"));
+    let out = bed.etcd.etcdctl(&["put", &key, &lease]);
+    assert!(out.status.success(), "{out:?}");
+    bed.weft(weft).wait_peers(&[subnet.to_string()], T);
+    (private, public)
+}
+
 /// A WireGuard peer the test plays from host namespace `ns` at `ip`:51820, with boringtun's protocol.
 struct TestPeer {
     sock: UdpSocket,
@@ -342,18 +359,12 @@ fn tampered_replayed_spoofed_and_unknown_key_messages_are_dropped_and_counted() 
     let c0 = bed.attach_container(0);
     let weft_key = decode(&public_key(&bed, 0));
     // Host 1 is a peer the test plays: its lease (a reservation) with a key the test holds.
-    let private = weft::wireguard::keyfile::generate();
-    let public = PublicKey::from(&StaticSecret::from(private)).to_bytes();
+    let (private, public) = test_peer_lease(&bed, 0, 1, "10.5.200.0/24");
     let h1 = bed.hosts[1].ip;
-    let lease = format!(
-        r#"{{"PublicIP":"{h1}","BackendType":"wireguard","BackendData":{{"PublicKey":"{}","Port":51820}}}}"#,
-        b64(&public)
-    );
-    let out = bed
+    let lease = bed
         .etcd
-        .etcdctl(&["put", "/coreos.com/network/subnets/10.5.200.0-24", &lease]);
-    assert!(out.status.success(), "{out:?}");
-    bed.weft(0).wait_peers(&["10.5.200.0/24".to_string()], T);
+        .get("/coreos.com/network/subnets/10.5.200.0-24")
+        .expect("the test peer's lease");
     let (stop, arrivals) = count_arrivals(bed.container_ns(0), c0);
     let weft_addr = SocketAddrV4::new(bed.hosts[0].ip, 51820);
     let ns = bed.hosts[1].ns.name.clone();
@@ -747,18 +758,8 @@ fn a_peer_that_does_not_answer_is_reported_once_and_again_when_it_does() {
     bed.start_weft(0, &[]);
     bed.attach_container(0);
     let weft_key = decode(&public_key(&bed, 0));
-    let private = weft::wireguard::keyfile::generate();
-    let public = PublicKey::from(&StaticSecret::from(private)).to_bytes();
+    let (private, _) = test_peer_lease(&bed, 0, 1, "10.5.201.0/24");
     let h1 = bed.hosts[1].ip;
-    let lease = format!(
-        r#"{{"PublicIP":"{h1}","BackendType":"wireguard","BackendData":{{"PublicKey":"{}","Port":51820}}}}"#,
-        b64(&public)
-    );
-    let out = bed
-        .etcd
-        .etcdctl(&["put", "/coreos.com/network/subnets/10.5.201.0-24", &lease]);
-    assert!(out.status.success(), "{out:?}");
-    bed.weft(0).wait_peers(&["10.5.201.0/24".to_string()], T);
     // Traffic for the silent peer makes weft offer handshakes (every 5 s) that nobody answers.
     assert!(!bed.ping_once(0, Ipv4Addr::new(10, 5, 201, 5)));
     let said = |what: &str| {

@@ -7,9 +7,8 @@ use std::net::Ipv4Addr;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use weft::control::key::WgKey;
-use weft::wireguard::node::{connect_in_memory, PeerLease};
-use weft::wireguard::{keyfile, Node};
+use weft::wireguard::node::connected_pair;
+use weft::wireguard::Node;
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const B_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -28,20 +27,7 @@ fn packet() -> Vec<u8> {
 /// Two nodes that know each other, with a session up from a to b.
 fn nodes() -> &'static (Node, Node) {
     static NODES: OnceLock<(Node, Node)> = OnceLock::new();
-    NODES.get_or_init(|| {
-        let a = Node::new(keyfile::generate(), 51820, None, 0);
-        let b = Node::new(keyfile::generate(), 51820, None, 0);
-        let lease = |n: &Node, s: &str, ip| PeerLease {
-            subnet: s.parse().unwrap(),
-            public_ip: ip,
-            key: WgKey(n.public_key().0),
-            port: 51820,
-        };
-        a.sync([lease(&b, "10.5.2.0/24", B_IP)]);
-        b.sync([lease(&a, "10.5.1.0/24", A_IP)]);
-        connect_in_memory(&a, A_IP, &b, B_IP);
-        (a, b)
-    })
+    NODES.get_or_init(connected_pair)
 }
 
 fuzz_target!(|data: &[u8]| {

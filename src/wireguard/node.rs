@@ -486,6 +486,25 @@ impl Node {
     }
 }
 
+/// Two nodes with a session up between them, in memory: `a` at 192.0.2.1 with 10.5.1.0/24 and `b` at
+/// 192.0.2.2 with 10.5.2.0/24, for benchmarks and fuzz targets.
+#[doc(hidden)]
+pub fn connected_pair() -> (Node, Node) {
+    let (a_ip, b_ip) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
+    let a = Node::new(crate::wireguard::keyfile::generate(), 51820, None, 0);
+    let b = Node::new(crate::wireguard::keyfile::generate(), 51820, None, 0);
+    let lease = |n: &Node, subnet: &str, ip| PeerLease {
+        subnet: subnet.parse().expect("a literal subnet"),
+        public_ip: ip,
+        key: n.public_key(),
+        port: 51820,
+    };
+    a.sync([lease(&b, "10.5.2.0/24", b_ip)]);
+    b.sync([lease(&a, "10.5.1.0/24", a_ip)]);
+    connect_in_memory(&a, a_ip, &b, b_ip);
+    (a, b)
+}
+
 /// Runs a handshake between two nodes that know each other, in memory (`a` at `a_ip` initiates; `b` at
 /// `b_ip`): benchmarks and fuzz targets need a session up without sockets.
 #[doc(hidden)]
