@@ -380,12 +380,14 @@ fn wg_timers(
         .expect("spawn the WireGuard timer thread")
 }
 
-/// Fault injection for the tests, in debug builds only: with `WEFT_FAULT_PANIC_WORKER` set, the first worker
-/// thread started panics, once, as a bug would.
+/// Fault injection for the tests, in debug builds only: with `WEFT_FAULT_PANIC_WORKER` set, worker 0 panics
+/// once, as a bug would. (Worker 0, not whichever thread starts first: the test names the thread it expects.)
 #[cfg(debug_assertions)]
-fn injected_panic() {
+fn injected_panic(worker: usize) {
     static DONE: AtomicBool = AtomicBool::new(false);
-    if std::env::var_os("WEFT_FAULT_PANIC_WORKER").is_some() && !DONE.swap(true, Ordering::Relaxed)
+    if worker == 0
+        && std::env::var_os("WEFT_FAULT_PANIC_WORKER").is_some()
+        && !DONE.swap(true, Ordering::Relaxed)
     {
         panic!("injected fault (WEFT_FAULT_PANIC_WORKER)");
     }
@@ -401,7 +403,7 @@ fn spawn_worker<U: underlay::Underlay + Send + 'static>(
         .name(format!("weft-worker-{i}"))
         .spawn(move || {
             #[cfg(debug_assertions)]
-            injected_panic();
+            injected_panic(i);
             if let Some(cpu) = pin {
                 if let Err(e) = steer::pin_to(cpu) {
                     tracing::warn!("cannot pin worker {i} to CPU {cpu} ({e})");
