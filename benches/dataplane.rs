@@ -61,6 +61,7 @@ fn set_tcp_flags(p: &mut [u8], flags: u8) {
 
 fn routes() -> RouteSnapshot {
     RouteSnapshot::new([Peer {
+        v6: None,
         subnet: "10.5.2.0/24".parse().expect("subnet"),
         public_ip: PEER,
         backend: PeerBackend::Vxlan {

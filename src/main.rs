@@ -150,8 +150,8 @@ struct RunArgs {
     /// `ip route get ADDR` says; tried after --iface and --iface-regex.
     #[arg(long, env = "WEFT_IFACE_CAN_REACH")]
     iface_can_reach: Option<Ipv4Addr>,
-    /// The IPv6 address other hosts reach this one at (accepted for flanneld compatibility; weft's overlay
-    /// is IPv4 today).
+    /// The IPv6 address other hosts reach this one at, on a dual-stack network (default: the underlay
+    /// interface's first global IPv6 address).
     #[arg(long, env = "WEFT_PUBLIC_IPV6")]
     public_ipv6: Option<std::net::Ipv6Addr>,
     /// The IP other hosts send overlay traffic to (default: the underlay interface's address).
@@ -672,7 +672,8 @@ fn main() -> ExitCode {
                 DaemonError::WgKey(_)
                 | DaemonError::KernelNoWireGuard { .. }
                 | DaemonError::KernelWireGuardUnsupported
-                | DaemonError::AfXdpNoWireGuard,
+                | DaemonError::AfXdpNoWireGuard
+                | DaemonError::NoIpv6Underlay { .. },
             )),
         ) => {
             eprintln!("weft: error: {e}");
@@ -848,10 +849,17 @@ async fn list_leases(etcd: &EtcdArgs) -> Result<(), CliError> {
         };
         match l.attrs {
             Ok(a) => {
-                let mac = a
+                let mut mac = a
                     .vxlan_data()
                     .map(|d| d.vtep_mac.to_string())
                     .unwrap_or_else(|| "-".into());
+                if let Some(d6) = a.vxlan_v6_data() {
+                    mac = format!("{mac} {}", d6.vtep_mac);
+                }
+                let public = match a.public_ipv6 {
+                    Some(ip6) => format!("{} {ip6}", a.public_ip),
+                    None => a.public_ip.to_string(),
+                };
                 let backend = if a.backend_type.is_empty() {
                     "udp"
                 } else {
@@ -860,7 +868,7 @@ async fn list_leases(etcd: &EtcdArgs) -> Result<(), CliError> {
                 outln!(
                     "{:<20} {:<16} {:<8} {:<18} {left}",
                     l.subnet.to_string(),
-                    a.public_ip.to_string(),
+                    public,
                     backend,
                     mac
                 )?;
@@ -883,6 +891,16 @@ fn print_status(v: &StatusReport) -> Result<(), CliError> {
             l.backend,
             l.mtu
         )?,
+    }
+    if let Some(l) = &v.lease {
+        if let (Some(s6), Some(n6)) = (l.subnet6, l.network6) {
+            outln!(
+                "this host: IPv6 subnet {s6} of network {n6} via {}",
+                l.public_ipv6
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into())
+            )?;
+        }
     }
     let underlay = Some(v.underlay.as_str())
         .filter(|s| !s.is_empty())
@@ -913,6 +931,19 @@ fn print_status(v: &StatusReport) -> Result<(), CliError> {
             p.public_ip.to_string(),
             kind
         )?;
+        if let Some(v6) = p.v6 {
+            outln!(
+                "  {:<20} via {:<16} {:<6} {}",
+                v6.subnet.to_string(),
+                v6.public_ip
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "(no PublicIPv6)".into()),
+                kind,
+                v6.vtep_mac
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into())
+            )?;
+        }
     }
     if let Some(wg) = &v.wireguard {
         outln!(

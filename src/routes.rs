@@ -2,14 +2,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::control::lease::LeaseAttrs;
+use crate::control::lease::{LeaseAttrs, SubnetKey};
 use crate::wire::ethernet::MacAddr;
 use crate::wire::peers::{PeerEncap, PeerRoute, PeerTable};
 
@@ -41,11 +41,34 @@ pub struct Peer {
     pub subnet: Ipv4Net,
     pub public_ip: Ipv4Addr,
     pub backend: PeerBackend,
+    /// The IPv6 half of a dual-stack lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<PeerV6>,
+}
+
+/// A dual-stack peer's IPv6 subnet and where its IPv6 traffic goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerV6 {
+    pub subnet: Ipv6Net,
+    /// Its IPv6 underlay address (`PublicIPv6`); None: the lease has none, and IPv6 cannot reach it.
+    pub public_ip: Option<Ipv6Addr>,
+    /// The MAC of its IPv6 VTEP (vxlan, `BackendV6Data`).
+    pub vtep_mac: Option<MacAddr>,
+}
+
+impl Peer {
+    /// The lease key this peer was read from.
+    pub fn key(&self) -> SubnetKey {
+        SubnetKey {
+            v4: self.subnet,
+            v6: self.v6.map(|v| v.subnet),
+        }
+    }
 }
 
 impl Peer {
     /// The peer described by a lease.
-    pub fn from_lease(subnet: Ipv4Net, attrs: &LeaseAttrs) -> Self {
+    pub fn from_lease(key: SubnetKey, attrs: &LeaseAttrs) -> Self {
         let backend = match attrs.backend_type.as_str() {
             "vxlan" => match attrs.vxlan_data() {
                 Some(d) => PeerBackend::Vxlan {
@@ -67,9 +90,14 @@ impl Peer {
             _ => PeerBackend::Other,
         };
         Peer {
-            subnet,
+            subnet: key.v4,
             public_ip: attrs.public_ip,
             backend,
+            v6: key.v6.map(|subnet| PeerV6 {
+                subnet,
+                public_ip: attrs.public_ipv6,
+                vtep_mac: attrs.vxlan_v6_data().map(|d| d.vtep_mac),
+            }),
         }
     }
 }
@@ -258,10 +286,14 @@ impl RouteTable {
         true
     }
 
-    /// Removes the peer for `subnet`. Returns the removed peer.
-    pub fn remove(&self, subnet: &Ipv4Net) -> Option<Peer> {
+    /// Removes the peer read from lease key `key`. Returns the removed peer. A peer holding the same IPv4
+    /// subnet under another key (its lease just gained or changed its IPv6 half) stays.
+    pub fn remove(&self, key: &SubnetKey) -> Option<Peer> {
         let mut m = self.master.lock().expect("route table lock poisoned");
-        let old = m.remove(subnet)?;
+        if m.get(&key.v4).map(Peer::key) != Some(*key) {
+            return None;
+        }
+        let old = m.remove(&key.v4)?;
         self.publish(&m);
         Some(old)
     }
@@ -290,6 +322,7 @@ mod tests {
 
     fn peer(s: &str, ip: [u8; 4]) -> Peer {
         Peer {
+            v6: None,
             subnet: s.parse().unwrap(),
             public_ip: Ipv4Addr::from(ip),
             backend: PeerBackend::Udp,
@@ -301,6 +334,7 @@ mod tests {
         let mac = MacAddr([2, 0, 0, 0, 0, 2]);
         let r = RouteSnapshot::new([
             Peer {
+                v6: None,
                 backend: PeerBackend::Vxlan {
                     vni: 1,
                     vtep_mac: mac,
@@ -309,6 +343,7 @@ mod tests {
             },
             peer("10.5.3.0/24", [192, 0, 2, 3]),
             Peer {
+                v6: None,
                 backend: PeerBackend::Other,
                 ..peer("10.5.4.0/24", [192, 0, 2, 4])
             },
@@ -383,6 +418,7 @@ mod tests {
     #[test]
     fn many_routes() {
         let peers = (0..65536u32).map(|i| Peer {
+            v6: None,
             subnet: Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).unwrap(),
             public_ip: Ipv4Addr::from(i),
             backend: PeerBackend::Udp,

@@ -10,6 +10,7 @@ pub const PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
 pub fn routes() -> RouteSnapshot {
     RouteSnapshot::new([Peer {
+        v6: None,
         subnet: "10.5.2.0/24".parse().expect("subnet"),
         public_ip: PEER,
         backend: PeerBackend::Vxlan {

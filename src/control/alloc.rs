@@ -1,12 +1,12 @@
 //! Subnet allocation with flannel's rules: reuse our lease, else the previous subnet, else a random free one.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::seq::SliceRandom;
 
-use crate::control::config::NetworkConfig;
+use crate::control::config::{Ipv6Config, NetworkConfig};
 
 /// How many free subnets, counted from SubnetMin, the random pick chooses among (flannel's figure).
 const RANDOM_POOL: usize = 100;
@@ -15,6 +15,8 @@ const RANDOM_POOL: usize = 100;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExistingLease {
     pub subnet: Ipv4Net,
+    /// The IPv6 half of a dual-stack lease's key.
+    pub subnet6: Option<Ipv6Net>,
     pub public_ip: Ipv4Addr,
     /// A reservation: a key without an etcd lease (no TTL), which only the host with its PublicIP takes.
     pub reserved: bool,
@@ -105,6 +107,69 @@ pub fn choose_subnet(
         })
 }
 
+/// The IPv6 half of a dual-stack network has no free subnet left.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("IPv6Network {network} is exhausted: all {count} /{subnet_len} subnets between {min} and {max} are leased; widen IPv6Network or IPv6SubnetMin/IPv6SubnetMax, or delete stale leases (weft leases)")]
+pub struct Exhausted6 {
+    pub network: Ipv6Net,
+    pub subnet_len: u8,
+    pub count: u64,
+    pub min: Ipv6Addr,
+    pub max: Ipv6Addr,
+}
+
+/// Picks the IPv6 subnet to lease with IPv4 subnet `v4` on a dual-stack network: the one our lease of `v4`
+/// already has, else the previous subnet.env's if no other host holds it, else a random free one among the
+/// first [`RANDOM_POOL`] from IPv6SubnetMin (flannel's rule). Both halves go into one key, written in one
+/// transaction.
+pub fn choose_subnet6(
+    cfg: &Ipv6Config,
+    existing: &[ExistingLease],
+    me: Ipv4Addr,
+    v4: Ipv4Net,
+    previous: Option<Ipv6Net>,
+    rng: &mut impl rand::Rng,
+) -> Result<Ipv6Net, Exhausted6> {
+    let taken_by_other = |n: &Ipv6Net| {
+        existing
+            .iter()
+            .any(|l| l.subnet6 == Some(*n) && (l.public_ip != me || l.subnet != v4))
+    };
+    if let Some(mine) = existing
+        .iter()
+        .filter(|l| l.subnet == v4 && l.public_ip == me)
+        .find_map(|l| l.subnet6.filter(|n| cfg.fits(n) && !taken_by_other(n)))
+    {
+        return Ok(mine);
+    }
+    if let Some(prev) = previous.filter(|p| cfg.fits(p) && !taken_by_other(p)) {
+        return Ok(prev);
+    }
+    let taken: HashSet<Ipv6Net> = existing.iter().filter_map(|l| l.subnet6).collect();
+    let size = 1u128 << (128 - u32::from(cfg.subnet_len));
+    let mut free = Vec::with_capacity(RANDOM_POOL);
+    let mut addr = u128::from(cfg.subnet_min);
+    let max = u128::from(cfg.subnet_max);
+    while addr <= max && free.len() < RANDOM_POOL {
+        let net = Ipv6Net::new(Ipv6Addr::from(addr), cfg.subnet_len)
+            .expect("IPv6SubnetLen was validated");
+        if !taken.contains(&net) {
+            free.push(net);
+        }
+        match addr.checked_add(size) {
+            Some(next) => addr = next,
+            None => break,
+        }
+    }
+    free.choose(rng).copied().ok_or(Exhausted6 {
+        network: cfg.network,
+        subnet_len: cfg.subnet_len,
+        count: cfg.subnet_count(),
+        min: cfg.subnet_min,
+        max: cfg.subnet_max,
+    })
+}
+
 /// Leases other than `chosen` that carry our public IP `me`: left over, or another host claiming our address.
 /// They are reported, never adopted or deleted.
 pub fn also_ours(existing: &[ExistingLease], me: Ipv4Addr, chosen: Ipv4Net) -> Vec<Ipv4Net> {
@@ -126,6 +191,7 @@ mod tests {
 
     fn lease(s: &str, ip: [u8; 4]) -> ExistingLease {
         ExistingLease {
+            subnet6: None,
             reserved: false,
             subnet: s.parse().unwrap(),
             public_ip: Ipv4Addr::from(ip),
@@ -134,6 +200,49 @@ mod tests {
 
     fn rng() -> rand::rngs::StdRng {
         rand::rngs::StdRng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn the_ipv6_half_follows_our_lease_then_the_previous_then_a_free_one() {
+        let c = cfg(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48"}"#);
+        let c6 = c.ipv6.unwrap();
+        let me = Ipv4Addr::new(2, 2, 2, 2);
+        let v4: Ipv4Net = "10.5.9.0/24".parse().unwrap();
+        let n6 = |s: &str| -> Ipv6Net { s.parse().unwrap() };
+        let mut ours = lease("10.5.9.0/24", [2, 2, 2, 2]);
+        ours.subnet6 = Some(n6("fc00:5:0:7::/64"));
+        let mut other = lease("10.5.3.0/24", [1, 1, 1, 1]);
+        other.subnet6 = Some(n6("fc00:5:0:1::/64"));
+        // Our lease's IPv6 subnet is kept.
+        let ex = [ours.clone(), other.clone()];
+        let got = choose_subnet6(&c6, &ex, me, v4, Some(n6("fc00:5:0:9::/64")), &mut rng());
+        assert_eq!(got, Ok(n6("fc00:5:0:7::/64")));
+        // No IPv6 half yet (the network just became dual-stack): the previous one, if free.
+        let ex = [lease("10.5.9.0/24", [2, 2, 2, 2]), other.clone()];
+        let got = choose_subnet6(&c6, &ex, me, v4, Some(n6("fc00:5:0:9::/64")), &mut rng());
+        assert_eq!(got, Ok(n6("fc00:5:0:9::/64")));
+        // The previous one is another host's now: a free one, never another host's.
+        let got =
+            choose_subnet6(&c6, &ex, me, v4, Some(n6("fc00:5:0:1::/64")), &mut rng()).unwrap();
+        assert!(c6.fits(&got) && got != n6("fc00:5:0:1::/64"));
+        // All taken.
+        let tiny = cfg(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/120"}"#);
+        let t6 = tiny.ipv6.unwrap();
+        let ex: Vec<ExistingLease> = ["fc00::40/122", "fc00::80/122", "fc00::c0/122"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut l = lease(&format!("10.5.{i}.0/24"), [1, 1, 1, 1]);
+                l.subnet6 = Some(n6(s));
+                l
+            })
+            .collect();
+        let e = choose_subnet6(&t6, &ex, me, v4, None, &mut rng()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("IPv6Network fc00::/120 is exhausted"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! flannel's network config (`<prefix>/config`): parsing, defaults and validation, with no I/O.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
+
+use crate::control::lease::SubnetKey;
 use serde_json::Value;
 
 /// Default UDP port of the kernel's VXLAN devices as flannel configures them.
@@ -28,7 +30,35 @@ pub struct NetworkConfig {
     pub subnet_len: u8,
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
+    /// The IPv6 half of a dual-stack network (`EnableIPv6`), None on an IPv4-only network.
+    pub ipv6: Option<Ipv6Config>,
     pub backend: Backend,
+}
+
+/// `IPv6Network` and its subnets, with flannel's defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Config {
+    pub network: Ipv6Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv6Addr,
+    pub subnet_max: Ipv6Addr,
+}
+
+impl Ipv6Config {
+    /// True if `subnet` is one this config would lease (inside IPv6SubnetMin..=IPv6SubnetMax, right length).
+    pub fn fits(&self, subnet: &Ipv6Net) -> bool {
+        subnet.prefix_len() == self.subnet_len
+            && subnet.network() == subnet.addr()
+            && subnet.addr() >= self.subnet_min
+            && subnet.addr() <= self.subnet_max
+    }
+
+    /// The number of subnets between IPv6SubnetMin and IPv6SubnetMax (saturating).
+    pub fn subnet_count(&self) -> u64 {
+        let span = u128::from(self.subnet_max) - u128::from(self.subnet_min);
+        let n = (span >> (128 - u32::from(self.subnet_len))).saturating_add(1);
+        u64::try_from(n).unwrap_or(u64::MAX)
+    }
 }
 
 /// The encapsulation a network uses.
@@ -112,6 +142,14 @@ struct RawConfig {
     enable_ipv4: Option<bool>,
     #[serde(rename = "EnableIPv6")]
     enable_ipv6: Option<bool>,
+    #[serde(rename = "IPv6Network")]
+    ipv6_network: Option<String>,
+    #[serde(rename = "IPv6SubnetLen")]
+    ipv6_subnet_len: Option<u32>,
+    #[serde(rename = "IPv6SubnetMin")]
+    ipv6_subnet_min: Option<String>,
+    #[serde(rename = "IPv6SubnetMax")]
+    ipv6_subnet_max: Option<String>,
     subnet_len: Option<u32>,
     subnet_min: Option<String>,
     subnet_max: Option<String>,
@@ -172,18 +210,17 @@ impl NetworkConfig {
     pub fn parse(json: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig =
             serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
-        if raw.enable_ipv6 == Some(true) {
-            return Err(field(
-                "EnableIPv6",
-                "IPv6 overlays are not supported by weft yet; remove EnableIPv6 or set it to false",
-            ));
-        }
         if raw.enable_ipv4 == Some(false) {
             return Err(field(
                 "EnableIPv4",
-                "weft needs an IPv4 overlay; remove EnableIPv4 or set it to true",
+                "IPv6-only networks are not supported by weft yet; remove EnableIPv4 or set it to true (EnableIPv6 gives a dual-stack network)",
             ));
         }
+        let ipv6 = if raw.enable_ipv6 == Some(true) {
+            Some(parse_ipv6(&raw)?)
+        } else {
+            None
+        };
         let network = parse_network(raw.network.as_deref())?;
         let ones = network.prefix_len();
         let subnet_len = match raw.subnet_len {
@@ -241,6 +278,7 @@ impl NetworkConfig {
             subnet_len,
             subnet_min,
             subnet_max,
+            ipv6,
             backend,
         })
     }
@@ -251,6 +289,15 @@ impl NetworkConfig {
             && subnet.network() == subnet.addr()
             && subnet.addr() >= self.subnet_min
             && subnet.addr() <= self.subnet_max
+    }
+
+    /// A lease key as this network routes it: on an IPv4-only network the IPv6 half of a dual-stack key is
+    /// ignored, as flannel ignores it there.
+    pub fn routed_key(&self, key: SubnetKey) -> SubnetKey {
+        match self.ipv6 {
+            Some(_) => key,
+            None => SubnetKey::v4(key.v4),
+        }
     }
 
     /// The number of subnets between SubnetMin and SubnetMax.
@@ -280,6 +327,111 @@ fn parse_network(s: Option<&str>) -> Result<Ipv4Net, ConfigError> {
         ));
     }
     Ok(net)
+}
+
+/// flannel's rules for the IPv6 half (`CheckNetworkConfig`), with its defaults: IPv6SubnetLen 64 for an
+/// IPv6Network of /62 or shorter, else its prefix + 2; the first and last subnets skipped by default.
+fn parse_ipv6(raw: &RawConfig) -> Result<Ipv6Config, ConfigError> {
+    let s = raw.ipv6_network.as_deref().ok_or_else(|| {
+        field(
+            "IPv6Network",
+            "missing: EnableIPv6 needs the overlay's IPv6 range, e.g. \"IPv6Network\": \"fc00:5::/48\"",
+        )
+    })?;
+    let network: Ipv6Net = s.parse().map_err(|_| {
+        field(
+            "IPv6Network",
+            format!("{s:?} is not an IPv6 network in CIDR form such as fc00:5::/48"),
+        )
+    })?;
+    if network.network() != network.addr() {
+        return Err(field(
+            "IPv6Network",
+            format!("{s} has host bits set; did you mean {}?", network.trunc()),
+        ));
+    }
+    let ones = u32::from(network.prefix_len());
+    let subnet_len = match raw.ipv6_subnet_len {
+        Some(0) | None => {
+            if ones > 124 {
+                return Err(field(
+                    "IPv6Network",
+                    format!("{network} is too small: the smallest useful IPv6Network is a /124"),
+                ));
+            } else if ones <= 62 {
+                64
+            } else {
+                ones + 2
+            }
+        }
+        Some(len) if len > 126 => {
+            return Err(field(
+                "IPv6SubnetLen",
+                format!("{len} is too long: it must be at most 126"),
+            ))
+        }
+        Some(len) if len < ones + 2 => {
+            return Err(field(
+                "IPv6SubnetLen",
+                format!(
+                    "{len} is too short for IPv6Network {network}: it must be at least {} so the network holds four or more subnets",
+                    ones + 2
+                ),
+            ))
+        }
+        Some(len) => len,
+    } as u8;
+    let size = 1u128 << (128 - u32::from(subnet_len));
+    let start = u128::from(network.network());
+    let end = u128::from(network.broadcast());
+    let bound =
+        |name: &'static str, v: Option<&str>, default: u128| -> Result<Ipv6Addr, ConfigError> {
+            let Some(s) = v.filter(|s| !s.is_empty()) else {
+                return Ok(Ipv6Addr::from(default));
+            };
+            let addr: Ipv6Addr = s
+                .parse()
+                .map_err(|_| field(name, format!("{s:?} is not an IPv6 address")))?;
+            if !network.contains(&addr) {
+                return Err(field(
+                    name,
+                    format!("{addr} is not inside IPv6Network {network}"),
+                ));
+            }
+            let aligned = u128::from(addr) & !(size - 1);
+            if aligned != u128::from(addr) {
+                return Err(field(
+                    name,
+                    format!(
+                    "{addr} is not on a /{subnet_len} (IPv6SubnetLen) boundary; did you mean {}?",
+                    Ipv6Addr::from(aligned)
+                ),
+                ));
+            }
+            Ok(addr)
+        };
+    let subnet_min = bound(
+        "IPv6SubnetMin",
+        raw.ipv6_subnet_min.as_deref(),
+        start + size,
+    )?;
+    let subnet_max = bound(
+        "IPv6SubnetMax",
+        raw.ipv6_subnet_max.as_deref(),
+        end - size + 1,
+    )?;
+    if subnet_min > subnet_max {
+        return Err(field(
+            "IPv6SubnetMin",
+            format!("{subnet_min} is above IPv6SubnetMax {subnet_max}: no subnet could be leased"),
+        ));
+    }
+    Ok(Ipv6Config {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
 }
 
 fn parse_bound(
@@ -634,6 +786,65 @@ mod tests {
             err(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","GBP":"yes"}}"#)
                 .contains("field Backend.GBP")
         );
-        assert!(err(r#"{"Network":"10.5.0.0/16","EnableIPv6":true}"#).contains("field EnableIPv6"));
+        assert!(err(r#"{"Network":"10.5.0.0/16","EnableIPv6":true}"#).contains("field IPv6Network"));
+    }
+
+    #[test]
+    fn dual_stack_defaults_are_flannels() {
+        let c = ok(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48"}"#);
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(v6.subnet_min, "fc00:5:0:1::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            v6.subnet_max,
+            "fc00:5:0:ffff::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(v6.subnet_count(), 0xffff);
+        assert!(v6.fits(&"fc00:5:0:34::/64".parse().unwrap()));
+        assert!(!v6.fits(&"fc00:5::/64".parse().unwrap()));
+        assert!(!v6.fits(&"fc00:6:0:34::/64".parse().unwrap()));
+        // A long prefix: subnets two bits longer.
+        let c = ok(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/120"}"#);
+        assert_eq!(c.ipv6.unwrap().subnet_len, 122);
+        // EnableIPv6 false: the IPv6 fields are ignored, as by flannel.
+        let c = ok(r#"{"Network":"10.5.0.0/16","EnableIPv6":false,"IPv6Network":"junk"}"#);
+        assert!(c.ipv6.is_none());
+        let c = ok(
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","IPv6SubnetLen":56,"IPv6SubnetMin":"fc00:5:0:100::","IPv6SubnetMax":"fc00:5:0:200::"}"#,
+        );
+        let v6 = c.ipv6.unwrap();
+        assert_eq!((v6.subnet_len, v6.subnet_count()), (56, 2));
+    }
+
+    #[test]
+    fn bad_ipv6_fields_are_named_with_their_rule() {
+        let dual = |extra: &str| {
+            err(&format!(
+                r#"{{"Network":"10.5.0.0/16","EnableIPv6":true{extra}}}"#
+            ))
+        };
+        assert!(dual(r#","IPv6Network":"10.6.0.0/16""#).contains("field IPv6Network"));
+        assert!(dual(r#","IPv6Network":"fc00::1/48""#).contains("host bits"));
+        assert!(dual(r#","IPv6Network":"fc00::/126""#).contains("smallest useful"));
+        assert!(dual(r#","IPv6Network":"fc00::/48","IPv6SubnetLen":127"#)
+            .contains("field IPv6SubnetLen: 127 is too long"));
+        assert!(dual(r#","IPv6Network":"fc00::/48","IPv6SubnetLen":49"#)
+            .contains("field IPv6SubnetLen: 49 is too short"));
+        assert!(
+            dual(r#","IPv6Network":"fc00::/48","IPv6SubnetMin":"fc01::""#)
+                .contains("field IPv6SubnetMin: fc01:: is not inside")
+        );
+        assert!(
+            dual(r#","IPv6Network":"fc00::/48","IPv6SubnetMax":"fc00:0:0:1::1""#)
+                .contains("field IPv6SubnetMax: fc00:0:0:1::1 is not on a /64")
+        );
+        assert!(dual(
+            r#","IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:9::","IPv6SubnetMax":"fc00:0:0:2::""#
+        )
+        .contains("field IPv6SubnetMin"));
+        assert!(
+            err(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#)
+                .contains("field EnableIPv4")
+        );
     }
 }

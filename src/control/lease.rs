@@ -1,8 +1,10 @@
-//! flannel's lease keys (`<prefix>/subnets/10.1.15.0-24`) and lease values (JSON), with no I/O.
+//! flannel's lease keys (`<prefix>/subnets/10.1.15.0-24`, dual-stack `10.1.15.0-24&fc00:0:0:f::-64`) and lease
+//! values (JSON), with no I/O.
 
+use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
@@ -42,6 +44,13 @@ pub struct LeaseAttrs {
         skip_serializing_if = "Option::is_none"
     )]
     pub backend_data: Option<Value>,
+    /// The IPv6 twin of `backend_data` (dual-stack vxlan: the VNI and the MAC of the IPv6 VTEP).
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_v6_data: Option<Value>,
 }
 
 /// A lease value that is not flannel's JSON (the parser's error, shared so stored leases stay `Clone`).
@@ -82,6 +91,7 @@ impl LeaseAttrs {
                 serde_json::to_value(WireGuardLeaseData { public_key, port })
                     .expect("two plain fields always serialise"),
             ),
+            backend_v6_data: None,
         }
     }
 
@@ -103,6 +113,7 @@ impl LeaseAttrs {
                 serde_json::to_value(VxlanLeaseData { vni, vtep_mac })
                     .expect("two plain fields always serialise"),
             ),
+            backend_v6_data: None,
         }
     }
 
@@ -113,6 +124,7 @@ impl LeaseAttrs {
             public_ipv6: None,
             backend_type: "host-gw".into(),
             backend_data: None,
+            backend_v6_data: None,
         }
     }
 
@@ -123,6 +135,7 @@ impl LeaseAttrs {
             public_ipv6: None,
             backend_type: "udp".into(),
             backend_data: None,
+            backend_v6_data: None,
         }
     }
 
@@ -143,22 +156,130 @@ impl LeaseAttrs {
         }
         serde_json::from_value(self.backend_data.clone()?).ok()
     }
+
+    /// The IPv6 VTEP of a dual-stack vxlan lease (`BackendV6Data`), if well-formed.
+    pub fn vxlan_v6_data(&self) -> Option<VxlanLeaseData> {
+        if self.backend_type != "vxlan" {
+            return None;
+        }
+        serde_json::from_value(self.backend_v6_data.clone()?).ok()
+    }
+
+    /// Adds this host's IPv6 half (dual stack): its IPv6 underlay address and, for vxlan, the IPv6 VTEP's
+    /// MAC in `BackendV6Data` (flannel's `flannel-v6.<VNI>` device has its own MAC).
+    pub fn with_ipv6(mut self, public_ipv6: Ipv6Addr, vtep_mac6: Option<MacAddr>) -> Self {
+        self.public_ipv6 = Some(public_ipv6);
+        if let (Some(vni), Some(vtep_mac)) = (self.vxlan_data().map(|d| d.vni), vtep_mac6) {
+            self.backend_v6_data = Some(
+                serde_json::to_value(VxlanLeaseData { vni, vtep_mac })
+                    .expect("two plain fields always serialise"),
+            );
+        } else if self.backend_type == "wireguard" {
+            // flannel's wireguard backend publishes the same key for its IPv6 device.
+            self.backend_v6_data = self.backend_data.clone();
+        }
+        self
+    }
 }
 
-/// Formats the key suffix of a lease: `10.1.15.0-24`.
-pub fn subnet_key(subnet: &Ipv4Net) -> String {
-    format!("{}-{}", subnet.addr(), subnet.prefix_len())
+/// An IPv6 address another host can send to: not unspecified, loopback, multicast or link-local.
+pub fn is_usable_ipv6(a: &Ipv6Addr) -> bool {
+    !(a.is_unspecified()
+        || a.is_loopback()
+        || a.is_multicast()
+        || (a.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+/// The subnets a lease key names: the IPv4 subnet and, on a dual-stack network, the IPv6 subnet. This pair
+/// is a lease's identity (flannel's key `10.1.15.0-24&fc00:0:0:f::-64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SubnetKey {
+    pub v4: Ipv4Net,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<Ipv6Net>,
+}
+
+impl SubnetKey {
+    /// An IPv4-only key.
+    pub fn v4(v4: Ipv4Net) -> Self {
+        SubnetKey { v4, v6: None }
+    }
+}
+
+impl From<Ipv4Net> for SubnetKey {
+    fn from(v4: Ipv4Net) -> Self {
+        SubnetKey::v4(v4)
+    }
+}
+
+impl std::str::FromStr for SubnetKey {
+    type Err = String;
+
+    /// Reads the displayed form (`10.1.15.0/24`, `10.1.15.0/24 + fc00:0:0:f::/64`) or a key suffix.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(k) = parse_subnet_key(s) {
+            return Ok(k);
+        }
+        let bad = || format!("{s:?} is not a subnet (10.1.15.0/24) or subnet pair");
+        let (v4, v6) = match s.split_once('+') {
+            Some((a, b)) => (a.trim(), Some(b.trim())),
+            None => (s.trim(), None),
+        };
+        Ok(SubnetKey {
+            v4: v4.parse().map_err(|_| bad())?,
+            v6: v6.map(|v| v.parse()).transpose().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl fmt::Display for SubnetKey {
+    /// The form people read (`10.1.15.0/24`, `10.1.15.0/24 + fc00:0:0:f::/64`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.v6 {
+            None => write!(f, "{}", self.v4),
+            Some(v6) => write!(f, "{} + {}", self.v4, v6),
+        }
+    }
+}
+
+/// Formats the key suffix of a lease: `10.1.15.0-24`, or `10.1.15.0-24&fc00:0:0:f::-64` (flannel's
+/// `MakeSubnetKey`: the IPv6 address in its canonical compressed form).
+pub fn subnet_key(key: &SubnetKey) -> String {
+    let v4 = format!("{}-{}", key.v4.addr(), key.v4.prefix_len());
+    match key.v6 {
+        None => v4,
+        Some(v6) => format!("{v4}&{}-{}", v6.addr(), v6.prefix_len()),
+    }
 }
 
 /// Parses the last path element of a lease key (`10.1.15.0-24`, or the dual-stack
-/// `10.1.15.0-24&fc00::-64`, whose IPv6 half weft ignores).
-pub fn parse_subnet_key(name: &str) -> Option<Ipv4Net> {
-    let v4 = name.split('&').next()?;
+/// `10.1.15.0-24&fc00::-64`). Addresses must be their subnet's first address.
+pub fn parse_subnet_key(name: &str) -> Option<SubnetKey> {
+    let (v4, v6) = match name.split_once('&') {
+        Some((a, b)) => (a, Some(b)),
+        None => (name, None),
+    };
     let (addr, len) = v4.rsplit_once('-')?;
     let addr: Ipv4Addr = addr.parse().ok()?;
     let len: u8 = len.parse().ok()?;
     let net = Ipv4Net::new(addr, len).ok()?;
-    (net.network() == addr).then_some(net)
+    if net.network() != addr {
+        return None;
+    }
+    let v6 = match v6 {
+        None => None,
+        Some(v6) => {
+            let (addr, len) = v6.rsplit_once('-')?;
+            let addr: Ipv6Addr = addr.parse().ok()?;
+            let len: u8 = len.parse().ok()?;
+            let net6 = Ipv6Net::new(addr, len).ok()?;
+            if net6.network() != addr {
+                return None;
+            }
+            Some(net6)
+        }
+    };
+    Some(SubnetKey { v4: net, v6 })
 }
 
 #[cfg(test)]
@@ -177,6 +298,24 @@ mod tests {
         assert_eq!(a.to_json(), FLANNEL_VXLAN);
         let built = LeaseAttrs::vxlan(a.public_ip, 1, "c6:d2:32:6f:8f:44".parse().unwrap());
         assert_eq!(built.to_json(), FLANNEL_VXLAN);
+    }
+
+    #[test]
+    fn dual_stack_vxlan_lease_round_trips_flannels_bytes() {
+        let text = r#"{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"}}"#;
+        let a = LeaseAttrs::from_json(text.as_bytes()).unwrap();
+        assert_eq!(a.public_ipv6, Some("fd00::3".parse().unwrap()));
+        assert_eq!(
+            a.vxlan_v6_data().unwrap().vtep_mac.to_string(),
+            "c6:d2:32:6f:8f:45"
+        );
+        assert_eq!(a.to_json(), text);
+        let built = LeaseAttrs::vxlan(a.public_ip, 1, "c6:d2:32:6f:8f:44".parse().unwrap())
+            .with_ipv6(
+                "fd00::3".parse().unwrap(),
+                Some("c6:d2:32:6f:8f:45".parse().unwrap()),
+            );
+        assert_eq!(built.to_json(), text);
     }
 
     #[test]
@@ -206,12 +345,34 @@ mod tests {
     #[test]
     fn keys() {
         let n: Ipv4Net = "10.1.15.0/24".parse().unwrap();
-        assert_eq!(subnet_key(&n), "10.1.15.0-24");
-        assert_eq!(parse_subnet_key("10.1.15.0-24"), Some(n));
-        assert_eq!(parse_subnet_key("10.1.15.0-24&fc00::-64"), Some(n));
+        let k = SubnetKey::v4(n);
+        assert_eq!(subnet_key(&k), "10.1.15.0-24");
+        assert_eq!(parse_subnet_key("10.1.15.0-24"), Some(k));
+        let dual = SubnetKey {
+            v4: n,
+            v6: Some("fc00:0:0:f::/64".parse().unwrap()),
+        };
+        assert_eq!(parse_subnet_key("10.1.15.0-24&fc00:0:0:f::-64"), Some(dual));
+        assert_eq!(subnet_key(&dual), "10.1.15.0-24&fc00:0:0:f::-64");
+        // flannel's IPv6-only form: no IPv4 subnet.
+        let v6only = parse_subnet_key("0.0.0.0-0&fd10::-64").unwrap();
+        assert_eq!(v6only.v4.prefix_len(), 0);
+        assert_eq!(parse_subnet_key("10.1.15.0-24&fc00::1-64"), None);
+        assert_eq!(parse_subnet_key("10.1.15.0-24&fc00::-129"), None);
+        assert_eq!(parse_subnet_key("10.1.15.0-24&"), None);
         assert_eq!(parse_subnet_key("10.1.15.1-24"), None);
         assert_eq!(parse_subnet_key("10.1.15.0-33"), None);
         assert_eq!(parse_subnet_key("garbage"), None);
+    }
+
+    #[test]
+    fn usable_ipv6_underlay_addresses() {
+        let a = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert!(is_usable_ipv6(&a("2001:db8::1")));
+        assert!(is_usable_ipv6(&a("fd00::7")));
+        for bad in ["::", "::1", "fe80::1", "febf::1", "ff02::1"] {
+            assert!(!is_usable_ipv6(&a(bad)), "{bad}");
+        }
     }
 
     #[test]

@@ -12,16 +12,16 @@
 //! or its etcd lease is gone. A key now naming another host is fatal.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
-
-use crate::control::alloc::{also_ours, choose_subnet, Choice, Exhausted, ExistingLease};
+use crate::control::alloc::{
+    also_ours, choose_subnet, choose_subnet6, Choice, Exhausted, Exhausted6, ExistingLease,
+};
 use crate::control::backoff::Backoff;
 use crate::control::config::{Backend, NetworkConfig};
-use crate::control::lease::LeaseAttrs;
+use crate::control::lease::{LeaseAttrs, SubnetKey};
 use crate::control::store::{Store, StoreError, StoredLease};
 use crate::wire::ethernet::MacAddr;
 
@@ -40,10 +40,14 @@ pub struct LeaseParams {
     pub config: NetworkConfig,
     /// This host's public IP, written into the lease and used to recognise our own lease.
     pub public_ip: Ipv4Addr,
-    /// The subnet of the previous subnet.env, if there is one.
-    pub previous: Option<Ipv4Net>,
+    /// This host's IPv6 underlay address (`PublicIPv6`), on a dual-stack network.
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// The subnets of the previous subnet.env, if there is one.
+    pub previous: Option<SubnetKey>,
     /// The VTEP MAC in use for `previous` (a data plane already forwarding with it), kept if the key is gone.
     pub previous_mac: Option<MacAddr>,
+    /// The same for the IPv6 VTEP of a dual-stack vxlan network.
+    pub previous_mac6: Option<MacAddr>,
     /// This host's WireGuard public key (wireguard backend), published in the lease.
     pub wg_public_key: Option<crate::control::key::WgKey>,
     /// TTL of the etcd leases we grant.
@@ -55,7 +59,7 @@ pub struct LeaseParams {
 /// The lease this host holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeldLease {
-    pub subnet: Ipv4Net,
+    pub subnet: SubnetKey,
     pub attrs: LeaseAttrs,
     /// The etcd lease our key is attached to (0: none, a reservation).
     pub etcd_lease: i64,
@@ -71,13 +75,13 @@ pub enum Action {
     /// Write `attrs` to the key of `subnet`, attached to `lease_id`, only if the key does not exist
     /// (`expect_rev == 0`) or was last modified at `expect_rev`: [`Outcome::Written`].
     PutIf {
-        subnet: Ipv4Net,
+        subnet: SubnetKey,
         attrs: LeaseAttrs,
         lease_id: i64,
         expect_rev: i64,
     },
     /// Read the key of our subnet: [`Outcome::OwnKey`].
-    ReadOwnKey { subnet: Ipv4Net },
+    ReadOwnKey { subnet: SubnetKey },
     /// Renew an etcd lease once: [`Outcome::KeptAlive`].
     KeepAlive { lease_id: i64 },
     /// Revoke an etcd lease: [`Outcome::Revoked`] (its error changes nothing).
@@ -91,9 +95,11 @@ pub enum Action {
 pub enum Fatal {
     /// No subnet is free.
     Exhausted(Exhausted),
+    /// No IPv6 subnet is free (dual stack).
+    Exhausted6(Exhausted6),
     /// Our key now carries another host's lease (`holder`; None if its value cannot be read).
     Stolen {
-        subnet: Ipv4Net,
+        subnet: SubnetKey,
         holder: Option<Ipv4Addr>,
     },
 }
@@ -129,29 +135,31 @@ pub enum Event {
     EtcdUp,
     /// An etcd request failed; it is retried with backoff.
     EtcdFailed { during: Doing, error: StoreError },
-    /// We hold `choice.subnet()` now.
-    Acquired { choice: Choice },
+    /// We hold `key` now (`choice` says how its IPv4 subnet was picked).
+    Acquired { choice: Choice, key: SubnetKey },
     /// Leases `others` carry our public IP too; we took `subnet` and leave them alone.
     AlsoOurs {
-        subnet: Ipv4Net,
-        others: Vec<Ipv4Net>,
+        subnet: SubnetKey,
+        others: Vec<ipnet::Ipv4Net>,
     },
     /// Another host wrote `subnet` first; `races` counts the lost races so far.
-    RaceLost { subnet: Ipv4Net, races: u32 },
+    RaceLost { subnet: SubnetKey, races: u32 },
     /// Our etcd lease was renewed with `ttl` seconds left.
-    Renewed { subnet: Ipv4Net, ttl: i64 },
+    Renewed { subnet: SubnetKey, ttl: i64 },
     /// Our key had vanished (or its etcd lease had) and was written again with the same subnet and a new
     /// etcd lease of `ttl`.
-    Recreated { subnet: Ipv4Net, ttl: Duration },
+    Recreated { subnet: SubnetKey, ttl: Duration },
     /// `subnet` is reserved for our public IP (a key without an etcd lease): we take it and keep it a
     /// reservation.
-    Reserved { subnet: Ipv4Net },
+    Reserved { subnet: SubnetKey },
 }
 
 /// The subnet picked and the transaction that claims it.
 #[derive(Debug, Clone)]
 struct Claim {
     choice: Choice,
+    /// The key written: the chosen IPv4 subnet and, on a dual-stack network, its IPv6 twin.
+    key: SubnetKey,
     attrs: LeaseAttrs,
     expect_rev: i64,
     /// The etcd lease of the key we take over (0: none), revoked once ours is written.
@@ -171,7 +179,7 @@ enum AcquireStep {
     Writing(Claim, i64),
     /// Revoking the etcd lease granted for a race we lost.
     RevokingLoser {
-        subnet: Ipv4Net,
+        subnet: SubnetKey,
     },
     /// Revoking the etcd lease of the key we took over, before holding it.
     RevokingOld(HeldLease, Choice),
@@ -329,7 +337,7 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
                 match self.claim(&leases) {
                     Ok(claim) if claim.reserved => {
                         self.action = Some(Action::PutIf {
-                            subnet: claim.choice.subnet(),
+                            subnet: claim.key,
                             attrs: claim.attrs.clone(),
                             lease_id: 0,
                             expect_rev: claim.expect_rev,
@@ -342,7 +350,7 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
                         });
                         AcquireStep::Granting(claim)
                     }
-                    Err(e) => return self.fail(Fatal::Exhausted(e)),
+                    Err(e) => return self.fail(e),
                 }
             }
             (AcquireStep::Listing, Outcome::Listed(Err(error))) => {
@@ -350,7 +358,7 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
             }
             (AcquireStep::Granting(claim), Outcome::Granted(Ok(id))) => {
                 self.action = Some(Action::PutIf {
-                    subnet: claim.choice.subnet(),
+                    subnet: claim.key,
                     attrs: claim.attrs.clone(),
                     lease_id: id,
                     expect_rev: claim.expect_rev,
@@ -359,7 +367,7 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
             }
             (AcquireStep::Writing(claim, id), Outcome::Written(Ok(true))) => {
                 let held = HeldLease {
-                    subnet: claim.choice.subnet(),
+                    subnet: claim.key,
                     attrs: claim.attrs,
                     etcd_lease: id,
                 };
@@ -373,9 +381,7 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
             }
             (AcquireStep::Writing(claim, id), Outcome::Written(Ok(false))) => {
                 self.action = Some(Action::Revoke { lease_id: id });
-                AcquireStep::RevokingLoser {
-                    subnet: claim.choice.subnet(),
-                }
+                AcquireStep::RevokingLoser { subnet: claim.key }
             }
             (AcquireStep::Granting(_), Outcome::Granted(Err(error)))
             | (AcquireStep::Writing(..), Outcome::Written(Err(error))) => {
@@ -401,12 +407,13 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
     }
 
     /// Picks a subnet with flannel's rules and prepares the transaction that claims it.
-    fn claim(&mut self, leases: &[StoredLease]) -> Result<Claim, Exhausted> {
+    fn claim(&mut self, leases: &[StoredLease]) -> Result<Claim, Fatal> {
         let existing: Vec<ExistingLease> = leases
             .iter()
             .map(|l| ExistingLease {
                 reserved: l.etcd_lease == 0,
-                subnet: l.subnet,
+                subnet: l.subnet.v4,
+                subnet6: l.subnet.v6,
                 // Unparsable values still occupy their subnet.
                 public_ip: l
                     .attrs
@@ -416,43 +423,80 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
             })
             .collect();
         let p = &self.params;
-        let choice = choose_subnet(&p.config, &existing, p.public_ip, p.previous, &mut self.rng)?;
+        let choice = choose_subnet(
+            &p.config,
+            &existing,
+            p.public_ip,
+            p.previous.map(|k| k.v4),
+            &mut self.rng,
+        )
+        .map_err(Fatal::Exhausted)?;
+        let v6 = match &p.config.ipv6 {
+            None => None,
+            Some(c6) => Some(
+                choose_subnet6(
+                    c6,
+                    &existing,
+                    p.public_ip,
+                    choice.subnet(),
+                    p.previous.and_then(|k| k.v6),
+                    &mut self.rng,
+                )
+                .map_err(Fatal::Exhausted6)?,
+            ),
+        };
+        let key = SubnetKey {
+            v4: choice.subnet(),
+            v6,
+        };
         let others = also_ours(&existing, p.public_ip, choice.subnet());
         if !others.is_empty() {
             self.events.push_back(Event::AlsoOurs {
-                subnet: choice.subnet(),
+                subnet: key,
                 others,
             });
         }
-        let old = leases.iter().find(|l| l.subnet == choice.subnet());
-        // Keep our VTEP MAC across restarts so peers' neighbour entries stay right.
-        let mac = old
-            .and_then(|l| l.attrs.as_ref().ok())
+        // The lease now holding our IPv4 subnet: the same key, or (the network just became dual-stack, or
+        // the IPv6 half no longer fits) our lease under its old key, whose etcd lease is revoked once the
+        // new key is written, so the old key goes with it.
+        let old = leases
+            .iter()
+            .find(|l| l.subnet == key)
+            .or_else(|| leases.iter().find(|l| l.subnet.v4 == key.v4));
+        let same_key = old.is_some_and(|l| l.subnet == key);
+        // Keep our VTEP MACs across restarts so peers' neighbour entries stay right.
+        let old_attrs = old.and_then(|l| l.attrs.as_ref().ok());
+        let previous_here = p.previous.is_some_and(|k| k.v4 == key.v4);
+        let mac = old_attrs
             .and_then(|a| a.vxlan_data())
             .map(|d| d.vtep_mac)
-            .or(p
-                .previous_mac
-                .filter(|_| Some(choice.subnet()) == p.previous))
+            .or(p.previous_mac.filter(|_| previous_here))
+            .unwrap_or_else(|| MacAddr::random_local(&mut self.rng));
+        let mac6 = old_attrs
+            .and_then(|a| a.vxlan_v6_data())
+            .map(|d| d.vtep_mac)
+            .or(p.previous_mac6.filter(|_| previous_here))
             .unwrap_or_else(|| MacAddr::random_local(&mut self.rng));
         let expect_rev = match choice {
-            Choice::Reuse(_) => old.map(|l| l.mod_revision).unwrap_or(0),
+            Choice::Reuse(_) if same_key => old.map(|l| l.mod_revision).unwrap_or(0),
             _ => 0,
         };
-        let reserved = matches!(choice, Choice::Reuse(_)) && old.is_some_and(|l| l.etcd_lease == 0);
+        let reserved = matches!(choice, Choice::Reuse(_))
+            && same_key
+            && old.is_some_and(|l| l.etcd_lease == 0);
         if reserved {
-            self.events.push_back(Event::Reserved {
-                subnet: choice.subnet(),
-            });
+            self.events.push_back(Event::Reserved { subnet: key });
+        }
+        let p = &self.params;
+        let mut attrs = lease_attrs(&p.config, p.public_ip, mac, p.wg_public_key);
+        if let (Some(_), Some(ip6)) = (&p.config.ipv6, p.public_ipv6) {
+            attrs = attrs.with_ipv6(ip6, Some(mac6));
         }
         Ok(Claim {
             reserved,
             choice,
-            attrs: lease_attrs(
-                &self.params.config,
-                self.params.public_ip,
-                mac,
-                self.params.wg_public_key,
-            ),
+            key,
+            attrs,
             expect_rev,
             old_lease: old.map(|l| l.etcd_lease).unwrap_or(0),
         })
@@ -473,7 +517,10 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
 
     /// Starts holding `lease`, acquired at `now`.
     fn hold(&mut self, now: Instant, lease: HeldLease, choice: Choice) -> State {
-        self.events.push_back(Event::Acquired { choice });
+        self.events.push_back(Event::Acquired {
+            choice,
+            key: lease.subnet,
+        });
         let renew_every = self.params.renew_every;
         State::Holding(Holding {
             lease,

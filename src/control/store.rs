@@ -14,9 +14,8 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
     TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
-use ipnet::Ipv4Net;
 
-use crate::control::lease::{parse_subnet_key, subnet_key, LeaseAttrs, LeaseValueError};
+use crate::control::lease::{parse_subnet_key, subnet_key, LeaseAttrs, LeaseValueError, SubnetKey};
 
 /// Default etcd key prefix, as flannel's.
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
@@ -59,7 +58,7 @@ pub enum StoreError {
 /// A lease as stored in etcd.
 #[derive(Debug, Clone)]
 pub struct StoredLease {
-    pub subnet: Ipv4Net,
+    pub subnet: SubnetKey,
     /// The parsed value, or why it could not be parsed.
     pub attrs: Result<LeaseAttrs, LeaseValueError>,
     /// The etcd lease the key is attached to (0 = none: a reservation).
@@ -221,7 +220,7 @@ impl Store {
         format!("{}/subnets/", self.prefix)
     }
 
-    pub fn lease_key(&self, subnet: &Ipv4Net) -> String {
+    pub fn lease_key(&self, subnet: &SubnetKey) -> String {
         format!("{}{}", self.subnets_prefix(), subnet_key(subnet))
     }
 
@@ -280,7 +279,7 @@ impl Store {
     }
 
     /// The lease for one subnet, if its key exists.
-    pub async fn get_lease(&self, subnet: &Ipv4Net) -> Result<Option<StoredLease>, StoreError> {
+    pub async fn get_lease(&self, subnet: &SubnetKey) -> Result<Option<StoredLease>, StoreError> {
         let resp = self
             .get("reading our subnet lease", self.lease_key(subnet), None)
             .await?;
@@ -308,7 +307,7 @@ impl Store {
     }
 
     /// The subnet a key under the subnets prefix names.
-    pub fn subnet_of_key(&self, key: &[u8]) -> Option<Ipv4Net> {
+    pub fn subnet_of_key(&self, key: &[u8]) -> Option<SubnetKey> {
         let key = std::str::from_utf8(key).ok()?;
         parse_subnet_key(key.strip_prefix(&self.subnets_prefix())?)
     }
@@ -337,7 +336,7 @@ impl Store {
     /// (`expect_rev == 0`) or was last modified at `expect_rev`. Returns false if another host won.
     pub async fn put_lease_if(
         &self,
-        subnet: &Ipv4Net,
+        subnet: &SubnetKey,
         attrs: &LeaseAttrs,
         id: i64,
         expect_rev: i64,

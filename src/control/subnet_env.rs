@@ -2,9 +2,9 @@
 //! dockerd's version), with no I/O.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// Why a subnet.env text could not be read: the variable and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,20 +24,33 @@ pub struct SubnetEnv {
     pub network: Ipv4Net,
     /// The leased subnet (network address form, e.g. 10.5.72.0/24).
     pub subnet: Ipv4Net,
+    /// The IPv6 half of a dual-stack network: (IPv6Network, leased IPv6 subnet in network form).
+    pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
     pub mtu: u32,
     pub ipmasq: bool,
 }
 
 impl SubnetEnv {
     /// The file's text, in flannel's order and form (`FLANNEL_SUBNET` is the subnet's .1 address).
+    /// IPv6: `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET` (the subnet's ::1) after the IPv4 pair, as flanneld
+    /// writes them.
     pub fn render(&self) -> String {
-        format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+        let mut out = format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\n",
             self.network,
-            bridge_address(&self.subnet),
-            self.mtu,
-            self.ipmasq
-        )
+            bridge_address(&self.subnet)
+        );
+        if let Some((network6, subnet6)) = self.ipv6 {
+            out.push_str(&format!(
+                "FLANNEL_IPV6_NETWORK={network6}\nFLANNEL_IPV6_SUBNET={}\n",
+                bridge_address6(&subnet6)
+            ));
+        }
+        out.push_str(&format!(
+            "FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.mtu, self.ipmasq
+        ));
+        out
     }
 
     /// Parses subnet.env text; errors name the variable that is missing or malformed.
@@ -54,6 +67,23 @@ impl SubnetEnv {
         let subnet: Ipv4Net = get("FLANNEL_SUBNET")?
             .parse()
             .map_err(bad("FLANNEL_SUBNET", "an IPv4 address/length"))?;
+        let ipv6 = match (
+            vars.get("FLANNEL_IPV6_NETWORK"),
+            vars.get("FLANNEL_IPV6_SUBNET"),
+        ) {
+            (None, None) => None,
+            (Some(n), Some(s)) => {
+                let n: Ipv6Net = n
+                    .parse()
+                    .map_err(bad("FLANNEL_IPV6_NETWORK", "an IPv6 network"))?;
+                let s: Ipv6Net = s
+                    .parse()
+                    .map_err(bad("FLANNEL_IPV6_SUBNET", "an IPv6 address/length"))?;
+                Some((n, s.trunc()))
+            }
+            (Some(_), None) => return Err(SubnetEnvError::Missing("FLANNEL_IPV6_SUBNET")),
+            (None, Some(_)) => return Err(SubnetEnvError::Missing("FLANNEL_IPV6_NETWORK")),
+        };
         let mtu: u32 = get("FLANNEL_MTU")?
             .parse()
             .map_err(bad("FLANNEL_MTU", "a number"))?;
@@ -70,6 +100,7 @@ impl SubnetEnv {
         Ok(SubnetEnv {
             network,
             subnet: subnet.trunc(),
+            ipv6,
             mtu,
             ipmasq,
         })
@@ -85,6 +116,12 @@ fn bad<E>(var: &'static str, expected: &'static str) -> impl FnOnce(E) -> Subnet
 pub fn bridge_address(subnet: &Ipv4Net) -> Ipv4Net {
     let a = Ipv4Addr::from(u32::from(subnet.network()) + 1);
     Ipv4Net::new(a, subnet.prefix_len()).expect("same prefix length")
+}
+
+/// The IPv6 subnet's first host address (`::1`), which dockerd's bridge takes for `--fixed-cidr-v6`.
+pub fn bridge_address6(subnet: &Ipv6Net) -> Ipv6Net {
+    let a = Ipv6Addr::from(u128::from(subnet.network()) + 1);
+    Ipv6Net::new(a, subnet.prefix_len()).expect("same prefix length")
 }
 
 /// Parses `KEY=value` lines (optionally quoted), skipping blanks and comments.
@@ -218,6 +255,14 @@ pub fn docker_opts(
         opts.push(("DOCKER_OPT_IPMASQ", format!("--ip-masq={}", !env.ipmasq)));
     }
     opts.push(("DOCKER_OPT_MTU", format!("--mtu={}", env.mtu)));
+    if let Some((_, subnet6)) = env.ipv6 {
+        // dockerd's bridge takes the subnet's first address, containers the rest; `--ipv6` turns it on.
+        opts.push(("DOCKER_OPT_IPV6", "--ipv6".to_string()));
+        opts.push((
+            "DOCKER_OPT_FIXED_CIDR_V6",
+            format!("--fixed-cidr-v6={subnet6}"),
+        ));
+    }
     if dockerd.map(direct_routing) == Some(DirectRouting::AllowFlag) {
         opts.push((
             "DOCKER_OPT_DIRECT_ROUTING",
@@ -251,6 +296,7 @@ mod tests {
         SubnetEnv {
             network: "10.5.0.0/16".parse().unwrap(),
             subnet: "10.5.72.0/24".parse().unwrap(),
+            ipv6: None,
             mtu: 1450,
             ipmasq: false,
         }
@@ -261,6 +307,37 @@ mod tests {
         assert_eq!(
             env().render(),
             "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+    }
+
+    #[test]
+    fn dual_stack_file_and_docker_opts() {
+        let mut e = env();
+        e.ipv6 = Some((
+            "fc00:5::/48".parse().unwrap(),
+            "fc00:5:0:34::/64".parse().unwrap(),
+        ));
+        let text = e.render();
+        assert_eq!(
+            text,
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_IPV6_NETWORK=fc00:5::/48\nFLANNEL_IPV6_SUBNET=fc00:5:0:34::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        assert_eq!(SubnetEnv::parse(&text).unwrap(), e);
+        let style = DockerOptsStyle {
+            key: "DOCKER_OPTS".into(),
+            combined: true,
+            individual: false,
+            no_ipmasq: false,
+        };
+        assert_eq!(
+            docker_opts(&e, &style, None),
+            "DOCKER_OPTS=\"--bip=10.5.72.1/24 --ip-masq=true --mtu=1450 --ipv6 --fixed-cidr-v6=fc00:5:0:34::/64\"\n"
+        );
+        assert_eq!(
+            SubnetEnv::parse(&text.replace("FLANNEL_IPV6_SUBNET=fc00:5:0:34::1/64\n", ""))
+                .unwrap_err()
+                .to_string(),
+            "FLANNEL_IPV6_SUBNET is missing"
         );
     }
 

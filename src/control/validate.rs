@@ -1,10 +1,8 @@
 //! The trust boundary for lease data from etcd: which peer leases may be routed (pure). A lease that breaks
 //! flannel's rules is ignored — never routed — and reported by reason.
 
-use ipnet::Ipv4Net;
-
 use crate::control::config::{Backend, NetworkConfig};
-use crate::control::lease::{LeaseAttrs, LeaseValueError};
+use crate::control::lease::{LeaseAttrs, LeaseValueError, SubnetKey};
 
 /// Why a peer lease is not routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,45 +51,84 @@ impl InvalidLease {
     pub fn describe(self, cfg: &NetworkConfig) -> String {
         match self {
             InvalidLease::Malformed => "its value is not flannel's lease JSON".into(),
-            InvalidLease::OutsideNetwork => format!("it lies outside the Network {}", cfg.network),
-            InvalidLease::WrongLength => {
-                format!("it is not a /{} (the network's SubnetLen)", cfg.subnet_len)
-            }
+            InvalidLease::OutsideNetwork => match cfg.ipv6 {
+                None => format!("it lies outside the Network {}", cfg.network),
+                Some(c6) => format!(
+                    "it lies outside the Network {} or the IPv6Network {}",
+                    cfg.network, c6.network
+                ),
+            },
+            InvalidLease::WrongLength => match cfg.ipv6 {
+                None => format!("it is not a /{} (the network's SubnetLen)", cfg.subnet_len),
+                Some(c6) => format!(
+                    "it is not a /{} (SubnetLen) or its IPv6 half not a /{} (IPv6SubnetLen)",
+                    cfg.subnet_len, c6.subnet_len
+                ),
+            },
             InvalidLease::OverlapsOwn => "it overlaps this host's own subnet".into(),
-            InvalidLease::NoPublicIp => "it carries no usable PublicIP".into(),
+            InvalidLease::NoPublicIp => {
+                "it carries no usable PublicIP (or, with an IPv6 subnet, no usable PublicIPv6)".into()
+            }
             InvalidLease::WrongBackend => format!(
                 "its BackendType is not the network's {:?}",
                 cfg.backend.type_name()
             ),
             InvalidLease::BadBackendData => {
-                "its BackendData does not match the network's backend (vxlan: VNI and VtepMAC)"
+                "its BackendData (or BackendV6Data) does not match the network's backend (vxlan: VNI and VtepMAC)"
                     .into()
             }
         }
     }
 }
 
-/// Checks a peer's lease of `subnet` against the network config and this host's own subnet.
+/// Checks a peer's lease `key` against the network config and this host's own lease key `own`. On a
+/// dual-stack network the IPv6 half, when the lease has one, must fit IPv6Network and carry a usable
+/// PublicIPv6 (and, for vxlan, BackendV6Data); a lease without one is routed over IPv4 only. On an IPv4
+/// network, `key.v6` is expected to be None (the watch drops it: flannel ignores it there).
 pub fn check_peer_lease(
     cfg: &NetworkConfig,
-    own: Ipv4Net,
-    subnet: Ipv4Net,
+    own: SubnetKey,
+    key: SubnetKey,
     attrs: &Result<LeaseAttrs, LeaseValueError>,
 ) -> Result<(), InvalidLease> {
     let Ok(a) = attrs else {
         return Err(InvalidLease::Malformed);
     };
+    let subnet = key.v4;
     if !cfg.network.contains(&subnet) {
         return Err(InvalidLease::OutsideNetwork);
     }
     if subnet.prefix_len() != cfg.subnet_len {
         return Err(InvalidLease::WrongLength);
     }
-    if subnet.contains(&own) || own.contains(&subnet) {
+    if subnet.contains(&own.v4) || own.v4.contains(&subnet) {
         return Err(InvalidLease::OverlapsOwn);
     }
     if a.public_ip.is_unspecified() || a.public_ip.is_broadcast() || a.public_ip.is_multicast() {
         return Err(InvalidLease::NoPublicIp);
+    }
+    if let (Some(c6), Some(v6)) = (cfg.ipv6, key.v6) {
+        if !c6.network.contains(&v6) {
+            return Err(InvalidLease::OutsideNetwork);
+        }
+        if v6.prefix_len() != c6.subnet_len {
+            return Err(InvalidLease::WrongLength);
+        }
+        if let Some(own6) = own.v6 {
+            if v6.contains(&own6) || own6.contains(&v6) {
+                return Err(InvalidLease::OverlapsOwn);
+            }
+        }
+        match a.public_ipv6 {
+            Some(ip6) if crate::control::lease::is_usable_ipv6(&ip6) => {}
+            _ => return Err(InvalidLease::NoPublicIp),
+        }
+        if let Backend::Vxlan(v) = &cfg.backend {
+            match a.vxlan_v6_data() {
+                Some(d) if d.vni == v.vni => {}
+                _ => return Err(InvalidLease::BadBackendData),
+            }
+        }
     }
     match &cfg.backend {
         Backend::Vxlan(v) => {
@@ -141,7 +178,7 @@ mod tests {
         ))
     }
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> SubnetKey {
         s.parse().unwrap()
     }
 

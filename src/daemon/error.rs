@@ -2,9 +2,7 @@
 
 use std::net::SocketAddr;
 
-use ipnet::Ipv4Net;
-
-use crate::control::alloc::Exhausted;
+use crate::control::alloc::{Exhausted, Exhausted6};
 use crate::control::store::StoreError;
 use crate::dataplane::DataPlaneError;
 use crate::host::iface::IfaceError;
@@ -17,6 +15,10 @@ pub enum DaemonError {
     Iface(#[from] IfaceError),
     #[error(transparent)]
     Exhausted(#[from] Exhausted),
+    #[error(transparent)]
+    Exhausted6(#[from] Exhausted6),
+    #[error("the network config enables IPv6 (EnableIPv6) but {iface} has no global IPv6 address for the IPv6 underlay; give it one, pick another interface (--iface), or pass --public-ipv6")]
+    NoIpv6Underlay { iface: String },
     #[error(transparent)]
     Instance(#[from] crate::host::instance::InstanceError),
     #[error("the network config in etcd changed while etcd was unreachable and weft ran from its saved state; restart weft (and then dockerd) to follow the new config")]
@@ -61,7 +63,7 @@ pub enum DaemonError {
     },
     #[error("subnet {subnet} was taken by host {other} while our lease was gone; dockerd's --bip no longer matches a lease of this host. Stop dockerd, delete {file}, restart weft for a new subnet, then restart dockerd")]
     SubnetStolen {
-        subnet: Ipv4Net,
+        subnet: crate::control::lease::SubnetKey,
         other: String,
         file: String,
     },

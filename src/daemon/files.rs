@@ -3,15 +3,18 @@
 
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use crate::control::lease::SubnetKey;
 use tracing::warn;
 
 use crate::control::subnet_env::SubnetEnv;
 
-pub(super) fn read_previous_subnet(path: &Path) -> Option<Ipv4Net> {
+pub(super) fn read_previous_subnet(path: &Path) -> Option<SubnetKey> {
     let text = std::fs::read_to_string(path).ok()?;
     match SubnetEnv::parse(&text) {
-        Ok(env) => Some(env.subnet),
+        Ok(env) => Some(SubnetKey {
+            v4: env.subnet,
+            v6: env.ipv6.map(|(_, subnet6)| subnet6),
+        }),
         Err(e) => {
             warn!(file = %path.display(), "ignoring previous subnet file: {e}");
             None

@@ -5,13 +5,13 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tracing::{debug, info, warn};
 
 use crate::control::alloc::Choice;
 use crate::control::config::NetworkConfig;
+use crate::control::lease::SubnetKey;
 use crate::control::lifecycle::{
     Action, Doing, Event, Fatal, LeaseLifecycle, LeaseParams, Outcome,
 };
@@ -25,8 +25,9 @@ use super::{DaemonError, OwnLease, RunOptions, Shared};
 /// forwards with (when it came up from the saved state).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Previous {
-    pub(super) subnet: Option<Ipv4Net>,
+    pub(super) subnet: Option<SubnetKey>,
     pub(super) mac: Option<MacAddr>,
+    pub(super) mac6: Option<MacAddr>,
 }
 
 /// This host's lease, from acquiring it to the daemon's end.
@@ -53,8 +54,10 @@ impl<'a> LeaseKeeper<'a> {
         let params = LeaseParams {
             config: cfg.clone(),
             public_ip: underlay.public_ip,
+            public_ipv6: underlay.public_ipv6,
             previous: previous.subnet,
             previous_mac: previous.mac,
+            previous_mac6: previous.mac6,
             wg_public_key: shared.wireguard.get().map(|n| n.public_key()),
             ttl: opts.lease_ttl,
             renew_every,
@@ -75,9 +78,12 @@ impl<'a> LeaseKeeper<'a> {
             self.perform().await?;
             if let Some(held) = self.lifecycle.held() {
                 return Ok(OwnLease {
-                    subnet: held.subnet,
+                    subnet: held.subnet.v4,
                     network: self.cfg.network,
+                    subnet6: held.subnet.v6,
+                    network6: self.cfg.ipv6.map(|c| c.network),
                     public_ip: self.underlay.public_ip,
+                    public_ipv6: held.attrs.public_ipv6,
                     iface: self.underlay.iface.clone(),
                     backend: self.cfg.backend.type_name().to_string(),
                     mtu: self.cfg.backend.overlay_mtu(self.underlay.mtu),
@@ -167,13 +173,18 @@ impl<'a> LeaseKeeper<'a> {
                     during: Doing::Keeping,
                     error,
                 } => shared.set_etcd(false, Some(&error)),
-                Event::Acquired { choice } => {
+                Event::Acquired { choice, key } => {
                     let how = match choice {
                         Choice::Reuse(_) => "reusing the lease that carries our public IP",
                         Choice::Previous(_) => "reclaiming the subnet from the previous subnet.env",
                         Choice::Fresh(_) => "leased a new subnet",
                     };
-                    info!(subnet = %choice.subnet(), public_ip = %self.underlay.public_ip, "{how}");
+                    match (key.v6, self.underlay.public_ipv6) {
+                        (Some(subnet6), Some(ip6)) => {
+                            info!(subnet = %key.v4, %subnet6, public_ip = %self.underlay.public_ip, public_ipv6 = %ip6, "{how}")
+                        }
+                        _ => info!(subnet = %key.v4, public_ip = %self.underlay.public_ip, "{how}"),
+                    }
                 }
                 Event::AlsoOurs { subnet, others } => {
                     let others: Vec<String> = others.iter().map(|n| n.to_string()).collect();
@@ -206,6 +217,7 @@ impl<'a> LeaseKeeper<'a> {
     fn fatal(&self, fatal: Fatal) -> DaemonError {
         match fatal {
             Fatal::Exhausted(e) => DaemonError::Exhausted(e),
+            Fatal::Exhausted6(e) => DaemonError::Exhausted6(e),
             Fatal::Stolen { subnet, holder } => DaemonError::SubnetStolen {
                 subnet,
                 other: match holder {

@@ -60,7 +60,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         opts.dataplane != DataPlaneMode::None,
         &about,
     )?;
-    let underlay = iface::detect(&opts.iface, opts.public_ip)?;
+    let underlay = iface::detect(&opts.iface, opts.public_ip, opts.public_ipv6)?;
     info!(
         iface = %underlay.iface, public_ip = %underlay.public_ip, mtu = underlay.mtu,
         "using underlay interface"
@@ -166,7 +166,10 @@ async fn control_plane(
         let own = OwnLease {
             subnet: s.subnet,
             network: cfg.network,
+            subnet6: s.subnet6,
+            network6: cfg.ipv6.map(|c| c.network),
             public_ip: underlay.public_ip,
+            public_ipv6: s.lease.public_ipv6,
             iface: underlay.iface.clone(),
             backend: cfg.backend.type_name().to_string(),
             mtu: cfg.backend.overlay_mtu(underlay.mtu),
@@ -179,6 +182,11 @@ async fn control_plane(
         let (cfg, text) = wait_for_config(&store, &shared).await;
         (cfg, text, None)
     };
+    if cfg.ipv6.is_some() && underlay.public_ipv6.is_none() {
+        return Err(DaemonError::NoIpv6Underlay {
+            iface: underlay.iface.clone(),
+        });
+    }
     if let crate::control::config::Backend::WireGuard(w) = &cfg.backend {
         let node = wireguard_node(opts, w)?;
         let _ = shared.wireguard.set(node);
@@ -196,6 +204,7 @@ async fn control_plane(
                 Previous {
                     subnet: read_previous_subnet(&opts.subnet_file),
                     mac: None,
+                    mac6: None,
                 },
                 renew_every,
             );
@@ -242,6 +251,7 @@ async fn control_plane(
     let env = SubnetEnv {
         network: cfg.network,
         subnet: own.subnet,
+        ipv6: own.network6.zip(own.subnet6),
         mtu: own.mtu,
         ipmasq: opts.ip_masq,
     };
@@ -264,6 +274,7 @@ async fn control_plane(
                 return Err(DaemonError::ConfigChanged);
             }
             let mac = own.attrs.vxlan_data().map(|d| d.vtep_mac);
+            let mac6 = own.attrs.vxlan_v6_data().map(|d| d.vtep_mac);
             let mut k = LeaseKeeper::new(
                 &store,
                 &shared,
@@ -271,15 +282,16 @@ async fn control_plane(
                 underlay,
                 opts,
                 Previous {
-                    subnet: Some(own.subnet),
+                    subnet: Some(own.key()),
                     mac,
+                    mac6,
                 },
                 renew_every,
             );
             let held = k.acquire().await?;
-            if held.subnet != own.subnet {
+            if held.key() != own.key() {
                 return Err(DaemonError::SubnetStolen {
-                    subnet: own.subnet,
+                    subnet: own.key(),
                     other: "another host (while etcd was unreachable)".into(),
                     file: opts.subnet_file.display().to_string(),
                 });
@@ -292,7 +304,7 @@ async fn control_plane(
     let saver = StateSaver {
         path: state_file,
         config: cfg_text,
-        subnet: own.subnet,
+        subnet: own.key(),
         lease: own.attrs.clone(),
     };
     saver.save(&shared);
@@ -300,7 +312,7 @@ async fn control_plane(
         store.clone(),
         shared.clone(),
         cfg.clone(),
-        own.subnet,
+        own.key(),
         own.public_ip,
         saver,
     ));

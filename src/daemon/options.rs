@@ -25,7 +25,7 @@ pub struct RunOptions {
     pub iptables_resync: Duration,
     /// A blackhole route for our own subnet (--ip-blackhole-route).
     pub blackhole_route: bool,
-    /// The IPv6 address other hosts reach this one at (--public-ipv6; for the IPv6 work, unused yet).
+    /// The IPv6 address other hosts reach this one at (--public-ipv6; default: the interface's global IPv6).
     pub public_ipv6: Option<std::net::Ipv6Addr>,
     pub dataplane: DataPlaneMode,
     pub workers: usize,

@@ -20,6 +20,9 @@ pub struct SavedState {
     /// The network config's JSON text as etcd held it.
     pub config: String,
     pub subnet: Ipv4Net,
+    /// Our IPv6 subnet, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<ipnet::Ipv6Net>,
     /// Our lease's value (public IP, backend data with our VTEP MAC).
     pub lease: LeaseAttrs,
     pub peers: Vec<Peer>,
@@ -76,8 +79,10 @@ mod tests {
         let s = SavedState {
             config: r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#.into(),
             subnet: "10.5.7.0/24".parse().unwrap(),
+            subnet6: None,
             lease: LeaseAttrs::vxlan(me, 1, "02:00:00:00:00:07".parse().unwrap()),
             peers: vec![Peer {
+                v6: None,
                 subnet: "10.5.8.0/24".parse().unwrap(),
                 public_ip: Ipv4Addr::new(192, 0, 2, 2),
                 backend: PeerBackend::Vxlan {

@@ -1,11 +1,11 @@
 //! [`Shared`]: the daemon's state read by the HTTP endpoints (its [`StatusSource`] impl), and this host's
 //! [`OwnLease`].
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -21,12 +21,26 @@ use crate::routes::RouteTable;
 pub struct OwnLease {
     pub subnet: Ipv4Net,
     pub network: Ipv4Net,
+    /// The IPv6 subnet and IPv6Network of a dual-stack network.
+    pub subnet6: Option<Ipv6Net>,
+    pub network6: Option<Ipv6Net>,
     pub public_ip: Ipv4Addr,
+    pub public_ipv6: Option<Ipv6Addr>,
     pub iface: String,
     pub backend: String,
     pub mtu: u32,
     pub attrs: LeaseAttrs,
     pub etcd_lease: i64,
+}
+
+impl OwnLease {
+    /// Our lease key (both halves on a dual-stack network).
+    pub fn key(&self) -> crate::control::lease::SubnetKey {
+        crate::control::lease::SubnetKey {
+            v4: self.subnet,
+            v6: self.subnet6,
+        }
+    }
 }
 
 /// State shared by the control plane, the data plane and the HTTP endpoints.
@@ -110,6 +124,9 @@ impl StatusSource for Shared {
                     subnet: o.subnet,
                     network: o.network,
                     public_ip: o.public_ip,
+                    subnet6: o.subnet6,
+                    network6: o.network6,
+                    public_ipv6: o.public_ipv6,
                     iface: o.iface.clone(),
                     backend: o.backend.clone(),
                     mtu: o.mtu,

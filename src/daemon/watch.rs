@@ -5,13 +5,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
 
 use std::collections::HashMap;
 
 use crate::control::backoff::Backoff;
 use crate::control::config::NetworkConfig;
+use crate::control::lease::SubnetKey;
 use crate::control::store::{Store, StoredLease};
 use crate::control::validate::{check_peer_lease, InvalidLease};
 use crate::control::watch_cursor::{WatchCursor, WatchStart};
@@ -25,7 +25,7 @@ pub(super) async fn watch_peers(
     store: Store,
     shared: Arc<Shared>,
     cfg: NetworkConfig,
-    own_subnet: Ipv4Net,
+    own_subnet: SubnetKey,
     own_ip: Ipv4Addr,
     saver: StateSaver,
 ) {
@@ -41,8 +41,9 @@ pub(super) async fn watch_peers(
                     invalid.relisting();
                     let peers: Vec<Peer> = leases
                         .iter()
+                        .map(|l| as_routed(&cfg, l.clone()))
                         .filter(|l| is_peer(l))
-                        .filter_map(|l| invalid.admit(&cfg, own_subnet, l))
+                        .filter_map(|l| invalid.admit(&cfg, own_subnet, &l))
                         .collect();
                     invalid.previous.clear();
                     invalid.publish(&shared);
@@ -98,7 +99,7 @@ pub(super) async fn watch_peers(
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
                 cursor.saw(kv.mod_revision());
-                let Some(subnet) = store.subnet_of_key(kv.key()) else {
+                let Some(subnet) = store.subnet_of_key(kv.key()).map(|k| cfg.routed_key(k)) else {
                     continue;
                 };
                 shared.watch_events.fetch_add(1, Ordering::Relaxed);
@@ -108,8 +109,9 @@ pub(super) async fn watch_peers(
                 }
                 match ev.event_type() {
                     etcd_client::EventType::Put => {
-                        let Some(l) =
-                            store.stored_lease(kv.key(), kv.value(), kv.lease(), kv.mod_revision())
+                        let Some(l) = store
+                            .stored_lease(kv.key(), kv.value(), kv.lease(), kv.mod_revision())
+                            .map(|l| as_routed(&cfg, l))
                         else {
                             continue;
                         };
@@ -157,12 +159,18 @@ pub(super) async fn watch_peers(
     }
 }
 
+/// A stored lease with its key as this network routes it (`NetworkConfig::routed_key`).
+fn as_routed(cfg: &NetworkConfig, mut lease: StoredLease) -> StoredLease {
+    lease.subnet = cfg.routed_key(lease.subnet);
+    lease
+}
+
 /// Saves what weft knows (config, our lease, the peers) whenever the peers change, for restarts during an
 /// etcd outage.
 pub(super) struct StateSaver {
     pub(super) path: std::path::PathBuf,
     pub(super) config: String,
-    pub(super) subnet: Ipv4Net,
+    pub(super) subnet: SubnetKey,
     pub(super) lease: crate::control::lease::LeaseAttrs,
 }
 
@@ -170,7 +178,8 @@ impl StateSaver {
     pub(super) fn save(&self, shared: &Shared) {
         super::saved::SavedState {
             config: self.config.clone(),
-            subnet: self.subnet,
+            subnet: self.subnet.v4,
+            subnet6: self.subnet.v6,
             lease: self.lease.clone(),
             peers: shared.routes.load().peers().to_vec(),
         }
@@ -188,9 +197,9 @@ struct Batch {
 /// The peer leases currently ignored, each logged once when it becomes (or changes why it is) invalid.
 #[derive(Default)]
 struct Invalid {
-    keys: HashMap<Ipv4Net, InvalidLease>,
+    keys: HashMap<SubnetKey, InvalidLease>,
     /// During a re-list: what was invalid before it (not logged again).
-    previous: HashMap<Ipv4Net, InvalidLease>,
+    previous: HashMap<SubnetKey, InvalidLease>,
 }
 
 impl Invalid {
@@ -199,7 +208,7 @@ impl Invalid {
     }
 
     /// The peer to route for lease `l`, or None when the lease breaks flannel's rules.
-    fn admit(&mut self, cfg: &NetworkConfig, own: Ipv4Net, l: &StoredLease) -> Option<Peer> {
+    fn admit(&mut self, cfg: &NetworkConfig, own: SubnetKey, l: &StoredLease) -> Option<Peer> {
         match check_peer_lease(cfg, own, l.subnet, &l.attrs) {
             Ok(()) => {
                 self.keys.remove(&l.subnet);

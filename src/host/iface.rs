@@ -2,7 +2,7 @@
 //! --iface-can-reach (the interface the kernel routes that address out of), else the interface holding
 //! --public-ip, else the default route's interface.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
@@ -18,6 +18,9 @@ pub struct Underlay {
     pub iface: String,
     pub local_ip: Ipv4Addr,
     pub public_ip: Ipv4Addr,
+    /// The IPv6 underlay address (`PublicIPv6`): `--public-ipv6`, else the interface's first global IPv6
+    /// address; a dual-stack network needs one.
+    pub public_ipv6: Option<Ipv6Addr>,
     pub mtu: u32,
 }
 
@@ -263,6 +266,16 @@ pub fn list_interfaces() -> Result<Vec<IfaceInfo>, IfaceError> {
     Ok(out)
 }
 
+/// The first global IPv6 address of interface `name` (not link-local, loopback, multicast or
+/// unique-local-less: any address a peer could reach), as flannel picks its IPv6 underlay address.
+pub fn global_ipv6_of(name: &str) -> Option<Ipv6Addr> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    addrs
+        .filter(|ifa| ifa.interface_name == name)
+        .filter_map(|ifa| ifa.address.as_ref()?.as_sockaddr_in6().map(|s| s.ip()))
+        .find(crate::control::lease::is_usable_ipv6)
+}
+
 /// Reads an interface's MTU over netlink (valid in this network namespace, unlike a stale /sys).
 pub fn mtu_of(name: &str) -> Result<u32, IfaceError> {
     let err = |e: String| IfaceError::Mtu(name.to_string(), e);
@@ -303,12 +316,17 @@ fn route_to(dst: Ipv4Addr) -> Option<(String, Ipv4Addr)> {
 }
 
 /// Picks the underlay on this host from the flags.
-pub fn detect(wanted: &IfaceWanted, public_ip: Option<Ipv4Addr>) -> Result<Underlay, IfaceError> {
+pub fn detect(
+    wanted: &IfaceWanted,
+    public_ip: Option<Ipv4Addr>,
+    public_ipv6: Option<Ipv6Addr>,
+) -> Result<Underlay, IfaceError> {
     let ifaces = list_interfaces()?;
     let def = default_route_iface()?;
     let (iface, local_ip) = pick(&ifaces, wanted, route_to, public_ip, def.as_deref())?;
     let mtu = mtu_of(&iface)?;
     Ok(Underlay {
+        public_ipv6: public_ipv6.or_else(|| global_ipv6_of(&iface)),
         public_ip: public_ip.unwrap_or(local_ip),
         iface,
         local_ip,

@@ -85,6 +85,7 @@ mod tests {
 
     fn peer(subnet: &str, ip: [u8; 4], backend: PeerBackend) -> Peer {
         Peer {
+            v6: None,
             subnet: subnet.parse().unwrap(),
             public_ip: Ipv4Addr::from(ip),
             backend,

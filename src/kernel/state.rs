@@ -149,6 +149,7 @@ mod tests {
 
     fn peer(s: &str, ip: [u8; 4], mac: u8, vni: u32) -> Peer {
         Peer {
+            v6: None,
             subnet: s.parse().unwrap(),
             public_ip: Ipv4Addr::from(ip),
             backend: PeerBackend::Vxlan {
@@ -165,6 +166,7 @@ mod tests {
                 peer("10.5.2.0/24", [192, 0, 2, 2], 2, 1),
                 peer("10.5.3.0/24", [192, 0, 2, 3], 3, 7),
                 Peer {
+                    v6: None,
                     subnet: "10.5.4.0/24".parse().unwrap(),
                     public_ip: Ipv4Addr::new(192, 0, 2, 4),
                     backend: PeerBackend::Udp,

@@ -22,6 +22,13 @@ pub struct LeaseStatus {
     pub subnet: Ipv4Net,
     pub network: Ipv4Net,
     pub public_ip: Ipv4Addr,
+    /// The IPv6 half of a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<ipnet::Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network6: Option<ipnet::Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
     pub iface: String,
     pub backend: String,
     pub mtu: u32,

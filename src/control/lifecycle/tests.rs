@@ -3,7 +3,6 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -22,16 +21,18 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-fn net(s: &str) -> Ipv4Net {
-    s.parse().unwrap()
+fn net(s: &str) -> SubnetKey {
+    SubnetKey::v4(s.parse().unwrap())
 }
 
 fn params(network: &str, previous: Option<&str>, renew_every: Duration) -> LeaseParams {
     LeaseParams {
         config: NetworkConfig::parse(network).unwrap(),
         public_ip: ME,
+        public_ipv6: None,
         previous: previous.map(net),
         previous_mac: None,
+        previous_mac6: None,
         wg_public_key: None,
         ttl: TTL,
         renew_every,
@@ -69,7 +70,7 @@ fn action(m: &mut LeaseLifecycle<StdRng>) -> Action {
 }
 
 /// Takes the PutIf the machine asks for.
-fn put_if(m: &mut LeaseLifecycle<StdRng>) -> (Ipv4Net, LeaseAttrs, i64, i64) {
+fn put_if(m: &mut LeaseLifecycle<StdRng>) -> (SubnetKey, LeaseAttrs, i64, i64) {
     match action(m) {
         Action::PutIf {
             subnet,
@@ -87,7 +88,7 @@ fn acquire_with(
     t: Instant,
     leases: Vec<StoredLease>,
     id: i64,
-) -> Ipv4Net {
+) -> SubnetKey {
     assert_eq!(action(m), Action::ListLeases);
     m.handle(t, Outcome::Listed(Ok(leases)));
     assert_eq!(action(m), Action::Grant { ttl: TTL });
@@ -99,7 +100,7 @@ fn acquire_with(
 }
 
 /// A machine holding a fresh lease with etcd lease 100, acquired at `t`.
-fn holding(renew_every: Duration, t: Instant) -> (LeaseLifecycle<StdRng>, Ipv4Net) {
+fn holding(renew_every: Duration, t: Instant) -> (LeaseLifecycle<StdRng>, SubnetKey) {
     let mut m = machine(params(VXLAN, None, renew_every));
     let s = acquire_with(&mut m, t, vec![], 100);
     events(&mut m);
@@ -137,7 +138,7 @@ fn fresh_subnet_is_created_only_if_absent() {
     m.handle(t, Outcome::Granted(Ok(7)));
     let (subnet, attrs, id, expect) = put_if(&mut m);
     assert_eq!((id, expect), (7, 0));
-    assert_eq!(subnet.prefix_len(), 24);
+    assert_eq!(subnet.v4.prefix_len(), 24);
     assert_ne!(subnet, net("10.5.0.0/24"), "the first subnet is skipped");
     assert_eq!(attrs.public_ip, ME);
     assert!(attrs.vxlan_data().is_some());
@@ -145,7 +146,7 @@ fn fresh_subnet_is_created_only_if_absent() {
     assert_eq!(m.poll_action(), None);
     let ev = events(&mut m);
     assert!(matches!(ev[0], Event::EtcdUp));
-    assert!(matches!(ev[1], Event::Acquired { choice: Choice::Fresh(s) } if s == subnet));
+    assert!(matches!(ev[1], Event::Acquired { choice: Choice::Fresh(s), .. } if s == subnet.v4));
     assert_eq!(
         m.held(),
         Some(&HeldLease {
@@ -186,7 +187,8 @@ fn the_lease_carrying_our_ip_is_reused_with_its_mac_and_its_old_etcd_lease_revok
     assert!(matches!(
         events(&mut m).last(),
         Some(Event::Acquired {
-            choice: Choice::Reuse(_)
+            choice: Choice::Reuse(_),
+            ..
         })
     ));
     assert_eq!(m.poll_timeout(), Some(t + ms(5) + CHECK_INTERVAL));
@@ -276,7 +278,8 @@ fn restart_reclaims_the_subnet_of_the_previous_subnet_env() {
     assert!(matches!(
         events(&mut m).last(),
         Some(Event::Acquired {
-            choice: Choice::Previous(_)
+            choice: Choice::Previous(_),
+            ..
         })
     ));
 }
@@ -296,7 +299,8 @@ fn previous_subnet_taken_by_another_host_gives_a_fresh_one() {
     assert!(matches!(
         events(&mut m).last(),
         Some(Event::Acquired {
-            choice: Choice::Fresh(_)
+            choice: Choice::Fresh(_),
+            ..
         })
     ));
 }
@@ -774,4 +778,83 @@ fn a_reservation_is_checked_every_10s_and_never_renewed() {
         now += CHECK_INTERVAL;
         assert_eq!(tick(&mut m, now), Action::ReadOwnKey { subnet });
     }
+}
+
+// ---- dual stack ----
+
+const DUAL: &str = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"vxlan"}}"#;
+const ME6: &str = "fd00::10";
+
+fn dual_params(previous: Option<&str>) -> LeaseParams {
+    let mut p = params(DUAL, None, RENEW);
+    p.public_ipv6 = Some(ME6.parse().unwrap());
+    p.previous = previous.map(|s| s.parse().unwrap());
+    p
+}
+
+#[test]
+fn dual_stack_leases_both_halves_in_one_key() {
+    let t = Instant::now();
+    let mut m = machine(dual_params(None));
+    let key = acquire_with(&mut m, t, vec![], 9);
+    let v6 = key.v6.expect("an IPv6 half");
+    assert_eq!(v6.prefix_len(), 64);
+    assert!("fc00:5::/48"
+        .parse::<ipnet::Ipv6Net>()
+        .unwrap()
+        .contains(&v6));
+    let held = m.held().unwrap();
+    assert_eq!(held.subnet, key);
+    assert_eq!(held.attrs.public_ipv6, Some(ME6.parse().unwrap()));
+    let (v4mac, v6mac) = (
+        held.attrs.vxlan_data().unwrap().vtep_mac,
+        held.attrs.vxlan_v6_data().unwrap().vtep_mac,
+    );
+    assert_ne!(
+        v4mac, v6mac,
+        "each VTEP has its own MAC, as flannel's two devices"
+    );
+    // The lease carrying our IP is reused with both halves and both MACs.
+    let mut m2 = machine(dual_params(None));
+    let mine = StoredLease {
+        subnet: key,
+        attrs: Ok(held.attrs.clone()),
+        etcd_lease: 9,
+        mod_revision: 30,
+    };
+    assert_eq!(action(&mut m2), Action::ListLeases);
+    m2.handle(t, Outcome::Listed(Ok(vec![mine])));
+    assert_eq!(action(&mut m2), Action::Grant { ttl: TTL });
+    m2.handle(t, Outcome::Granted(Ok(10)));
+    let (k2, attrs2, _, expect) = put_if(&mut m2);
+    assert_eq!((k2, expect), (key, 30));
+    assert_eq!(attrs2, held.attrs);
+}
+
+#[test]
+fn an_ipv4_lease_gains_an_ipv6_half_under_a_new_key_and_keeps_its_subnet() {
+    let t = Instant::now();
+    let mut m = machine(dual_params(Some("10.5.9.0/24")));
+    let old = stored("10.5.9.0/24", ME, [2, 0, 0, 0, 0, 9], 6, 42);
+    assert_eq!(action(&mut m), Action::ListLeases);
+    m.handle(t, Outcome::Listed(Ok(vec![old])));
+    assert_eq!(action(&mut m), Action::Grant { ttl: TTL });
+    m.handle(t, Outcome::Granted(Ok(8)));
+    let (key, attrs, _, expect) = put_if(&mut m);
+    assert_eq!(
+        key.v4,
+        net("10.5.9.0/24").v4,
+        "the IPv4 subnet dockerd uses stays"
+    );
+    assert!(key.v6.is_some());
+    assert_eq!(expect, 0, "a new key: created only if absent");
+    assert_eq!(
+        attrs.vxlan_data().unwrap().vtep_mac,
+        MacAddr([2, 0, 0, 0, 0, 9])
+    );
+    m.handle(t, Outcome::Written(Ok(true)));
+    // The old key goes with its etcd lease.
+    assert_eq!(action(&mut m), Action::Revoke { lease_id: 6 });
+    m.handle(t, Outcome::Revoked(Ok(())));
+    assert_eq!(m.held().unwrap().subnet, key);
 }
