@@ -23,6 +23,9 @@ pub const DEFAULT_WIREGUARD_PORT_V6: u16 = 51821;
 /// + WireGuard's data header (16) and tag (16), as wg-quick does.
 pub const WIREGUARD_OVERHEAD: u32 = 80;
 
+/// How much longer an IPv6 outer header is than an IPv4 one.
+pub const IPV6_EXTRA: u32 = 20;
+
 /// A validated network config with flannel's defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
@@ -289,6 +292,17 @@ impl NetworkConfig {
             && subnet.network() == subnet.addr()
             && subnet.addr() >= self.subnet_min
             && subnet.addr() <= self.subnet_max
+    }
+
+    /// The overlay MTU (subnet.env, the tun, dockerd's `--mtu`): the backend's, and on a dual-stack network
+    /// 20 bytes less for vxlan and udp, whose IPv6 traffic crosses the IPv6 underlay under a 40-byte header
+    /// (flannel keeps the IPv4 figure and lets the kernel fragment; weft does not fragment).
+    pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
+        let mtu = self.backend.overlay_mtu(underlay_mtu);
+        match (&self.ipv6, &self.backend) {
+            (Some(_), Backend::Vxlan(_) | Backend::Udp(_)) => mtu.saturating_sub(IPV6_EXTRA),
+            _ => mtu,
+        }
     }
 
     /// A lease key as this network routes it: on an IPv4-only network the IPv6 half of a dual-stack key is
@@ -792,6 +806,7 @@ mod tests {
     #[test]
     fn dual_stack_defaults_are_flannels() {
         let c = ok(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48"}"#);
+        assert_eq!(c.overlay_mtu(1500), 1472 - 20, "udp over an IPv6 underlay");
         let v6 = c.ipv6.unwrap();
         assert_eq!(v6.subnet_len, 64);
         assert_eq!(v6.subnet_min, "fc00:5:0:1::".parse::<Ipv6Addr>().unwrap());

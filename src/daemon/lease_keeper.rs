@@ -86,7 +86,7 @@ impl<'a> LeaseKeeper<'a> {
                     public_ipv6: held.attrs.public_ipv6,
                     iface: self.underlay.iface.clone(),
                     backend: self.cfg.backend.type_name().to_string(),
-                    mtu: self.cfg.backend.overlay_mtu(self.underlay.mtu),
+                    mtu: self.cfg.overlay_mtu(self.underlay.mtu),
                     attrs: held.attrs.clone(),
                     etcd_lease: held.etcd_lease,
                 });

@@ -172,7 +172,7 @@ async fn control_plane(
             public_ipv6: s.lease.public_ipv6,
             iface: underlay.iface.clone(),
             backend: cfg.backend.type_name().to_string(),
-            mtu: cfg.backend.overlay_mtu(underlay.mtu),
+            mtu: cfg.overlay_mtu(underlay.mtu),
             attrs: s.lease.clone(),
             etcd_lease: 0,
         };
