@@ -646,6 +646,28 @@ impl Weft {
         st["lease"]["subnet"].as_str().map(str::to_string)
     }
 
+    /// The IPv6 subnet the daemon holds on a dual-stack network, if any yet.
+    pub fn subnet6(&self) -> Option<String> {
+        let st = self.status()?;
+        if st["lease"]["public_ip"].as_str() != Some(self.public_ip.as_str()) {
+            return None;
+        }
+        st["lease"]["subnet6"].as_str().map(str::to_string)
+    }
+
+    /// Waits until the daemon holds a dual-stack lease and returns its IPv6 subnet.
+    pub fn wait_subnet6(&self) -> String {
+        wait_for(
+            &format!(
+                "daemon {} to lease an IPv6 subnet\n{}",
+                self.public_ip,
+                self.log()
+            ),
+            Duration::from_secs(30),
+            || self.subnet6(),
+        )
+    }
+
     /// Waits until the daemon holds a lease and returns its subnet.
     pub fn wait_subnet(&self) -> String {
         wait_for(

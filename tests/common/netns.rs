@@ -3,7 +3,7 @@
 
 use std::hash::Hasher;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -101,8 +101,12 @@ pub struct Host {
     pub weft: Option<Weft>,
     pub container: Option<Netns>,
     pub container_ip: Option<Ipv4Addr>,
+    /// The container's IPv6 address (`attach_container6`).
+    pub container_ip6: Option<Ipv6Addr>,
     pub ns: Netns,
     pub ip: Ipv4Addr,
+    /// The host's IPv6 underlay address (fd00:250::<n>/64 on eth0).
+    pub ip6: Ipv6Addr,
 }
 
 /// A bed of hosts joined by an underlay bridge, with etcd on the underlay. Fields drop in order:
@@ -199,11 +203,26 @@ impl Bed {
             "dev",
             "eth0",
         ]);
+        // An IPv6 underlay address too (no duplicate address detection: usable at once), for dual-stack
+        // networks; IPv4-only networks ignore it.
+        let addr6 = Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, i as u16);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{addr6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
         ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
         ip(&["-n", &ns.name, "route", "add", "default", "via", ETCD_IP]);
         self.hosts.push(Host {
             ns,
             ip: addr,
+            ip6: addr6,
+            container_ip6: None,
             wggo: None,
             weft: None,
             container: None,
@@ -280,6 +299,85 @@ impl Bed {
         self.hosts[i].container = Some(c);
         self.hosts[i].container_ip = Some(cip);
         cip
+    }
+
+    /// On a dual-stack network: waits for host `i`'s IPv6 subnet, gives the bridge its ::1 and the container
+    /// (attached before with `attach_container`) its ::2 with a default route, as dockerd --ipv6
+    /// --fixed-cidr-v6 would. Returns the container's IPv6 address.
+    pub fn attach_container6(&mut self, i: usize) -> Ipv6Addr {
+        let subnet: ipnet::Ipv6Net = self.weft(i).wait_subnet6().parse().expect("IPv6 subnet");
+        let base = u128::from(subnet.network());
+        let (gw, cip) = (Ipv6Addr::from(base + 1), Ipv6Addr::from(base + 2));
+        let len = subnet.prefix_len().to_string();
+        let h = self.hosts[i].ns.name.clone();
+        let c = self.container_ns(i);
+        ip(&[
+            "-n",
+            &h,
+            "addr",
+            "add",
+            &format!("{gw}/{len}"),
+            "dev",
+            "cbr0",
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &c,
+            "addr",
+            "add",
+            &format!("{cip}/{len}"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &c,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+        ]);
+        ip_netns_exec_ok(&h, "sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
+        self.hosts[i].container_ip6 = Some(cip);
+        cip
+    }
+
+    pub fn container_ip6(&self, i: usize) -> Ipv6Addr {
+        self.hosts[i]
+            .container_ip6
+            .expect("container attached with IPv6")
+    }
+
+    /// Waits until container `from` reaches IPv6 address `to` by ping.
+    pub fn wait_ping6(&self, from: usize, to: Ipv6Addr, timeout: Duration) {
+        wait_for(
+            &format!("container {} to ping {to}", from + 1),
+            timeout,
+            || {
+                exec(
+                    &self.container_ns(from),
+                    "ping",
+                    &["-6", "-c1", "-W1", "-q", &to.to_string()],
+                )
+                .status
+                .success()
+                .then_some(())
+            },
+        );
+    }
+
+    /// As `transfer`, over IPv6 between the containers.
+    pub fn transfer6(&self, from: usize, to: usize, bytes: usize) -> ((u64, usize), (u64, usize)) {
+        transfer(
+            &self.container_ns(from),
+            &self.container_ns(to),
+            self.container_ip6(to),
+            bytes,
+        )
     }
 
     pub fn container_ns(&self, i: usize) -> String {
@@ -503,9 +601,10 @@ impl Bed {
 pub fn transfer(
     tx_ns: &str,
     rx_ns: &str,
-    to_ip: Ipv4Addr,
+    to_ip: impl Into<std::net::IpAddr>,
     bytes: usize,
 ) -> ((u64, usize), (u64, usize)) {
+    let to_ip: std::net::IpAddr = to_ip.into();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let rx_ns = rx_ns.to_string();
     let receiver = std::thread::spawn(move || {
