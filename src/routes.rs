@@ -239,7 +239,8 @@ impl PeerTable for RouteSnapshot {
 /// change bumps a generation that [`RouteTable::subscribe`]rs wait on (the kernel backend reconciles on it).
 pub struct RouteTable {
     current: ArcSwap<RouteSnapshot>,
-    master: Mutex<BTreeMap<Ipv4Net, Peer>>,
+    /// Peers by IPv4 subnet, each with the lease key it was read from.
+    master: Mutex<BTreeMap<Ipv4Net, (SubnetKey, Peer)>>,
     generation: tokio::sync::watch::Sender<u64>,
 }
 
@@ -277,11 +278,17 @@ impl RouteTable {
 
     /// Adds or replaces the peer for its subnet. Returns true if anything changed.
     pub fn upsert(&self, peer: Peer) -> bool {
+        self.upsert_from(peer.key(), peer)
+    }
+
+    /// As `upsert`, for a peer read from lease key `key` (which may name an IPv6 half the peer does not
+    /// carry: the IPv6 half of a key on an IPv4-only network).
+    pub fn upsert_from(&self, key: SubnetKey, peer: Peer) -> bool {
         let mut m = self.master.lock().expect("route table lock poisoned");
-        if m.get(&peer.subnet) == Some(&peer) {
+        if m.get(&peer.subnet) == Some(&(key, peer)) {
             return false;
         }
-        m.insert(peer.subnet, peer);
+        m.insert(peer.subnet, (key, peer));
         self.publish(&m);
         true
     }
@@ -290,18 +297,27 @@ impl RouteTable {
     /// subnet under another key (its lease just gained or changed its IPv6 half) stays.
     pub fn remove(&self, key: &SubnetKey) -> Option<Peer> {
         let mut m = self.master.lock().expect("route table lock poisoned");
-        if m.get(&key.v4).map(Peer::key) != Some(*key) {
+        if m.get(&key.v4).map(|e| e.0) != Some(*key) {
             return None;
         }
-        let old = m.remove(&key.v4)?;
+        let (_, old) = m.remove(&key.v4)?;
         self.publish(&m);
         Some(old)
     }
 
     /// Replaces the whole table (after a re-list); returns (added or changed, removed) counts.
     pub fn replace_all(&self, peers: impl IntoIterator<Item = Peer>) -> (usize, usize) {
+        self.replace_all_from(peers.into_iter().map(|p| (p.key(), p)))
+    }
+
+    /// As `replace_all`, each peer with the lease key it was read from (see `upsert_from`).
+    pub fn replace_all_from(
+        &self,
+        peers: impl IntoIterator<Item = (SubnetKey, Peer)>,
+    ) -> (usize, usize) {
         let mut m = self.master.lock().expect("route table lock poisoned");
-        let new: BTreeMap<Ipv4Net, Peer> = peers.into_iter().map(|p| (p.subnet, p)).collect();
+        let new: BTreeMap<Ipv4Net, (SubnetKey, Peer)> =
+            peers.into_iter().map(|(k, p)| (p.subnet, (k, p))).collect();
         let changed = new.iter().filter(|(k, v)| m.get(k) != Some(v)).count();
         let removed = m.keys().filter(|k| !new.contains_key(k)).count();
         *m = new;
@@ -309,9 +325,9 @@ impl RouteTable {
         (changed, removed)
     }
 
-    fn publish(&self, m: &BTreeMap<Ipv4Net, Peer>) {
+    fn publish(&self, m: &BTreeMap<Ipv4Net, (SubnetKey, Peer)>) {
         self.current
-            .store(Arc::new(RouteSnapshot::new(m.values().copied())));
+            .store(Arc::new(RouteSnapshot::new(m.values().map(|e| e.1))));
         self.generation.send_modify(|g| *g += 1);
     }
 }

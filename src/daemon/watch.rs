@@ -39,15 +39,14 @@ pub(super) async fn watch_peers(
             WatchStart::List => match store.list_leases().await {
                 Ok((leases, r)) => {
                     invalid.relisting();
-                    let peers: Vec<Peer> = leases
+                    let peers: Vec<(SubnetKey, Peer)> = leases
                         .iter()
-                        .map(|l| as_routed(&cfg, l.clone()))
                         .filter(|l| is_peer(l))
-                        .filter_map(|l| invalid.admit(&cfg, own_subnet, &l))
+                        .filter_map(|l| Some((l.subnet, invalid.admit(&cfg, own_subnet, l)?)))
                         .collect();
                     invalid.previous.clear();
                     invalid.publish(&shared);
-                    let (changed, removed) = shared.routes.replace_all(peers);
+                    let (changed, removed) = shared.routes.replace_all_from(peers);
                     saver.save(&shared);
                     info!(
                         peers = shared.routes.load().len(),
@@ -99,7 +98,7 @@ pub(super) async fn watch_peers(
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
                 cursor.saw(kv.mod_revision());
-                let Some(subnet) = store.subnet_of_key(kv.key()).map(|k| cfg.routed_key(k)) else {
+                let Some(subnet) = store.subnet_of_key(kv.key()) else {
                     continue;
                 };
                 shared.watch_events.fetch_add(1, Ordering::Relaxed);
@@ -109,9 +108,8 @@ pub(super) async fn watch_peers(
                 }
                 match ev.event_type() {
                     etcd_client::EventType::Put => {
-                        let Some(l) = store
-                            .stored_lease(kv.key(), kv.value(), kv.lease(), kv.mod_revision())
-                            .map(|l| as_routed(&cfg, l))
+                        let Some(l) =
+                            store.stored_lease(kv.key(), kv.value(), kv.lease(), kv.mod_revision())
                         else {
                             continue;
                         };
@@ -120,7 +118,7 @@ pub(super) async fn watch_peers(
                         }
                         match invalid.admit(&cfg, own_subnet, &l) {
                             Some(p) => {
-                                if shared.routes.upsert(p) {
+                                if shared.routes.upsert_from(l.subnet, p) {
                                     batch.upserted += 1;
                                     debug!(subnet = %subnet, public_ip = %p.public_ip, "peer added or changed");
                                 }
@@ -157,12 +155,6 @@ pub(super) async fn watch_peers(
             }
         }
     }
-}
-
-/// A stored lease with its key as this network routes it (`NetworkConfig::routed_key`).
-fn as_routed(cfg: &NetworkConfig, mut lease: StoredLease) -> StoredLease {
-    lease.subnet = cfg.routed_key(lease.subnet);
-    lease
 }
 
 /// Saves what weft knows (config, our lease, the peers) whenever the peers change, for restarts during an
@@ -212,7 +204,11 @@ impl Invalid {
         match check_peer_lease(cfg, own, l.subnet, &l.attrs) {
             Ok(()) => {
                 self.keys.remove(&l.subnet);
-                l.attrs.as_ref().ok().map(|a| Peer::from_lease(l.subnet, a))
+                // On an IPv4-only network the IPv6 half of a key is not routed (as flannel ignores it).
+                l.attrs
+                    .as_ref()
+                    .ok()
+                    .map(|a| Peer::from_lease(cfg.routed_key(l.subnet), a))
             }
             Err(why) => {
                 let known = self.previous.get(&l.subnet) == Some(&why);
