@@ -32,6 +32,11 @@ pub(super) async fn start_dataplane(
         if let Err(e) = crate::dataplane::enable_ip_forwarding() {
             warn!("cannot enable net.ipv4.ip_forward ({e}); containers' traffic will not be forwarded until it is on");
         }
+        if cfg.ipv6.is_some() {
+            if let Err(e) = crate::dataplane::enable_ipv6_forwarding() {
+                warn!("cannot enable net.ipv6.conf.all.forwarding ({e}); containers' IPv6 traffic will not be forwarded until it is on");
+            }
+        }
     }
     if opts.dataplane != DataPlaneMode::None {
         if let Backend::HostGw = cfg.backend {
@@ -146,6 +151,9 @@ pub(super) async fn start_userspace(
         local_ip: underlay.local_ip,
         own_subnet: own.subnet,
         network: cfg.network,
+        local_ip6: own.subnet6.map(|_| underlay.local_ip6),
+        own_subnet6: own.subnet6,
+        network6: own.network6,
         mtu: own.mtu,
         tun_name: opts.tun_name.clone(),
         workers: opts.workers,

@@ -3,7 +3,7 @@
 //! sockets stay beside it for peers without a known next hop and for what the kernel still receives.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -147,12 +147,19 @@ impl XdpUnderlay {
 }
 
 impl Underlay for XdpUnderlay {
-    const SOURCES: usize = 2;
+    /// The IPv4 UDP socket, the AF_XDP socket, and on a dual-stack network the IPv6 UDP socket (the IPv6
+    /// underlay goes through the kernel: the XDP program steers IPv4 only).
+    const SOURCES: usize = 3;
+
+    fn sources(&self) -> usize {
+        1 + self.udp.sources()
+    }
 
     fn poll_fd(&self, source: usize) -> BorrowedFd<'_> {
         match source {
             0 => self.udp.poll_fd(0),
-            _ => self.xdp.xsk.as_fd(),
+            1 => self.xdp.xsk.as_fd(),
+            _ => self.udp.poll_fd(1),
         }
     }
 
@@ -162,8 +169,8 @@ impl Underlay for XdpUnderlay {
         limit: usize,
         sink: &mut impl DatagramSink,
     ) -> io::Result<bool> {
-        if source == 0 {
-            return self.udp.recv(0, limit, sink);
+        if source != 1 {
+            return self.udp.recv(source.min(1), limit, sink);
         }
         let (local, port, counters) = (self.xdp.src_ip, self.xdp.port, &self.counters);
         let n = self.xdp.xsk.recv(limit as u32, |frame| {
@@ -174,22 +181,28 @@ impl Underlay for XdpUnderlay {
                 sink.dropped(DropReason::Truncated);
                 return;
             };
-            sink.datagram(u.src, &mut frame[u.start..u.end]);
+            sink.datagram(u.src.into(), &mut frame[u.start..u.end]);
         });
         sink.flush();
         Ok(n as usize >= limit)
     }
 
     #[inline]
-    fn send(&mut self, flow: u32, dst: Ipv4Addr, datagram: &[u8]) -> Sent {
-        self.send_frames(flow, dst, datagram, datagram.len(), |udp| {
+    fn send(&mut self, flow: u32, dst: IpAddr, datagram: &[u8]) -> Sent {
+        let IpAddr::V4(dst4) = dst else {
+            return self.udp.send(flow, dst, datagram);
+        };
+        self.send_frames(flow, dst4, datagram, datagram.len(), |udp| {
             udp.send(flow, dst, datagram)
         })
     }
 
     #[inline]
-    fn send_train(&mut self, flow: u32, dst: Ipv4Addr, train: &[u8], stride: usize) -> Sent {
-        self.send_frames(flow, dst, train, stride, |udp| {
+    fn send_train(&mut self, flow: u32, dst: IpAddr, train: &[u8], stride: usize) -> Sent {
+        let IpAddr::V4(dst4) = dst else {
+            return self.udp.send_train(flow, dst, train, stride);
+        };
+        self.send_frames(flow, dst4, train, stride, |udp| {
             udp.send_train(flow, dst, train, stride)
         })
     }

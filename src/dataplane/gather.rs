@@ -6,7 +6,7 @@
 //! messages), which would cost a userspace copy of every segment and a system call per GSO send.
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use super::underlay::Sent;
@@ -25,17 +25,6 @@ struct GsoCmsg {
     _pad: [u8; 6],
 }
 
-fn sockaddr(dst: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: dst.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*dst.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
 /// Sends the datagrams of `split` to `dst` on the UDP socket `fd`: as GSO messages of at most `max`
 /// datagrams while `gso` holds, else one message per datagram, in as few `sendmmsg` calls as fit. An EIO
 /// on a GSO message means the device cannot do GSO: from that message's first datagram on, and for good,
@@ -43,12 +32,12 @@ fn sockaddr(dst: SocketAddrV4) -> libc::sockaddr_in {
 /// skipped. Returns what was sent and whether GSO is still usable.
 pub fn send_split(
     fd: RawFd,
-    dst: SocketAddrV4,
+    dst: SocketAddr,
     split: &Split<'_>,
     gso: bool,
     max: usize,
 ) -> (Sent, bool) {
-    let addr = sockaddr(dst);
+    let addr = socket2::SockAddr::from(dst);
     let mut sent = Sent::default();
     let mut gso = gso;
     let max = max.clamp(1, GATHER);
@@ -72,7 +61,7 @@ pub fn send_split(
 #[allow(clippy::too_many_arguments)]
 fn send_group(
     fd: RawFd,
-    addr: &libc::sockaddr_in,
+    addr: &socket2::SockAddr,
     split: &Split<'_>,
     first: usize,
     n: usize,
@@ -125,8 +114,8 @@ fn send_group(
             .map(|i| split.head(i).len() + split.body(i).len())
             .sum();
         let h = &mut msgs[m].msg_hdr;
-        h.msg_name = addr as *const libc::sockaddr_in as *mut libc::c_void;
-        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_name = addr.as_ptr() as *mut libc::c_void;
+        h.msg_namelen = addr.len();
         h.msg_iov = iov_base.wrapping_add(2 * d0);
         h.msg_iovlen = 2 * cnt;
         if cnt > 1 {
@@ -188,16 +177,30 @@ mod tests {
     fn every_datagram_arrives_whole_with_gso_in_groups_and_without() {
         let peer = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let dst = match peer.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
+        let dst = peer.local_addr().unwrap();
         let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        // And over IPv6 (the IPv6 underlay of a dual-stack network).
+        let peer6 = UdpSocket::bind((std::net::Ipv6Addr::LOCALHOST, 0)).unwrap();
+        peer6
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let tx6 = UdpSocket::bind((std::net::Ipv6Addr::LOCALHOST, 0)).unwrap();
         let p = packet(10_000);
         let mut heads = vec![0u8; 4096];
         let split = split_headers(&p, 1000, true, &[1, 2, 3, 4], &mut heads).unwrap();
         assert_eq!(split.count, 10);
-        for (gso, max) in [(true, 4), (true, 64), (false, 64)] {
+        for (gso, max, v6) in [
+            (true, 4, false),
+            (true, 64, false),
+            (false, 64, false),
+            (true, 4, true),
+            (false, 64, true),
+        ] {
+            let (tx, peer, dst) = if v6 {
+                (&tx6, &peer6, peer6.local_addr().unwrap())
+            } else {
+                (&tx, &peer, dst)
+            };
             let (sent, still) = send_split(tx.as_raw_fd(), dst, &split, gso, max);
             assert_eq!(still, gso);
             assert_eq!(
@@ -225,7 +228,7 @@ mod tests {
         let split = split_headers(&p, 1000, true, &[], &mut heads).unwrap();
         let (sent, _) = send_split(
             tx.as_raw_fd(),
-            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+            (Ipv4Addr::LOCALHOST, 0).into(),
             &split,
             false,
             64,

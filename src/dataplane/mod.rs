@@ -26,7 +26,7 @@ use crate::ops::metrics::WorkerCounters;
 use crate::routes::RouteTable;
 
 pub use crate::wire::inbound::Encap;
-pub use tun::enable_ip_forwarding;
+pub use tun::{enable_ip_forwarding, enable_ipv6_forwarding};
 
 /// What the data plane needs to know, fixed for its lifetime.
 #[derive(Debug, Clone)]
@@ -40,6 +40,11 @@ pub struct DataPlaneConfig {
     pub own_subnet: Ipv4Net,
     /// The whole overlay network, routed to the tun device.
     pub network: Ipv4Net,
+    /// On a dual-stack network: the IPv6 underlay address to bind, our IPv6 subnet and the IPv6Network
+    /// (routed to the tun device too).
+    pub local_ip6: Option<std::net::Ipv6Addr>,
+    pub own_subnet6: Option<ipnet::Ipv6Net>,
+    pub network6: Option<ipnet::Ipv6Net>,
     /// The tun device's MTU (underlay MTU minus the encapsulation).
     pub mtu: u32,
     pub tun_name: String,
@@ -233,7 +238,17 @@ impl DataPlane {
         }
         for (i, (queue, xsk)) in queues.into_iter().zip(xsks).enumerate() {
             let wg = cfg.wireguard.is_some();
-            let io = sock::WorkerSockets::open(cfg.local_ip, cfg.port, cfg.offload.udp_gro, wg)?;
+            let io =
+                sock::WorkerSockets::open(cfg.local_ip.into(), cfg.port, cfg.offload.udp_gro, wg)?;
+            let io6 = match cfg.local_ip6 {
+                Some(ip6) => Some(sock::WorkerSockets::open(
+                    ip6.into(),
+                    cfg.port,
+                    cfg.offload.udp_gro,
+                    wg,
+                )?),
+                None => None,
+            };
             if let (Some(node), 0) = (&cfg.wireguard, i) {
                 let sock = io
                     .rx_socket()
@@ -259,7 +274,7 @@ impl DataPlane {
             }
             let counters = counters.next().unwrap_or_default();
             dp.counters.push(counters.clone());
-            let udp = sock::UdpUnderlay::new(io, &cfg);
+            let udp = sock::UdpUnderlay::new(io, io6, &cfg);
             let (cfg, routes, stop) = (cfg.clone(), routes.clone(), dp.stop.clone());
             let pin = cpu_local.then_some(i % cpus);
             let handle = match xsk {

@@ -3,7 +3,7 @@
 //! and the UDP-socket underlay over them (batched receives with GRO, GSO sends).
 
 use std::io::{self, ErrorKind, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
@@ -15,7 +15,6 @@ use super::underlay::{DatagramSink, Sent, Underlay, MAX_PACKET};
 use super::{DataPlaneConfig, DataPlaneError};
 use crate::wire::inbound::datagram_units;
 use crate::wire::segment::Split;
-use crate::wire::DropReason;
 
 /// Send sockets per worker: outer source ports that the inner-flow hash picks from.
 pub const SEND_PORTS: usize = 8;
@@ -31,15 +30,19 @@ pub struct WorkerSockets {
     tx: Vec<(UdpSocket, UdpSocketState)>,
 }
 
-fn open(addr: SocketAddrV4, reuse_port: bool, nonblocking: bool) -> io::Result<UdpSocket> {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+fn open(addr: SocketAddr, reuse_port: bool, nonblocking: bool) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // IPv4 has its own sockets.
+        s.set_only_v6(true)?;
+    }
     if reuse_port {
         s.set_reuse_port(true)?;
     }
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.
     let _ = s.set_recv_buffer_size(BUFFER_BYTES);
     let _ = s.set_send_buffer_size(BUFFER_BYTES);
-    s.bind(&SocketAddr::V4(addr).into())?;
+    s.bind(&addr.into())?;
     s.set_nonblocking(nonblocking)?;
     Ok(s.into())
 }
@@ -71,16 +74,13 @@ impl WorkerSockets {
     /// and `SEND_PORTS` blocking send sockets on ephemeral ports; with `from_port`, sends leave from the
     /// receive socket instead (WireGuard peers answer to the port a message came from).
     pub fn open(
-        local: Ipv4Addr,
+        local: IpAddr,
         port: u16,
         gro: bool,
         from_port: bool,
     ) -> Result<Self, DataPlaneError> {
-        let addr = SocketAddrV4::new(local, port);
-        let err = |source| DataPlaneError::Socket {
-            addr: SocketAddr::V4(addr),
-            source,
-        };
+        let addr = SocketAddr::new(local, port);
+        let err = |source| DataPlaneError::Socket { addr, source };
         let rx = open(addr, true, true).map_err(err)?;
         let rx_state = UdpSocketState::new(UdpSockRef::from(&rx)).map_err(err)?;
         // quinn-udp turns UDP GRO on where the kernel has it; the receive path understands coalesced
@@ -97,7 +97,7 @@ impl WorkerSockets {
             tx.push((s, st));
         }
         while tx.len() < if from_port { 1 } else { SEND_PORTS } {
-            let s = open(SocketAddrV4::new(local, 0), false, false).map_err(err)?;
+            let s = open(SocketAddr::new(local, 0), false, false).map_err(err)?;
             let st = UdpSocketState::new(UdpSockRef::from(&s)).map_err(err)?;
             tx.push((s, st));
         }
@@ -163,6 +163,8 @@ impl WorkerSockets {
 /// The UDP-socket underlay: a worker's sockets, its receive buffers and whether GSO sends are in use.
 pub struct UdpUnderlay {
     socks: WorkerSockets,
+    /// The IPv6 underlay's sockets, on a dual-stack network.
+    socks6: Option<WorkerSockets>,
     /// The network's port, which peers receive on.
     port: u16,
     /// UDP GSO sends are in use (turned off at run time if the kernel refuses one).
@@ -175,13 +177,14 @@ pub struct UdpUnderlay {
 }
 
 impl UdpUnderlay {
-    pub fn new(socks: WorkerSockets, cfg: &DataPlaneConfig) -> Self {
+    pub fn new(socks: WorkerSockets, socks6: Option<WorkerSockets>, cfg: &DataPlaneConfig) -> Self {
         let gso = cfg.offload.udp_gso && socks.max_gso_segments() > 1;
         if cfg.offload.udp_gso && !gso {
             info!("UDP GSO not available from the kernel; sending datagrams one by one");
         }
         UdpUnderlay {
             socks,
+            socks6,
             port: cfg.port,
             gso,
             prefix: cfg.encap.prefix(),
@@ -191,9 +194,26 @@ impl UdpUnderlay {
         }
     }
 
+    /// The sockets that reach `dst`: IPv4's, or IPv6's on a dual-stack network.
+    #[inline]
+    fn socks_for(&self, dst: &SocketAddr) -> io::Result<&WorkerSockets> {
+        match dst {
+            SocketAddr::V4(_) => Ok(&self.socks),
+            SocketAddr::V6(_) => self.socks6.as_ref().ok_or_else(|| {
+                io::Error::new(
+                    ErrorKind::Unsupported,
+                    "no IPv6 underlay socket (the network is not dual-stack)",
+                )
+            }),
+        }
+    }
+
     #[inline]
     fn send_one(&self, flow: u32, dst: SocketAddr, datagram: &[u8], sent: &mut Sent) {
-        match self.socks.send(flow, dst, datagram, None) {
+        match self
+            .socks_for(&dst)
+            .and_then(|s| s.send(flow, dst, datagram, None))
+        {
             Ok(()) => {
                 sent.datagrams += 1;
                 sent.bytes += datagram.len();
@@ -258,25 +278,37 @@ fn fail(sent: &mut Sent, e: io::Error) {
 }
 
 impl Underlay for UdpUnderlay {
-    const SOURCES: usize = 1;
+    /// IPv4's receive socket, and on a dual-stack network IPv6's.
+    const SOURCES: usize = 2;
 
-    fn poll_fd(&self, _source: usize) -> BorrowedFd<'_> {
-        self.socks.rx_socket().as_fd()
+    fn sources(&self) -> usize {
+        1 + usize::from(self.socks6.is_some())
+    }
+
+    fn poll_fd(&self, source: usize) -> BorrowedFd<'_> {
+        match (source, &self.socks6) {
+            (1, Some(s6)) => s6.rx_socket().as_fd(),
+            _ => self.socks.rx_socket().as_fd(),
+        }
     }
 
     fn recv(
         &mut self,
-        _source: usize,
+        source: usize,
         limit: usize,
         sink: &mut impl DatagramSink,
     ) -> io::Result<bool> {
+        let socks = match (source, &self.socks6) {
+            (1, Some(s6)) => s6,
+            _ => &self.socks,
+        };
         let mut handled = 0;
         while handled < limit {
             let count = {
                 let mut it = self.rx_bufs.iter_mut();
                 let mut slices: [IoSliceMut<'_>; RX_BATCH] =
                     std::array::from_fn(|_| IoSliceMut::new(it.next().expect("RX_BATCH buffers")));
-                match self.socks.recv(
+                match socks.recv(
                     &mut slices[..self.rx_batch],
                     &mut self.rx_meta[..self.rx_batch],
                 ) {
@@ -288,10 +320,7 @@ impl Underlay for UdpUnderlay {
             };
             handled += count;
             for (meta, buf) in self.rx_meta[..count].iter().zip(self.rx_bufs.iter_mut()) {
-                let IpAddr::V4(src) = meta.addr.ip() else {
-                    sink.dropped(DropReason::UnknownSender);
-                    continue;
-                };
+                let src = meta.addr.ip().to_canonical();
                 let stride = datagram_units(&buf[..meta.len], meta.stride, self.prefix);
                 for payload in buf[..meta.len].chunks_mut(stride) {
                     sink.datagram(src, payload);
@@ -303,22 +332,28 @@ impl Underlay for UdpUnderlay {
     }
 
     #[inline]
-    fn send(&mut self, flow: u32, dst: Ipv4Addr, datagram: &[u8]) -> Sent {
+    fn send(&mut self, flow: u32, dst: IpAddr, datagram: &[u8]) -> Sent {
         let mut sent = Sent::default();
-        let dst = SocketAddr::V4(SocketAddrV4::new(dst, self.port));
+        let dst = SocketAddr::new(dst, self.port);
         self.send_one(flow, dst, datagram, &mut sent);
         sent
     }
 
     /// One UDP GSO send per `max_gso_segments` datagrams, or one send per datagram.
-    fn send_train(&mut self, flow: u32, dst: Ipv4Addr, train: &[u8], stride: usize) -> Sent {
-        let dst = SocketAddr::V4(SocketAddrV4::new(dst, self.port));
-        let max = self
-            .socks
+    fn send_train(&mut self, flow: u32, dst: IpAddr, train: &[u8], stride: usize) -> Sent {
+        let dst = SocketAddr::new(dst, self.port);
+        let socks = match self.socks_for(&dst) {
+            Ok(s) => s,
+            Err(e) => {
+                let mut sent = Sent::default();
+                fail(&mut sent, e);
+                return sent;
+            }
+        };
+        let max = socks
             .max_gso_segments()
             .min(MAX_GSO_BYTES / stride.max(1))
             .max(1);
-        let socks = &self.socks;
         let (sent, gso) = send_train_with(train, stride, self.gso, max, |chunk, segment| {
             socks.send(flow, dst, chunk, segment)
         });
@@ -331,14 +366,21 @@ impl Underlay for UdpUnderlay {
 
     /// Gathered: the payload goes from the caller's buffer straight to the kernel, all GSO messages of
     /// the split in one `sendmmsg`.
-    fn send_split(&mut self, flow: u32, dst: Ipv4Addr, split: &Split<'_>, _: &mut [u8]) -> Sent {
-        let max = self
-            .socks
+    fn send_split(&mut self, flow: u32, dst: IpAddr, split: &Split<'_>, _: &mut [u8]) -> Sent {
+        let dst = SocketAddr::new(dst, self.port);
+        let socks = match self.socks_for(&dst) {
+            Ok(s) => s,
+            Err(e) => {
+                let mut sent = Sent::default();
+                fail(&mut sent, e);
+                return sent;
+            }
+        };
+        let max = socks
             .max_gso_segments()
             .min(MAX_GSO_BYTES / split.stride().max(1))
             .max(1);
-        let dst = SocketAddrV4::new(dst, self.port);
-        let (sent, gso) = gather::send_split(self.socks.tx_fd(flow), dst, split, self.gso, max);
+        let (sent, gso) = gather::send_split(socks.tx_fd(flow), dst, split, self.gso, max);
         if self.gso && !gso {
             info!("UDP GSO refused by the kernel (EIO); sending datagrams one by one");
         }
@@ -353,8 +395,11 @@ impl Underlay for UdpUnderlay {
 mod tests {
     use std::time::{Duration, Instant};
 
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
     use crate::dataplane::{Encap, Offloads, UnderlayIo};
+    use crate::wire::DropReason;
 
     const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
@@ -365,6 +410,9 @@ mod tests {
             local_ip: LOOPBACK,
             own_subnet: "10.5.1.0/24".parse().unwrap(),
             network: "10.5.0.0/16".parse().unwrap(),
+            local_ip6: None,
+            own_subnet6: None,
+            network6: None,
             mtu: 1450,
             tun_name: "unused".into(),
             workers: 1,
@@ -384,19 +432,19 @@ mod tests {
         let peer = UdpSocket::bind((LOOPBACK, 0)).unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let port = peer.local_addr().unwrap().port();
-        let socks = WorkerSockets::open(LOOPBACK, 0, offload.udp_gro, false).unwrap();
-        (peer, UdpUnderlay::new(socks, &config(port, offload)))
+        let socks = WorkerSockets::open(LOOPBACK.into(), 0, offload.udp_gro, false).unwrap();
+        (peer, UdpUnderlay::new(socks, None, &config(port, offload)))
     }
 
     #[derive(Default)]
     struct Collect {
-        got: Vec<(Ipv4Addr, Vec<u8>)>,
+        got: Vec<(IpAddr, Vec<u8>)>,
         drops: Vec<DropReason>,
         flushes: usize,
     }
 
     impl DatagramSink for Collect {
-        fn datagram(&mut self, src: Ipv4Addr, payload: &mut [u8]) {
+        fn datagram(&mut self, src: IpAddr, payload: &mut [u8]) {
             self.got.push((src, payload.to_vec()));
         }
         fn dropped(&mut self, reason: DropReason) {
@@ -415,7 +463,7 @@ mod tests {
                 udp_gso,
                 ..Offloads::ALL
             });
-            let sent = udp.send_train(7, LOOPBACK, &train, 100);
+            let sent = udp.send_train(7, LOOPBACK.into(), &train, 100);
             assert_eq!(
                 (sent.datagrams, sent.bytes, sent.failed),
                 (3, 250, 0),
@@ -426,7 +474,7 @@ mod tests {
                 let n = peer.recv(&mut buf).unwrap();
                 assert_eq!(&buf[..n], &train[i * 100..i * 100 + want], "gso {udp_gso}");
             }
-            let sent = udp.send(7, LOOPBACK, b"one");
+            let sent = udp.send(7, LOOPBACK.into(), b"one");
             assert_eq!((sent.datagrams, sent.bytes, sent.failed), (1, 3, 0));
             assert_eq!(peer.recv(&mut buf).unwrap(), 3);
         }
@@ -448,11 +496,55 @@ mod tests {
             while sink.got.len() < 3 && Instant::now() < deadline {
                 assert!(!udp.recv(0, 64, &mut sink).unwrap(), "below the limit");
             }
-            let want: Vec<_> = (0..3u8).map(|i| (LOOPBACK, vec![i; 100])).collect();
+            let want: Vec<_> = (0..3u8).map(|i| (LOOPBACK.into(), vec![i; 100])).collect();
             assert_eq!(sink.got, want, "gro {udp_gro}");
             assert!(sink.drops.is_empty());
             assert!(sink.flushes >= 1, "each batch ends in a flush");
         }
+    }
+
+    #[test]
+    fn a_dual_stack_underlay_sends_and_receives_over_ipv6_on_its_second_source() {
+        let peer6 = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).unwrap();
+        peer6
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let port = peer6.local_addr().unwrap().port();
+        let socks = WorkerSockets::open(LOOPBACK.into(), port, true, false).unwrap();
+        let socks6 = WorkerSockets::open(Ipv6Addr::LOCALHOST.into(), 0, true, false).unwrap();
+        let mut udp = UdpUnderlay::new(socks, Some(socks6), &config(port, Offloads::ALL));
+        assert_eq!(udp.sources(), 2);
+        // A train to an IPv6 peer leaves from the IPv6 sockets.
+        let train = vec![6u8; 250];
+        let sent = udp.send_train(3, Ipv6Addr::LOCALHOST.into(), &train, 100);
+        assert_eq!((sent.datagrams, sent.failed), (3, 0));
+        let mut buf = [0u8; 512];
+        for want in [100, 100, 50] {
+            assert_eq!(peer6.recv(&mut buf).unwrap(), want);
+        }
+        // What an IPv6 peer sends arrives on source 1, from its IPv6 address.
+        let to = udp
+            .socks6
+            .as_ref()
+            .unwrap()
+            .rx_socket()
+            .local_addr()
+            .unwrap();
+        peer6.send_to(b"six", to).unwrap();
+        let mut sink = Collect::default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sink.got.is_empty() && Instant::now() < deadline {
+            let _ = udp.recv(1, 64, &mut sink).unwrap();
+        }
+        assert_eq!(
+            sink.got,
+            vec![(Ipv6Addr::LOCALHOST.into(), b"six".to_vec())]
+        );
+        // Without IPv6 sockets, an IPv6 destination is a counted failure, not a panic.
+        let (_, mut v4only) = pair(Offloads::ALL);
+        assert_eq!(v4only.sources(), 1);
+        let sent = v4only.send(1, Ipv6Addr::LOCALHOST.into(), b"x");
+        assert_eq!((sent.datagrams, sent.failed), (0, 1));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The tun device (one queue per worker), its address and the route of the whole network to it.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
@@ -52,11 +52,21 @@ pub fn create(cfg: &DataPlaneConfig, queues: usize) -> Result<Vec<SyncDevice>, D
         all.push(q);
     }
     all.insert(0, first);
-    // The overlay is IPv4: keep the kernel from sending IPv6 (router solicitations, MLD) into it.
-    let _ = std::fs::write(
-        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", cfg.tun_name),
-        "1",
-    );
+    let conf = |key: &str, value: &str| {
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/{key}", cfg.tun_name),
+            value,
+        );
+    };
+    if cfg.network6.is_some() {
+        // Dual stack: IPv6 on, but no router advertisements or autoconfiguration on the overlay.
+        conf("accept_ra", "0");
+        conf("autoconf", "0");
+        conf("disable_ipv6", "0");
+    } else {
+        // An IPv4 overlay: keep the kernel from sending IPv6 (router solicitations, MLD) into it.
+        conf("disable_ipv6", "1");
+    }
     Ok(all)
 }
 
@@ -92,11 +102,57 @@ pub async fn route_network(cfg: &DataPlaneConfig) -> Result<u32, DataPlaneError>
             .execute()
             .await
             .map_err(|e| err(e.to_string()))?;
+        if let (Some(net6), Some(own6)) = (cfg.network6, cfg.own_subnet6) {
+            add_ipv6(&handle, link.header.index, own6.network())
+                .await
+                .map_err(err)?;
+            let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(net6.network(), net6.prefix_len())
+                .output_interface(link.header.index)
+                .pref_source(own6.network())
+                .build();
+            handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| err(format!("routing {net6} to the tun device: {e}")))?;
+        }
         Ok(link.header.index)
     }
     .await;
     task.abort();
     result
+}
+
+/// Gives the tun device `<IPv6 subnet>::/128` (the IPv6 twin of `<subnet>.0/32`, as flannel-v6.<VNI> has),
+/// unless it has it already.
+async fn add_ipv6(handle: &Handle, index: u32, ip6: Ipv6Addr) -> Result<bool, String> {
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(a) = addrs
+        .try_next()
+        .await
+        .map_err(|e| format!("reading the tun device's addresses: {e}"))?
+    {
+        if a.attributes
+            .iter()
+            .any(|x| matches!(x, AddressAttribute::Address(IpAddr::V6(v)) if *v == ip6))
+        {
+            return Ok(false);
+        }
+    }
+    handle
+        .address()
+        .add(index, IpAddr::V6(ip6), 128)
+        .execute()
+        .await
+        .map_err(|e| format!("adding {ip6}/128 to the tun device: {e}"))?;
+    Ok(true)
 }
 
 /// What [`reconcile`] found.
@@ -215,7 +271,45 @@ async fn reconcile_on(
         route_network(cfg).await.map_err(|e| e.to_string())?;
         state.repaired.push("route");
     }
+    if let (Some(net6), Some(own6)) = (cfg.network6, cfg.own_subnet6) {
+        if add_ipv6(handle, index, own6.network()).await? {
+            state.repaired.push("IPv6 address");
+        }
+        let mut routes = handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute();
+        let mut has_route6 = false;
+        while let Some(r) = routes
+            .try_next()
+            .await
+            .map_err(|e| format!("reading IPv6 routes: {e}"))?
+        {
+            let oif = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+            let dst = r.attributes.iter().any(|a| {
+                matches!(a, RouteAttribute::Destination(RouteAddress::Inet6(d)) if *d == net6.network())
+            });
+            has_route6 |= oif && dst && r.header.destination_prefix_length == net6.prefix_len();
+        }
+        if !has_route6 {
+            route_network(cfg).await.map_err(|e| e.to_string())?;
+            state.repaired.push("IPv6 route");
+        }
+    }
     Ok(state)
+}
+
+/// Turns on IPv6 forwarding in this network namespace (a dual-stack network's containers need it).
+pub fn enable_ipv6_forwarding() -> std::io::Result<()> {
+    const PATH: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+    if std::fs::read_to_string(PATH)?.trim() != "1" {
+        std::fs::write(PATH, "1")?;
+        info!("enabled net.ipv6.conf.all.forwarding so containers' IPv6 traffic is forwarded");
+    }
+    Ok(())
 }
 
 /// Turns on IPv4 forwarding in this network namespace (dockerd does too); containers' traffic needs it.

@@ -2,7 +2,7 @@
 //! with offloads, TSO reads leave as one UDP GSO send and GRO receives enter as one tun write.
 
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -117,17 +117,18 @@ impl<U: Underlay> Worker<U> {
     pub fn run(mut self) {
         while !self.stop.load(Ordering::Relaxed) {
             // The tun, then each of the underlay's receive sources.
+            let sources = self.underlay.sources();
             let ready = {
                 let mut fds: [PollFd<'_>; 1 + MAX_SOURCES] = std::array::from_fn(|i| {
                     // Entries past the underlay's sources are placeholders, not polled.
-                    let fd = if (1..=U::SOURCES).contains(&i) {
+                    let fd = if (1..=sources).contains(&i) {
                         self.underlay.poll_fd(i - 1)
                     } else {
                         self.tun.as_fd()
                     };
                     PollFd::new(fd, PollFlags::POLLIN)
                 });
-                let fds = &mut fds[..=U::SOURCES];
+                let fds = &mut fds[..=sources];
                 match nix::poll::poll(fds, PollTimeout::from(100u16)) {
                     Ok(0) => continue,
                     Ok(_) => {
@@ -151,7 +152,7 @@ impl<U: Underlay> Worker<U> {
                 if ready[0] {
                     busy |= self.outbound_batch();
                 }
-                for s in 0..U::SOURCES {
+                for s in 0..sources {
                     if ready[1 + s] {
                         busy |= self.inbound_batch(s);
                     }
@@ -175,7 +176,7 @@ impl<U: Underlay> Worker<U> {
         while now < until && !self.stop.load(Ordering::Relaxed) {
             let before = self.activity();
             self.outbound_batch();
-            for s in 0..U::SOURCES {
+            for s in 0..self.underlay.sources() {
                 self.inbound_batch(s);
             }
             now = Instant::now();
@@ -279,7 +280,7 @@ impl<U: Underlay> Worker<U> {
             }
             let sent = self
                 .underlay
-                .send(flow, dst, &self.tx_buf[start..HEADROOM + len]);
+                .send(flow, dst.into(), &self.tx_buf[start..HEADROOM + len]);
             self.count_sent(sent, dst, prefix);
             return;
         }
@@ -344,7 +345,9 @@ impl<U: Underlay> Worker<U> {
             self.count_sent(sent, dst, DATA_OVERHEAD);
             return;
         }
-        let sent = self.underlay.send_split(flow, dst, &split, &mut self.train);
+        let sent = self
+            .underlay
+            .send_split(flow, dst.into(), &split, &mut self.train);
         self.count_sent(sent, dst, prefix);
     }
 
@@ -377,7 +380,7 @@ impl<U: Underlay> Worker<U> {
         // The handshake initiation goes to the peer's address on the network's port, as all sends do.
         let mut seal = |sealed: &mut [u8]| {
             node.seal(dst, plain, stride, sealed, |ep, m| {
-                let _ = underlay.send(flow, *ep.ip(), m);
+                let _ = underlay.send(flow, (*ep.ip()).into(), m);
             })
         };
         let mut r = seal(sealed);
@@ -397,7 +400,12 @@ impl<U: Underlay> Worker<U> {
         if sealed_len == 0 {
             return Sent::default();
         }
-        underlay.send_train(flow, dst, &sealed[..sealed_len], stride + DATA_OVERHEAD)
+        underlay.send_train(
+            flow,
+            dst.into(),
+            &sealed[..sealed_len],
+            stride + DATA_OVERHEAD,
+        )
     }
 
     /// Sends the small datagrams gathered so far, as one train.
@@ -411,9 +419,9 @@ impl<U: Underlay> Worker<U> {
             return;
         }
         let prefix = self.cfg.encap.prefix();
-        let sent = self
-            .underlay
-            .send_train(flow, dst, &self.train[..train.len], train.stride);
+        let sent =
+            self.underlay
+                .send_train(flow, dst.into(), &self.train[..train.len], train.stride);
         self.count_sent(sent, dst, prefix);
     }
 
@@ -493,7 +501,7 @@ impl<U: Underlay> Worker<U> {
         };
         let r = underlay.recv(source, WORK_LIMIT, &mut sink);
         for (to, m) in self.replies.drain(..) {
-            let _ = self.underlay.send(0, *to.ip(), &m);
+            let _ = self.underlay.send(0, (*to.ip()).into(), &m);
         }
         match r {
             Ok(more) => more,
@@ -554,8 +562,13 @@ impl DatagramSink for TunSink<'_> {
     /// Runs one datagram through the inbound checks and delivers what it yields; drops are counted by
     /// reason.
     #[inline]
-    fn datagram(&mut self, src: Ipv4Addr, payload: &mut [u8]) {
+    fn datagram(&mut self, src: IpAddr, payload: &mut [u8]) {
         let (tun, counters, vnet) = (self.tun, self.counters, self.vnet);
+        // The IPv6 underlay of a dual-stack network: not decapsulated yet.
+        let IpAddr::V4(src) = src else {
+            self.counters.dropped(DropReason::UnknownSender);
+            return;
+        };
         let coalescer = &mut *self.coalescer;
         if let Some(node) = self.wg {
             let (own, mtu, replies) = (self.rx.own, self.rx.mtu, &mut *self.replies);

@@ -21,6 +21,8 @@ pub struct Underlay {
     /// The IPv6 underlay address (`PublicIPv6`): `--public-ipv6`, else the interface's first global IPv6
     /// address; a dual-stack network needs one.
     pub public_ipv6: Option<Ipv6Addr>,
+    /// The interface's own IPv6 address to bind the IPv6 underlay to (unspecified: any).
+    pub local_ip6: Ipv6Addr,
     pub mtu: u32,
 }
 
@@ -325,8 +327,10 @@ pub fn detect(
     let def = default_route_iface()?;
     let (iface, local_ip) = pick(&ifaces, wanted, route_to, public_ip, def.as_deref())?;
     let mtu = mtu_of(&iface)?;
+    let local_ip6 = global_ipv6_of(&iface);
     Ok(Underlay {
-        public_ipv6: public_ipv6.or_else(|| global_ipv6_of(&iface)),
+        public_ipv6: public_ipv6.or(local_ip6),
+        local_ip6: local_ip6.unwrap_or(Ipv6Addr::UNSPECIFIED),
         public_ip: public_ip.unwrap_or(local_ip),
         iface,
         local_ip,
