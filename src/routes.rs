@@ -133,6 +133,11 @@ pub struct RouteSnapshot {
     levels: Vec<(u8, u32, U32Map<u32>)>,
     /// public IP -> index of the first peer with it.
     by_ip: U32Map<u32>,
+    /// The IPv6 halves of dual-stack peers: (prefix length, netmask, masked address -> index), longest
+    /// prefix first.
+    levels6: Vec<(u8, u128, HashMap<u128, u32>)>,
+    /// IPv6 public address -> index of the first peer with it.
+    by_ip6: HashMap<Ipv6Addr, u32>,
 }
 
 impl RouteSnapshot {
@@ -161,11 +166,57 @@ impl RouteSnapshot {
         for (i, p) in peers.iter().enumerate() {
             by_ip.entry(u32::from(p.public_ip)).or_insert(i as u32);
         }
+        let mut levels6: Vec<(u8, u128, HashMap<u128, u32>)> = Vec::new();
+        let mut by_ip6 = HashMap::new();
+        for (i, p) in peers.iter().enumerate() {
+            let Some(v6) = p.v6 else { continue };
+            let len = v6.subnet.prefix_len();
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
+            let level = match levels6.iter_mut().position(|l| l.0 == len) {
+                Some(pos) => &mut levels6[pos],
+                None => {
+                    levels6.push((len, mask, HashMap::new()));
+                    levels6.last_mut().expect("just pushed")
+                }
+            };
+            level
+                .2
+                .entry(u128::from(v6.subnet.network()))
+                .or_insert(i as u32);
+            if let Some(ip6) = v6.public_ip {
+                by_ip6.entry(ip6).or_insert(i as u32);
+            }
+        }
+        levels6.sort_by_key(|l| std::cmp::Reverse(l.0));
         RouteSnapshot {
             peers,
             levels,
             by_ip,
+            levels6,
+            by_ip6,
         }
+    }
+
+    /// The peer whose IPv6 subnet is the longest prefix containing `dst`.
+    #[inline]
+    pub fn lookup6(&self, dst: Ipv6Addr) -> Option<&Peer> {
+        let a = u128::from(dst);
+        for (_, mask, map) in &self.levels6 {
+            if let Some(&i) = map.get(&(a & mask)) {
+                return Some(&self.peers[i as usize]);
+            }
+        }
+        None
+    }
+
+    /// The peer with this IPv6 public address, if any.
+    #[inline]
+    pub fn by_public_ip6(&self, ip: Ipv6Addr) -> Option<&Peer> {
+        self.by_ip6.get(&ip).map(|&i| &self.peers[i as usize])
     }
 
     /// The peer whose subnet is the longest prefix containing `dst`.
@@ -329,6 +380,62 @@ impl RouteTable {
         self.current
             .store(Arc::new(RouteSnapshot::new(m.values().map(|e| e.1))));
         self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+#[cfg(test)]
+mod tests6 {
+    use super::*;
+
+    #[test]
+    fn ipv6_halves_are_found_by_longest_prefix_and_public_address() {
+        let peer = |v4: &str, ip: [u8; 4], v6: Option<(&str, &str)>| Peer {
+            subnet: v4.parse().unwrap(),
+            public_ip: Ipv4Addr::from(ip),
+            backend: PeerBackend::Udp,
+            v6: v6.map(|(s, a)| PeerV6 {
+                subnet: s.parse().unwrap(),
+                public_ip: Some(a.parse().unwrap()),
+                vtep_mac: None,
+            }),
+        };
+        let t = RouteSnapshot::new([
+            peer(
+                "10.5.1.0/24",
+                [1, 1, 1, 1],
+                Some(("fc00:5:0:1::/64", "fd00::1")),
+            ),
+            peer(
+                "10.5.2.0/24",
+                [2, 2, 2, 2],
+                Some(("fc00:5:0:2::/64", "fd00::2")),
+            ),
+            peer("10.5.3.0/24", [3, 3, 3, 3], None),
+        ]);
+        let a = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(
+            t.lookup6(a("fc00:5:0:2::9")).unwrap().public_ip,
+            Ipv4Addr::new(2, 2, 2, 2)
+        );
+        assert_eq!(
+            t.lookup6(a("fc00:5:0:1:ffff::1"))
+                .unwrap()
+                .subnet
+                .to_string(),
+            "10.5.1.0/24"
+        );
+        assert!(t.lookup6(a("fc00:5:0:3::1")).is_none());
+        assert!(t.lookup6(a("::1")).is_none());
+        assert_eq!(
+            t.by_public_ip6(a("fd00::2")).unwrap().subnet.to_string(),
+            "10.5.2.0/24"
+        );
+        assert!(t.by_public_ip6(a("fd00::3")).is_none());
+        // IPv4 lookups are unchanged.
+        assert_eq!(
+            t.lookup(Ipv4Addr::new(10, 5, 3, 7)).unwrap().public_ip,
+            Ipv4Addr::new(3, 3, 3, 3)
+        );
     }
 }
 
