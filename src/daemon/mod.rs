@@ -239,13 +239,11 @@ async fn control_plane(
             forward: opts.forward_rules,
             random_fully: opts.masq_random_fully,
         };
-        let m = crate::host::masq::Masquerade::start(
-            cfg.network,
-            own.subnet,
-            set,
-            opts.iptables_resync,
-        )
-        .await?;
+        let mut nets = vec![(cfg.network.into(), own.subnet.into())];
+        if let (Some(n6), Some(s6)) = (own.network6, own.subnet6) {
+            nets.push((n6.into(), s6.into()));
+        }
+        let m = crate::host::masq::Masquerade::start(&nets, set, opts.iptables_resync).await?;
         *shared.masq.lock().expect("masq lock") = Some(m);
     }
     let env = SubnetEnv {

@@ -1,10 +1,11 @@
 //! `--ip-masq` and `--iptables-forward-rules`: flannel's masquerade and forward rules (computed purely),
-//! installed idempotently through the `iptables` crate (which drives the iptables tools), re-checked every
-//! `--iptables-resync` seconds, removed on clean exit.
+//! installed idempotently through the `iptables` crate (which drives the iptables tools; ip6tables for
+//! the IPv6 half of a dual-stack network), re-checked every `--iptables-resync` seconds, removed on clean
+//! exit.
 
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -29,20 +30,26 @@ pub struct RuleSet {
 /// One iptables rule: table, chain, rule specification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
+    /// An ip6tables rule (the IPv6 half of a dual-stack network).
+    pub v6: bool,
     pub table: &'static str,
     pub chain: &'static str,
     pub spec: String,
-}
-
-fn rule(table: &'static str, chain: &'static str, spec: String) -> Rule {
-    Rule { table, chain, spec }
 }
 
 /// flannel's rules for this host: with `masq`, containers' traffic to the outside is masqueraded and
 /// traffic between containers across the overlay keeps its source address; with `forward`, FORWARD accepts
 /// the Network. Jumps into weft's chains come first in the list, so install in reverse to add chain rules
 /// first.
-pub fn rules(network: Ipv4Net, subnet: Ipv4Net, set: RuleSet) -> Vec<Rule> {
+pub fn rules(network: IpNet, subnet: IpNet, set: RuleSet) -> Vec<Rule> {
+    let v6 = matches!(network, IpNet::V6(_));
+    let rule = |table: &'static str, chain: &'static str, spec: String| Rule {
+        v6,
+        table,
+        chain,
+        spec,
+    };
+    let multicast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
     let (n, s) = (network.to_string(), subnet.to_string());
     let random = if set.random_fully {
         " --random-fully"
@@ -81,7 +88,7 @@ pub fn rules(network: Ipv4Net, subnet: Ipv4Net, set: RuleSet) -> Vec<Rule> {
             rule(
                 "nat",
                 NAT_CHAIN,
-                format!("-s {n} ! -d 224.0.0.0/4 -j MASQUERADE{random}"),
+                format!("-s {n} ! -d {multicast} -j MASQUERADE{random}"),
             ),
             // From the outside into the overlay, via this host: masquerade so replies come back here.
             rule(
@@ -119,9 +126,9 @@ fn op<E: std::fmt::Display>(op: impl Into<String>) -> impl FnOnce(E) -> MasqErro
     }
 }
 
-/// The iptables driver, numeric (listing a chain must never wait on reverse DNS).
-fn open() -> Result<iptables::IPTables, MasqError> {
-    let mut ipt = iptables::new(false).map_err(|e| MasqError::NoIptables(e.to_string()))?;
+/// The iptables (or, `v6`, ip6tables) driver, numeric (listing a chain must never wait on reverse DNS).
+fn open(v6: bool) -> Result<iptables::IPTables, MasqError> {
+    let mut ipt = iptables::new(v6).map_err(|e| MasqError::NoIptables(e.to_string()))?;
     ipt.set_numeric(true);
     Ok(ipt)
 }
@@ -149,8 +156,31 @@ fn chains(rules: &[Rule]) -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
+/// Makes sure every rule of both families exists; returns how many were added.
 fn ensure(rules: &[Rule]) -> Result<usize, MasqError> {
-    let ipt = open()?;
+    let mut added = 0;
+    for v6 in [false, true] {
+        let family: Vec<Rule> = rules.iter().filter(|r| r.v6 == v6).cloned().collect();
+        if !family.is_empty() {
+            added += ensure_family(v6, &family)?;
+        }
+    }
+    Ok(added)
+}
+
+/// Removes the rules of both families.
+fn remove(rules: &[Rule]) -> Result<(), MasqError> {
+    for v6 in [false, true] {
+        let family: Vec<Rule> = rules.iter().filter(|r| r.v6 == v6).cloned().collect();
+        if !family.is_empty() {
+            remove_family(v6, &family)?;
+        }
+    }
+    Ok(())
+}
+
+fn ensure_family(v6: bool, rules: &[Rule]) -> Result<usize, MasqError> {
+    let ipt = open(v6)?;
     for (table, chain) in chains(rules) {
         if !ipt
             .chain_exists(table, chain)
@@ -217,9 +247,9 @@ fn ensure(rules: &[Rule]) -> Result<usize, MasqError> {
     Ok(added)
 }
 
-/// Removes the jumps and weft's chains.
-fn remove(rules: &[Rule]) -> Result<(), MasqError> {
-    let ipt = open()?;
+/// Removes the jumps and weft's chains of one family.
+fn remove_family(v6: bool, rules: &[Rule]) -> Result<(), MasqError> {
+    let ipt = open(v6)?;
     if chains(rules).contains(&("filter", FWD_CHAIN))
         && ipt.chain_exists("filter", DOCKER_USER).unwrap_or(false)
         && ipt
@@ -261,30 +291,34 @@ impl Masquerade {
     /// Installs the rules now and keeps re-checking them every `resync`. An error now is fatal when
     /// masquerading was asked for; the forward rules alone (flannel's default) are only warned about and
     /// retried, so a host without iptables still forwards where FORWARD accepts.
+    /// `nets`: (Network, our subnet) of each family the network has (IPv4, and IPv6 when dual-stack).
     pub async fn start(
-        network: Ipv4Net,
-        subnet: Ipv4Net,
+        nets: &[(IpNet, IpNet)],
         set: RuleSet,
         resync: Duration,
     ) -> Result<Masquerade, MasqError> {
-        let rules = rules(network, subnet, set);
+        let network = nets
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let rules: Vec<Rule> = nets.iter().flat_map(|&(n, s)| rules(n, s, set)).collect();
         // What an earlier run with other flags (or one that crashed) left of the parts not wanted now.
-        let unwanted: Vec<Rule> = self::rules(
-            network,
-            subnet,
-            RuleSet {
-                masq: true,
-                forward: true,
-                random_fully: set.random_fully,
-            },
-        )
-        .into_iter()
-        .filter(|r| {
-            !chains(&rules)
-                .iter()
-                .any(|(_, c)| r.chain == *c || r.spec.ends_with(&format!("-j {c}")))
-        })
-        .collect();
+        let all = RuleSet {
+            masq: true,
+            forward: true,
+            random_fully: set.random_fully,
+        };
+        let unwanted: Vec<Rule> = nets
+            .iter()
+            .flat_map(|&(n, s)| self::rules(n, s, all))
+            .filter(|r| {
+                let kept: Vec<Rule> = rules.iter().filter(|k| k.v6 == r.v6).cloned().collect();
+                !chains(&kept)
+                    .iter()
+                    .any(|(_, c)| r.chain == *c || r.spec.ends_with(&format!("-j {c}")))
+            })
+            .collect();
         if !unwanted.is_empty() {
             let _ = tokio::task::spawn_blocking(move || remove(&unwanted)).await;
         }
@@ -292,7 +326,7 @@ impl Masquerade {
         let mut last_err: Option<String> = None;
         match tokio::task::spawn_blocking(move || ensure(&r)).await? {
             Ok(_) => {
-                info!(%network, %subnet, masq = set.masq, forward = set.forward, "iptables rules installed")
+                info!(%network, masq = set.masq, forward = set.forward, "iptables rules installed")
             }
             Err(e) if set.masq => return Err(e),
             Err(e) => {
@@ -353,6 +387,17 @@ mod tests {
             "10.5.7.0/24".parse().unwrap(),
             all,
         );
+        assert!(r.iter().all(|r| !r.v6));
+        // The IPv6 half: the same rules for ip6tables, multicast being ff00::/8.
+        let r6 = rules(
+            "fc00:5::/48".parse().unwrap(),
+            "fc00:5:0:7::/64".parse().unwrap(),
+            all,
+        );
+        assert!(r6.iter().all(|r| r.v6) && r6.len() == r.len());
+        assert!(r6
+            .iter()
+            .any(|r| r.spec == "-s fc00:5::/48 ! -d ff00::/8 -j MASQUERADE --random-fully"));
         let specs: Vec<String> = r
             .iter()
             .map(|r| format!("{} {} {}", r.table, r.chain, r.spec))
