@@ -28,6 +28,7 @@ pub mod filter;
 pub mod flow;
 pub mod gso;
 pub mod icmp;
+pub mod icmpv6;
 pub mod inbound;
 pub mod ipv4;
 pub mod ipv6;
