@@ -136,6 +136,7 @@ pub(super) async fn start_userspace(
         (Backend::Vxlan(v), Some(d)) => Encap::Vxlan {
             vni: v.vni,
             mac: d.vtep_mac,
+            mac6: None,
         },
         (Backend::WireGuard(_), _) => Encap::WireGuard,
         _ => Encap::Udp,

@@ -2,7 +2,7 @@
 //! with offloads, TSO reads leave as one UDP GSO send and GRO receives enter as one tun write.
 
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,8 +21,10 @@ use crate::wire::batch::SmallBatch;
 use crate::wire::gso::{
     train_from_tun, Coalescer, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_UDP_L4, VNET_HDR_LEN,
 };
+use crate::wire::icmpv6::{icmpv6_unreachable, Unreachable6};
 use crate::wire::inbound::Inbound;
 use crate::wire::ipv4::{icmp_unreachable, Unreachable};
+use crate::wire::ipv6;
 use crate::wire::outbound::{Action, Outbound};
 use crate::wire::segment::split_headers;
 use crate::wire::DropReason;
@@ -102,7 +104,8 @@ impl<U: Underlay> Worker<U> {
             train: vec![0; TRAIN_BYTES],
             batch: SmallBatch::default(),
             heads: vec![0; TRAIN_BYTES],
-            icmp_buf: vec![0; 1024],
+            // An ICMPv6 error may be as large as the IPv6 minimum MTU.
+            icmp_buf: vec![0; VNET_HDR_LEN + ipv6::MIN_MTU],
             seg_buf: vec![0; MAX_PACKET],
             icmp_window: (Instant::now(), 0),
             spin: SpinBudget::new(Instant::now()),
@@ -261,12 +264,25 @@ impl<U: Underlay> Worker<U> {
                 self.reply_unreachable(len, code, from);
                 return;
             }
+            Action::Unreachable6 { reason, from } => {
+                self.counters.dropped(reason);
+                self.reply_unreachable6(len, from);
+                return;
+            }
             Action::Drop(reason) => {
                 self.counters.dropped(reason);
                 return;
             }
         };
-        let (flow, dst, prefix) = (e.flow, e.dst, e.prefix());
+        let dst = match e.dst {
+            IpAddr::V4(d) => d,
+            // IPv6 underlay: wired up with the dual-stack data plane
+            IpAddr::V6(_) => {
+                self.counters.dropped(DropReason::UnderlayFamily);
+                return;
+            }
+        };
+        let (flow, prefix) = (e.flow, e.prefix());
         if !self.vnet && self.wg.is_some() {
             let sent = self.seal_and_send(flow, dst, Plain::TxBuf, len, len);
             self.count_sent(sent, dst, DATA_OVERHEAD);
@@ -441,20 +457,43 @@ impl<U: Underlay> Worker<U> {
     /// Writes an ICMP destination-unreachable `code` from `from` about the packet in tx_buf back into the
     /// tun (rate-limited).
     fn reply_unreachable(&mut self, n: usize, code: Unreachable, from: Ipv4Addr) {
-        let now = Instant::now();
-        if now.duration_since(self.icmp_window.0) >= Duration::from_secs(1) {
-            self.icmp_window = (now, 0);
-        }
-        if self.icmp_window.1 >= ICMP_PER_SECOND {
+        if !self.icmp_allowed() {
             return;
         }
-        self.icmp_window.1 += 1;
         let original = &self.tx_buf[HEADROOM..HEADROOM + n];
         let off = if self.vnet { VNET_HDR_LEN } else { 0 };
         self.icmp_buf[..off].fill(0);
         if let Some(len) = icmp_unreachable(original, from, code, &mut self.icmp_buf[off..]) {
             let _ = self.tun.send(&self.icmp_buf[..off + len]);
         }
+    }
+
+    /// Writes an ICMPv6 destination-unreachable (no route) from `from` about the IPv6 packet in tx_buf
+    /// back into the tun (rate-limited with the ICMP replies).
+    fn reply_unreachable6(&mut self, n: usize, from: Ipv6Addr) {
+        if !self.icmp_allowed() {
+            return;
+        }
+        let original = &self.tx_buf[HEADROOM..HEADROOM + n];
+        let off = if self.vnet { VNET_HDR_LEN } else { 0 };
+        self.icmp_buf[..off].fill(0);
+        let out = &mut self.icmp_buf[off..];
+        if let Some(len) = icmpv6_unreachable(original, from, Unreachable6::NoRoute, out) {
+            let _ = self.tun.send(&self.icmp_buf[..off + len]);
+        }
+    }
+
+    /// Whether one more ICMP or ICMPv6 reply fits this second's budget (and counts it if so).
+    fn icmp_allowed(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.icmp_window.0) >= Duration::from_secs(1) {
+            self.icmp_window = (now, 0);
+        }
+        if self.icmp_window.1 >= ICMP_PER_SECOND {
+            return false;
+        }
+        self.icmp_window.1 += 1;
+        true
     }
 
     /// Receives up to WORK_LIMIT datagrams from the underlay's receive source `source`, checks them and
@@ -464,6 +503,7 @@ impl<U: Underlay> Worker<U> {
         let routes = self.routes.snapshot();
         let rx = Inbound {
             own: self.cfg.own_subnet,
+            own6: None,
             encap: self.cfg.encap,
             mtu: self.cfg.mtu as usize,
             tun_offload: self.vnet,
@@ -591,11 +631,13 @@ impl DatagramSink for TunSink<'_> {
             }
             return;
         }
-        let r = self
-            .rx
-            .receive(self.routes, src, payload, self.scratch, |packet| {
-                Self::deliver(tun, counters, coalescer, vnet, packet)
-            });
+        let r = self.rx.receive(
+            self.routes,
+            IpAddr::V4(src),
+            payload,
+            self.scratch,
+            |packet| Self::deliver(tun, counters, coalescer, vnet, packet),
+        );
         if let Err(reason) = r {
             counters.dropped(reason);
         }
