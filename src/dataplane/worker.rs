@@ -19,7 +19,7 @@ use crate::ops::metrics::WorkerCounters;
 use crate::routes::{RouteSnapshot, RouteTable};
 use crate::wire::batch::SmallBatch;
 use crate::wire::gso::{
-    train_from_tun, Coalescer, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_UDP_L4, VNET_HDR_LEN,
+    train_from_tun, Coalescer, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN,
 };
 use crate::wire::icmpv6::{icmpv6_unreachable, Unreachable6};
 use crate::wire::inbound::Inbound;
@@ -334,7 +334,7 @@ impl<U: Underlay> Worker<U> {
         self.send_batch();
         let packet = &self.tx_buf[HEADROOM..HEADROOM + len];
         let udp = match hdr.gso_type & 0x7f {
-            GSO_TCPV4 => false,
+            GSO_TCPV4 | GSO_TCPV6 => false,
             GSO_UDP_L4 => true,
             _ => {
                 self.counters.dropped(DropReason::TooBig);
