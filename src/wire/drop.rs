@@ -97,3 +97,17 @@ impl DropReason {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_listed_at_its_index_with_its_own_label() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        let labels: std::collections::HashSet<_> = DropReason::ALL.map(|r| r.label()).into();
+        assert_eq!(labels.len(), DropReason::ALL.len());
+    }
+}

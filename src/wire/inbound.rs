@@ -11,7 +11,7 @@ use super::filter::{check_inner6, check_inner_from, PeerTable};
 use super::segment::split_tcp;
 use super::vxlan::{decap_dual, InnerFamily, VXLAN_ENCAP};
 use super::DropReason;
-use super::{be16, ipv4};
+use super::{be16, ipv4, ipv6};
 
 /// How inner packets are wrapped on the underlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +67,19 @@ pub fn datagram_units(payload: &[u8], stride: usize, prefix: usize) -> usize {
     if stride == 0 || stride >= whole {
         return whole;
     }
-    // The inner IPv4 total length, read without any other check: a hint, not a validation.
-    match payload
-        .get(prefix..)
-        .and_then(|ip| ip.get(ipv4::field::LENGTH))
-    {
-        Some(l) if usize::from(be16(l)) == payload.len() - prefix => whole,
+    // The inner packet's length (IPv4 total length, or IPv6 payload length and fixed header), read
+    // without any other check: a hint, not a validation.
+    let Some(ip) = payload.get(prefix..) else {
+        return stride;
+    };
+    let inner_len = if ip.first().is_some_and(|b| b >> 4 == 6) {
+        ip.get(ipv6::field::PAYLOAD_LEN)
+            .map(|l| ipv6::HEADER_LEN + usize::from(be16(l)))
+    } else {
+        ip.get(ipv4::field::LENGTH).map(|l| usize::from(be16(l)))
+    };
+    match inner_len {
+        Some(l) if l == ip.len() => whole,
         _ => stride,
     }
 }
@@ -212,6 +219,12 @@ mod tests {
         assert_eq!(datagram_units(&train, seg.len(), 22), seg.len());
         assert_eq!(datagram_units(&seg, 0, 22), seg.len());
         assert_eq!(datagram_units(&[], 0, 22), 1);
+        let mut six = vec![0u8; 22];
+        let big = [0u8; 5000];
+        let (a, b) = ("fc00::1".parse().unwrap(), "fc00::2".parse().unwrap());
+        six.extend_from_slice(&udp6_packet(a, b, 1, 2, &big));
+        assert_eq!(datagram_units(&six, 1400, 22), six.len());
+        assert_eq!(datagram_units(&six[..4000], 1400, 22), 1400);
     }
 
     /// Random and mutated input never panics and never delivers more than the MTU.
