@@ -72,6 +72,23 @@ pub fn dual_routes(v4: RouteSnapshot) -> DualRoutes {
     }
 }
 
+/// An IPv6 packet around `data` with a valid fixed header: from fc00:0:0:2::<sel> (bit 0 of `sel` set:
+/// from fc00:0:0:3::, the IPv6-underlay peer's subnet) to fc00:0:0:1::7 (bit 1 set: to fc00:0:0:2::7,
+/// not ours), next header `data[0]`, payload the rest; so the inbound targets reach the IPv6 checks.
+#[allow(dead_code)] // outbound and segment build their own
+pub fn ipv6_packet(sel: u8, data: &[u8]) -> Vec<u8> {
+    let (&next, rest) = data.split_first().unwrap_or((&17, &[]));
+    let len = rest.len().min(usize::from(u16::MAX));
+    let mut p = vec![0x60, 0, 0, 0, 0, 0, next, 64];
+    p[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+    let from = if sel & 1 == 1 { 3 } else { 2 };
+    let to = if sel & 2 == 2 { 2 } else { 1 };
+    p.extend_from_slice(&[0xfc, 0, 0, 0, 0, 0, 0, from, 0, 0, 0, 0, 0, 0, 0, sel]);
+    p.extend_from_slice(&[0xfc, 0, 0, 0, 0, 0, 0, to, 0, 0, 0, 0, 0, 0, 0, 7]);
+    p.extend_from_slice(&rest[..len]);
+    p
+}
+
 /// Runs the whole inbound pipeline on `data` and checks what it delivers.
 #[allow(dead_code)] // xdp_frame shares this file's setup but has its own entry
 pub fn run(data: &[u8], encap: Encap) {

@@ -11,6 +11,7 @@ use weft::wire::inbound::Encap;
 use weft::wire::outer::{
     parse_udp_frame, parse_underlay_frame, OuterPath, OuterPath6, OUTER_LEN, OUTER_LEN6,
 };
+use weft::wire::vxlan::{InnerFamily, VxlanTemplate, VXLAN_ENCAP};
 
 fuzz_target!(|data: &[u8]| {
     let encap = Encap::Vxlan {
@@ -19,9 +20,21 @@ fuzz_target!(|data: &[u8]| {
         mac6: Some(common::OURS6),
     };
     let frame = match data.split_first() {
-        // First two bits: the rest behind valid IPv6 outer headers (checksum included) from the IPv6 peer.
-        Some((b, rest)) if b & 3 == 3 => {
+        // First two bits: the rest behind valid IPv6 outer headers (checksum included) from the IPv6 peer;
+        // with the third, behind a VXLAN header to our IPv6 VTEP and a valid inner IPv6 header too.
+        Some((&b, rest)) if b & 3 == 3 => {
             let rest = &rest[..rest.len().min(1500)];
+            let inner;
+            let rest = if b & 4 == 4 {
+                let mut p = vec![0u8; VXLAN_ENCAP];
+                let peer = MacAddr([2, 0, 0, 0, 6, 3]);
+                VxlanTemplate::for_inner(1, common::OURS6, peer, InnerFamily::V6).write(&mut p, 0);
+                p.extend_from_slice(&common::ipv6_packet(b >> 3, rest));
+                inner = p;
+                &inner[..]
+            } else {
+                rest
+            };
             let mut f = vec![0u8; OUTER_LEN6];
             OuterPath6 {
                 src_mac: MacAddr([2, 0, 0, 0, 0, 2]),
