@@ -74,7 +74,12 @@ fn routes() -> RouteSnapshot {
 fn inbound(tun_offload: bool) -> Inbound {
     Inbound {
         own: "10.5.1.0/24".parse().expect("subnet"),
-        encap: Encap::Vxlan { vni: 1, mac: OURS },
+        own6: None,
+        encap: Encap::Vxlan {
+            vni: 1,
+            mac: OURS,
+            mac6: None,
+        },
         mtu: 1450,
         tun_offload,
     }
@@ -108,6 +113,7 @@ fn encap_decap(c: &mut Criterion) {
             encap: Encap::Vxlan {
                 vni: 1,
                 mac: PEER_MAC,
+                mac6: None,
             },
         };
         g.bench_function(
@@ -131,7 +137,7 @@ fn encap_decap(c: &mut Criterion) {
             b.iter(|| {
                 let mut n = 0;
                 rx_offload
-                    .receive(&r, PEER, black_box(&mut buf), &mut scratch, |d| {
+                    .receive(&r, PEER.into(), black_box(&mut buf), &mut scratch, |d| {
                         n += d.len()
                     })
                     .expect("valid");
@@ -141,7 +147,7 @@ fn encap_decap(c: &mut Criterion) {
         g.bench_function("decap + every inbound check + checksum verification", |b| {
             b.iter(|| {
                 let mut n = 0;
-                rx.receive(&r, PEER, black_box(&mut buf), &mut scratch, |d| {
+                rx.receive(&r, PEER.into(), black_box(&mut buf), &mut scratch, |d| {
                     n += d.len()
                 })
                 .expect("valid");
@@ -240,7 +246,7 @@ fn pipeline(c: &mut Criterion) {
             buf[VXLAN_ENCAP..].copy_from_slice(black_box(&p));
             VxlanTemplate::new(1, OURS, PEER_MAC).write(&mut buf, 0);
             let mut n = 0;
-            rx.receive(&r, PEER, &mut buf, &mut scratch, |d| n += d.len())
+            rx.receive(&r, PEER.into(), &mut buf, &mut scratch, |d| n += d.len())
                 .expect("valid");
             black_box(n)
         })

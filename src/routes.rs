@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::lease::{LeaseAttrs, SubnetKey};
 use crate::wire::ethernet::MacAddr;
-use crate::wire::peers::{PeerEncap, PeerRoute, PeerTable};
+use crate::wire::peers::{PeerEncap, PeerRoute, PeerRoute6, PeerTable};
 
 /// How a peer is reached, from its lease's BackendType and BackendData.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +282,36 @@ impl PeerTable for RouteSnapshot {
     #[inline]
     fn owner(&self, addr: Ipv4Addr) -> Option<Ipv4Addr> {
         self.lookup(addr).map(|p| p.public_ip)
+    }
+
+    /// A dual-stack peer's IPv6 subnet is reached at its IPv6 public address (flannel's IPv6 VTEP is
+    /// bound there), VXLAN to the MAC of its IPv6 VTEP; a lease without a PublicIPv6 has no IPv6 route.
+    #[inline]
+    fn peer_for6(&self, dst: Ipv6Addr) -> Option<PeerRoute6> {
+        let p = self.lookup6(dst)?;
+        let v6 = p.v6?;
+        Some(PeerRoute6 {
+            public_ip: IpAddr::V6(v6.public_ip?),
+            encap: match (p.backend, v6.vtep_mac) {
+                (PeerBackend::Vxlan { .. }, Some(vtep_mac)) => PeerEncap::Vxlan { vtep_mac },
+                (PeerBackend::Udp, _) => PeerEncap::Udp,
+                _ => PeerEncap::Other,
+            },
+        })
+    }
+
+    /// IPv6 inner packets come from a peer's IPv6 public address, as they are sent to it.
+    #[inline]
+    fn sender_subnet6(&self, public_ip: IpAddr) -> Option<Ipv6Net> {
+        match public_ip {
+            IpAddr::V6(a) => self.by_public_ip6(a)?.v6.map(|v| v.subnet),
+            IpAddr::V4(_) => None,
+        }
+    }
+
+    #[inline]
+    fn owner6(&self, addr: Ipv6Addr) -> Option<IpAddr> {
+        Some(IpAddr::V6(self.lookup6(addr)?.v6?.public_ip?))
     }
 }
 

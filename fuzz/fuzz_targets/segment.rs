@@ -1,5 +1,5 @@
 //! Fuzzes outbound segmentation: any packet and segment size, split into a train or into per-segment headers
-//! with the payload left in place, never panics, and the two agree byte for byte.
+//! with the payload left in place, never panics, and the two agree byte for byte; IPv4 and IPv6.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +11,19 @@ fuzz_target!(|data: &[u8]| {
     };
     let seg = usize::from(u16::from_le_bytes([head[0], head[1]]));
     let udp = head[2] & 1 == 1;
+    // Second bit: the rest behind a valid IPv6 header (TCP or UDP next), to reach the IPv6 layout.
+    let with_v6;
+    let packet = if head[2] & 2 == 2 {
+        let len = packet.len().min(usize::from(u16::MAX));
+        let mut p = vec![0x60, 0, 0, 0, 0, 0, if udp { 17 } else { 6 }, 64];
+        p[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+        p.extend_from_slice(&[0xfc; 32]);
+        p.extend_from_slice(&packet[..len]);
+        with_v6 = p;
+        &with_v6[..]
+    } else {
+        packet
+    };
     let prefix = [0xabu8; 22];
     let mut train = vec![0u8; 256 * 1024];
     let mut heads = vec![0u8; 256 * 1024];

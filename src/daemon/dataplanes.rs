@@ -141,6 +141,7 @@ pub(super) async fn start_userspace(
         (Backend::Vxlan(v), Some(d)) => Encap::Vxlan {
             vni: v.vni,
             mac: d.vtep_mac,
+            mac6: own.attrs.vxlan_v6_data().map(|d| d.vtep_mac),
         },
         (Backend::WireGuard(_), _) => Encap::WireGuard,
         _ => Encap::Udp,

@@ -2,7 +2,7 @@
 //! with offloads, TSO reads leave as one UDP GSO send and GRO receives enter as one tun write.
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,10 +19,12 @@ use crate::ops::metrics::WorkerCounters;
 use crate::routes::{RouteSnapshot, RouteTable};
 use crate::wire::batch::SmallBatch;
 use crate::wire::gso::{
-    train_from_tun, Coalescer, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_UDP_L4, VNET_HDR_LEN,
+    train_from_tun, Coalescer, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN,
 };
+use crate::wire::icmpv6::{icmpv6_unreachable, Unreachable6};
 use crate::wire::inbound::Inbound;
 use crate::wire::ipv4::{icmp_unreachable, Unreachable};
+use crate::wire::ipv6;
 use crate::wire::outbound::{Action, Outbound};
 use crate::wire::segment::split_headers;
 use crate::wire::DropReason;
@@ -102,7 +104,8 @@ impl<U: Underlay> Worker<U> {
             train: vec![0; TRAIN_BYTES],
             batch: SmallBatch::default(),
             heads: vec![0; TRAIN_BYTES],
-            icmp_buf: vec![0; 1024],
+            // An ICMPv6 error may be as large as the IPv6 minimum MTU.
+            icmp_buf: vec![0; VNET_HDR_LEN + ipv6::MIN_MTU],
             seg_buf: vec![0; MAX_PACKET],
             icmp_window: (Instant::now(), 0),
             spin: SpinBudget::new(Instant::now()),
@@ -262,12 +265,18 @@ impl<U: Underlay> Worker<U> {
                 self.reply_unreachable(len, code, from);
                 return;
             }
+            Action::Unreachable6 { reason, from } => {
+                self.counters.dropped(reason);
+                self.reply_unreachable6(len, from);
+                return;
+            }
             Action::Drop(reason) => {
                 self.counters.dropped(reason);
                 return;
             }
         };
-        let (flow, dst, prefix) = (e.flow, e.dst, e.prefix());
+        let dst = e.dst;
+        let (flow, prefix) = (e.flow, e.prefix());
         if !self.vnet && self.wg.is_some() {
             let sent = self.seal_and_send(flow, dst, Plain::TxBuf, len, len);
             self.count_sent(sent, dst, DATA_OVERHEAD);
@@ -280,7 +289,7 @@ impl<U: Underlay> Worker<U> {
             }
             let sent = self
                 .underlay
-                .send(flow, dst.into(), &self.tx_buf[start..HEADROOM + len]);
+                .send(flow, dst, &self.tx_buf[start..HEADROOM + len]);
             self.count_sent(sent, dst, prefix);
             return;
         }
@@ -319,7 +328,7 @@ impl<U: Underlay> Worker<U> {
         self.send_batch();
         let packet = &self.tx_buf[HEADROOM..HEADROOM + len];
         let udp = match hdr.gso_type & 0x7f {
-            GSO_TCPV4 => false,
+            GSO_TCPV4 | GSO_TCPV6 => false,
             GSO_UDP_L4 => true,
             _ => {
                 self.counters.dropped(DropReason::TooBig);
@@ -345,9 +354,7 @@ impl<U: Underlay> Worker<U> {
             self.count_sent(sent, dst, DATA_OVERHEAD);
             return;
         }
-        let sent = self
-            .underlay
-            .send_split(flow, dst.into(), &split, &mut self.train);
+        let sent = self.underlay.send_split(flow, dst, &split, &mut self.train);
         self.count_sent(sent, dst, prefix);
     }
 
@@ -356,11 +363,17 @@ impl<U: Underlay> Worker<U> {
     fn seal_and_send(
         &mut self,
         flow: u32,
-        dst: Ipv4Addr,
+        dst: IpAddr,
         from: Plain,
         len: usize,
         stride: usize,
     ) -> Sent {
+        // WireGuard peers are reached over IPv4 (the IPv6 inner packets it does not carry are dropped
+        // before this).
+        let IpAddr::V4(dst4) = dst else {
+            self.counters.dropped(DropReason::UnderlayFamily);
+            return Sent::default();
+        };
         let Worker {
             wg,
             underlay,
@@ -379,7 +392,7 @@ impl<U: Underlay> Worker<U> {
         };
         // The handshake initiation goes to the peer's address on the network's port, as all sends do.
         let mut seal = |sealed: &mut [u8]| {
-            node.seal(dst, plain, stride, sealed, |ep, m| {
+            node.seal(dst4, plain, stride, sealed, |ep, m| {
                 let _ = underlay.send(flow, (*ep.ip()).into(), m);
             })
         };
@@ -400,12 +413,7 @@ impl<U: Underlay> Worker<U> {
         if sealed_len == 0 {
             return Sent::default();
         }
-        underlay.send_train(
-            flow,
-            dst.into(),
-            &sealed[..sealed_len],
-            stride + DATA_OVERHEAD,
-        )
+        underlay.send_train(flow, dst, &sealed[..sealed_len], stride + DATA_OVERHEAD)
     }
 
     /// Sends the small datagrams gathered so far, as one train.
@@ -419,15 +427,15 @@ impl<U: Underlay> Worker<U> {
             return;
         }
         let prefix = self.cfg.encap.prefix();
-        let sent =
-            self.underlay
-                .send_train(flow, dst.into(), &self.train[..train.len], train.stride);
+        let sent = self
+            .underlay
+            .send_train(flow, dst, &self.train[..train.len], train.stride);
         self.count_sent(sent, dst, prefix);
     }
 
     /// Counts what a send to `dst` did: datagrams out (their inner bytes, without the `prefix` bytes of
     /// encapsulation each), failures as I/O-error drops, and logs a failure's error.
-    fn count_sent(&mut self, sent: Sent, dst: Ipv4Addr, prefix: usize) {
+    fn count_sent(&mut self, sent: Sent, dst: IpAddr, prefix: usize) {
         let c = &self.counters;
         if sent.datagrams > 0 {
             c.tx_packets
@@ -441,7 +449,7 @@ impl<U: Underlay> Worker<U> {
             c.dropped(DropReason::IoError);
         }
         if let Some(e) = sent.error {
-            let dst = SocketAddr::V4(SocketAddrV4::new(dst, self.cfg.port));
+            let dst = SocketAddr::new(dst, self.cfg.port);
             self.log_error(|| format!("sending to {dst} failed: {e}"));
         }
     }
@@ -449,20 +457,43 @@ impl<U: Underlay> Worker<U> {
     /// Writes an ICMP destination-unreachable `code` from `from` about the packet in tx_buf back into the
     /// tun (rate-limited).
     fn reply_unreachable(&mut self, n: usize, code: Unreachable, from: Ipv4Addr) {
-        let now = Instant::now();
-        if now.duration_since(self.icmp_window.0) >= Duration::from_secs(1) {
-            self.icmp_window = (now, 0);
-        }
-        if self.icmp_window.1 >= ICMP_PER_SECOND {
+        if !self.icmp_allowed() {
             return;
         }
-        self.icmp_window.1 += 1;
         let original = &self.tx_buf[HEADROOM..HEADROOM + n];
         let off = if self.vnet { VNET_HDR_LEN } else { 0 };
         self.icmp_buf[..off].fill(0);
         if let Some(len) = icmp_unreachable(original, from, code, &mut self.icmp_buf[off..]) {
             let _ = self.tun.send(&self.icmp_buf[..off + len]);
         }
+    }
+
+    /// Writes an ICMPv6 destination-unreachable (no route) from `from` about the IPv6 packet in tx_buf
+    /// back into the tun (rate-limited with the ICMP replies).
+    fn reply_unreachable6(&mut self, n: usize, from: Ipv6Addr) {
+        if !self.icmp_allowed() {
+            return;
+        }
+        let original = &self.tx_buf[HEADROOM..HEADROOM + n];
+        let off = if self.vnet { VNET_HDR_LEN } else { 0 };
+        self.icmp_buf[..off].fill(0);
+        let out = &mut self.icmp_buf[off..];
+        if let Some(len) = icmpv6_unreachable(original, from, Unreachable6::NoRoute, out) {
+            let _ = self.tun.send(&self.icmp_buf[..off + len]);
+        }
+    }
+
+    /// Whether one more ICMP or ICMPv6 reply fits this second's budget (and counts it if so).
+    fn icmp_allowed(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.icmp_window.0) >= Duration::from_secs(1) {
+            self.icmp_window = (now, 0);
+        }
+        if self.icmp_window.1 >= ICMP_PER_SECOND {
+            return false;
+        }
+        self.icmp_window.1 += 1;
+        true
     }
 
     /// Receives up to WORK_LIMIT datagrams from the underlay's receive source `source`, checks them and
@@ -472,6 +503,7 @@ impl<U: Underlay> Worker<U> {
         let routes = self.routes.snapshot();
         let rx = Inbound {
             own: self.cfg.own_subnet,
+            own6: self.cfg.own_subnet6,
             encap: self.cfg.encap,
             mtu: self.cfg.mtu as usize,
             tun_offload: self.vnet,
@@ -564,13 +596,13 @@ impl DatagramSink for TunSink<'_> {
     #[inline]
     fn datagram(&mut self, src: IpAddr, payload: &mut [u8]) {
         let (tun, counters, vnet) = (self.tun, self.counters, self.vnet);
-        // The IPv6 underlay of a dual-stack network: not decapsulated yet.
-        let IpAddr::V4(src) = src else {
-            self.counters.dropped(DropReason::UnknownSender);
-            return;
-        };
         let coalescer = &mut *self.coalescer;
         if let Some(node) = self.wg {
+            // WireGuard peers are IPv4 endpoints.
+            let IpAddr::V4(src) = src else {
+                counters.dropped(DropReason::UnderlayFamily);
+                return;
+            };
             let (own, mtu, replies) = (self.rx.own, self.rx.mtu, &mut *self.replies);
             for attempt in 0..2 {
                 let r = node.open(

@@ -6,7 +6,7 @@
 //! Keyed by flow and not only by peer: a flow's datagrams must keep their outer source port (the receiver
 //! spreads flows over its workers by it) and their order.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::segment::Train;
 
@@ -17,7 +17,7 @@ pub const MAX_DATAGRAMS: usize = 64;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SmallBatch {
     /// The peer and inner flow of the datagrams held; None while empty.
-    key: Option<(Ipv4Addr, u32)>,
+    key: Option<(IpAddr, u32)>,
     /// The size of every datagram but a shorter last one.
     stride: usize,
     count: usize,
@@ -31,7 +31,7 @@ impl SmallBatch {
     /// bytes), or None if the held train must be taken first (another peer or flow, a larger size, a
     /// closed or full train). An empty batch takes any datagram that fits the buffer.
     #[inline]
-    pub fn slot(&self, dst: Ipv4Addr, flow: u32, size: usize, capacity: usize) -> Option<usize> {
+    pub fn slot(&self, dst: IpAddr, flow: u32, size: usize, capacity: usize) -> Option<usize> {
         let Some(key) = self.key else {
             return (size <= capacity).then_some(0);
         };
@@ -45,7 +45,7 @@ impl SmallBatch {
 
     /// Records that a datagram of `size` bytes was written at the slot `slot` gave for it.
     #[inline]
-    pub fn commit(&mut self, dst: Ipv4Addr, flow: u32, size: usize) {
+    pub fn commit(&mut self, dst: IpAddr, flow: u32, size: usize) {
         if self.key.is_none() {
             *self = SmallBatch {
                 key: Some((dst, flow)),
@@ -69,7 +69,7 @@ impl SmallBatch {
 
     /// The held train (peer, flow, layout), leaving the batch empty.
     #[inline]
-    pub fn take(&mut self) -> Option<(Ipv4Addr, u32, Train)> {
+    pub fn take(&mut self) -> Option<(IpAddr, u32, Train)> {
         let (dst, flow) = self.key?;
         let t = Train {
             count: self.count,
@@ -84,13 +84,14 @@ impl SmallBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
-    const A: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
-    const B: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 3);
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 250, 0, 2));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 250, 0, 3));
 
     /// Offers each (dst, flow, size) in turn, taking the train whenever it must leave first; returns the
     /// trains in the order they left and checks every datagram's offset.
-    fn run(packets: &[(Ipv4Addr, u32, usize)], capacity: usize) -> Vec<(Ipv4Addr, u32, Train)> {
+    fn run(packets: &[(IpAddr, u32, usize)], capacity: usize) -> Vec<(IpAddr, u32, Train)> {
         let mut b = SmallBatch::default();
         let mut out = Vec::new();
         for &(dst, flow, size) in packets {

@@ -6,6 +6,7 @@
 //! checksums itself before handing the packet on.
 
 use super::ipv4::{self, checksum_add, checksum_finish, PROTO_TCP, PROTO_UDP};
+use super::ipv6::{self, Upper};
 use super::{be16, tcp, udp};
 
 /// Fast one's-complement sum of `data` (big-endian 16-bit words). Adds 32-bit big-endian words into four
@@ -51,31 +52,56 @@ pub enum L4Checksum {
     Bad,
 }
 
-/// Verifies the TCP/UDP checksum of a complete IPv4 packet and completes it if the sender left it
-/// partial (the field holds the folded pseudo-header sum).
+/// Verifies the TCP/UDP checksum of a complete IPv4 or IPv6 packet and completes it if the sender left
+/// it partial (the field holds the folded pseudo-header sum). IPv6 packets are checked where TCP or UDP
+/// directly follows the fixed header (others are `Fine`: weft does not look behind extension headers);
+/// over IPv6 a UDP checksum of 0 is not "none" but wrong (RFC 8200 section 8.1).
 pub fn complete_l4(packet: &mut [u8]) -> L4Checksum {
-    let Ok(ip) = ipv4::Packet::new_checked(&*packet) else {
-        return L4Checksum::Fine;
+    let v6 = packet.first().is_some_and(|b| b >> 4 == 6);
+    let (protocol, hl, total, pseudo) = if v6 {
+        let Ok(ip) = ipv6::Packet::new_checked(&*packet) else {
+            return L4Checksum::Fine;
+        };
+        let protocol = match ip.upper() {
+            Upper::Tcp => PROTO_TCP,
+            Upper::Udp => PROTO_UDP,
+            _ => return L4Checksum::Fine,
+        };
+        let total = ip.total_len();
+        let l4_len = total - ipv6::HEADER_LEN;
+        (
+            protocol,
+            ipv6::HEADER_LEN,
+            total,
+            ip.pseudo_header_sum(protocol, l4_len),
+        )
+    } else {
+        let Ok(ip) = ipv4::Packet::new_checked(&*packet) else {
+            return L4Checksum::Fine;
+        };
+        if ip.is_fragment() {
+            return L4Checksum::Fine;
+        }
+        let (hl, total) = (ip.header_len(), ip.total_len());
+        (ip.protocol(), hl, total, ip.pseudo_header_sum(total - hl))
     };
-    if ip.is_fragment() {
-        return L4Checksum::Fine;
-    }
-    let protocol = ip.protocol();
     let off = match protocol {
         PROTO_TCP => tcp::field::CHECKSUM.start,
         PROTO_UDP => udp::field::CHECKSUM.start,
         _ => return L4Checksum::Fine,
     };
-    let (hl, total) = (ip.header_len(), ip.total_len());
     let l4_len = total - hl;
     if l4_len < off + 2 {
         return L4Checksum::Fine;
     }
-    let pseudo = ip.pseudo_header_sum(l4_len);
     let l4 = &mut packet[hl..total];
     let field = be16(&l4[off..off + 2]);
     if protocol == PROTO_UDP && field == 0 {
-        return L4Checksum::Fine;
+        return if v6 {
+            L4Checksum::Bad
+        } else {
+            L4Checksum::Fine
+        };
     }
     if checksum_finish(pseudo + sum_words(l4)) == 0 {
         return L4Checksum::Fine;
@@ -142,5 +168,35 @@ mod tests {
         let mut bad = good.clone();
         bad[30] ^= 0xff;
         assert_eq!(complete_l4(&mut bad), L4Checksum::Bad);
+    }
+
+    #[test]
+    fn ipv6_valid_partial_bad_and_zero_udp() {
+        use crate::wire::ipv6::tests::{udp6_packet, A, B};
+        let good = udp6_packet(A, B, 1234, 80, b"payload!!");
+        assert_eq!(complete_l4(&mut good.clone()), L4Checksum::Fine);
+        let mut partial = good.clone();
+        let ip = ipv6::Packet::new_checked(&good[..]).unwrap();
+        let pseudo = fold(ip.pseudo_header_sum(PROTO_UDP, good.len() - 40));
+        partial[46..48].copy_from_slice(&pseudo.to_be_bytes());
+        assert_eq!(complete_l4(&mut partial), L4Checksum::Completed);
+        assert_eq!(partial, good);
+        let mut bad = good.clone();
+        bad[50] ^= 0xff;
+        assert_eq!(complete_l4(&mut bad), L4Checksum::Bad);
+        let mut zero = good.clone();
+        zero[46..48].copy_from_slice(&[0, 0]);
+        assert_eq!(
+            complete_l4(&mut zero),
+            L4Checksum::Bad,
+            "mandatory over IPv6"
+        );
+        let mut opaque = bad.clone();
+        opaque[6] = ipv6::EXT_DEST_OPTS;
+        assert_eq!(
+            complete_l4(&mut opaque),
+            L4Checksum::Fine,
+            "not looked behind"
+        );
     }
 }

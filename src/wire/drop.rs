@@ -22,7 +22,8 @@ pub enum DropReason {
     IoError,
     /// Larger than the tun MTU and not a TCP packet weft can segment.
     TooBig,
-    /// Not IPv4 (weft's overlay is IPv4; the kernel may still emit IPv6 on the tun).
+    /// IPv6 where this data plane carries only IPv4: IPv6 not enabled for the network (the kernel may still
+    /// emit IPv6 on the tun), or a backend that does not carry it (WireGuard).
     NotIpv4,
     /// WireGuard: the authentication tag did not match (tampered, or not sealed with the session's key).
     WgDecryptFailed,
@@ -34,10 +35,21 @@ pub enum DropReason {
     WgUnknownKey,
     /// WireGuard: a handshake or cookie message that failed its MACs, timestamp or state checks.
     WgBadHandshake,
+    /// Neither IPv4 nor IPv6.
+    NotIp,
+    /// No lease covers the IPv6 destination.
+    NoRoute6,
+    /// An IPv6 source or destination that must not cross the overlay: unspecified, loopback, multicast,
+    /// link-local or IPv4-mapped.
+    Ipv6Scope,
+    /// The peer's public address is of an IP family this host's underlay cannot send to.
+    UnderlayFamily,
+    /// An underlay frame whose UDP checksum is wrong (checked where it is mandatory, over IPv6).
+    BadChecksum,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::Truncated,
         DropReason::BadVni,
         DropReason::UnknownSender,
@@ -53,6 +65,11 @@ impl DropReason {
         DropReason::WgNoSession,
         DropReason::WgUnknownKey,
         DropReason::WgBadHandshake,
+        DropReason::NotIp,
+        DropReason::NoRoute6,
+        DropReason::Ipv6Scope,
+        DropReason::UnderlayFamily,
+        DropReason::BadChecksum,
     ];
 
     pub fn label(self) -> &'static str {
@@ -72,6 +89,25 @@ impl DropReason {
             DropReason::WgNoSession => "no_session",
             DropReason::WgUnknownKey => "unknown_key",
             DropReason::WgBadHandshake => "bad_handshake",
+            DropReason::NotIp => "not_ip",
+            DropReason::NoRoute6 => "no_route6",
+            DropReason::Ipv6Scope => "ipv6_scope",
+            DropReason::UnderlayFamily => "underlay_family",
+            DropReason::BadChecksum => "bad_checksum",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_listed_at_its_index_with_its_own_label() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        let labels: std::collections::HashSet<_> = DropReason::ALL.map(|r| r.label()).into();
+        assert_eq!(labels.len(), DropReason::ALL.len());
     }
 }

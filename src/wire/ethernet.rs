@@ -77,6 +77,8 @@ pub mod field {
 pub const HEADER_LEN: usize = field::PAYLOAD;
 /// EtherType of IPv4.
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// EtherType of IPv6.
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 /// A view of an Ethernet II frame (see the contract in `wire`).
 #[derive(Debug, Clone)]

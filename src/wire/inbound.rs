@@ -1,23 +1,28 @@
-//! The whole inbound pipeline for one UDP payload, pure: sender check, decapsulation, inner checks,
-//! checksum completion and segmentation, ending in zero or more packets to deliver.
+//! The whole inbound pipeline for one UDP payload, pure: sender check, decapsulation, inner checks (IPv4
+//! or IPv6), checksum completion and segmentation, ending in zero or more packets to deliver.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::csum::complete_l4;
 use super::ethernet::MacAddr;
-use super::filter::{check_inner, check_sender, PeerTable};
+use super::filter::{check_inner6, check_inner_from, PeerTable};
 use super::segment::split_tcp;
-use super::vxlan::{decap, VXLAN_ENCAP};
+use super::vxlan::{decap_dual, InnerFamily, VXLAN_ENCAP};
 use super::DropReason;
-use super::{be16, ipv4};
+use super::{be16, ipv4, ipv6};
 
 /// How inner packets are wrapped on the underlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encap {
-    /// VXLAN with our VNI and VTEP MAC, as Linux's flannel.1.
-    Vxlan { vni: u32, mac: MacAddr },
+    /// VXLAN with our VNI and VTEP MAC, as Linux's flannel.1; `mac6` is the MAC of our IPv6 VTEP (as
+    /// flannel's `flannel-v6.<VNI>`), None where IPv6 is not enabled (inner IPv6 is then dropped).
+    Vxlan {
+        vni: u32,
+        mac: MacAddr,
+        mac6: Option<MacAddr>,
+    },
     /// flannel's udp backend: the raw IP packet is the UDP payload.
     Udp,
     /// flannel's wireguard backend: the IP packet sealed in a WireGuard data message (the session
@@ -41,6 +46,9 @@ impl Encap {
 pub struct Inbound {
     /// Our leased subnet: inner destinations must lie in it.
     pub own: Ipv4Net,
+    /// Our leased IPv6 subnet: inner IPv6 destinations must lie in it. None where IPv6 is not enabled
+    /// (inner IPv6 is then dropped as `NotIpv4`).
+    pub own6: Option<Ipv6Net>,
     pub encap: Encap,
     /// The tun MTU: without tun offloads, larger TCP packets are segmented to it.
     pub mtu: usize,
@@ -59,12 +67,19 @@ pub fn datagram_units(payload: &[u8], stride: usize, prefix: usize) -> usize {
     if stride == 0 || stride >= whole {
         return whole;
     }
-    // The inner IPv4 total length, read without any other check: a hint, not a validation.
-    match payload
-        .get(prefix..)
-        .and_then(|ip| ip.get(ipv4::field::LENGTH))
-    {
-        Some(l) if usize::from(be16(l)) == payload.len() - prefix => whole,
+    // The inner packet's length (IPv4 total length, or IPv6 payload length and fixed header), read
+    // without any other check: a hint, not a validation.
+    let Some(ip) = payload.get(prefix..) else {
+        return stride;
+    };
+    let inner_len = if ip.first().is_some_and(|b| b >> 4 == 6) {
+        ip.get(ipv6::field::PAYLOAD_LEN)
+            .map(|l| ipv6::HEADER_LEN + usize::from(be16(l)))
+    } else {
+        ip.get(ipv4::field::LENGTH).map(|l| usize::from(be16(l)))
+    };
+    match inner_len {
+        Some(l) if l == ip.len() => whole,
         _ => stride,
     }
 }
@@ -72,23 +87,49 @@ pub fn datagram_units(payload: &[u8], stride: usize, prefix: usize) -> usize {
 impl Inbound {
     /// Checks one datagram `payload` from underlay address `src` and hands each packet to deliver (at
     /// most `mtu` bytes each) to `deliver`. `scratch` holds segments of oversized TCP packets.
+    ///
+    /// The sender must be the public address of a current peer (its IPv4 lease found by an IPv4 address,
+    /// or its IPv6 lease by either); inner IPv4 and IPv6 are told apart by the VXLAN Ethernet type, or
+    /// for flannel's udp backend by the version nibble.
     #[inline]
     pub fn receive<R: PeerTable + ?Sized>(
         &self,
         routes: &R,
-        src: Ipv4Addr,
+        src: IpAddr,
         payload: &mut [u8],
         scratch: &mut [u8],
         mut deliver: impl FnMut(&[u8]),
     ) -> Result<(), DropReason> {
-        let peer_subnet = check_sender(routes, src)?;
-        let start = match self.encap {
-            Encap::Vxlan { vni, mac } => decap(payload, vni, mac)?,
-            Encap::Udp => 0,
+        let peer_subnet = match src {
+            IpAddr::V4(a) => routes.sender_subnet(a),
+            IpAddr::V6(_) => None,
+        };
+        // Looked up here only when the IPv4 lookup found no peer; below when inner IPv6 needs it.
+        let mut peer_subnet6 = None;
+        if peer_subnet.is_none() {
+            peer_subnet6 = routes.sender_subnet6(src);
+            if peer_subnet6.is_none() {
+                return Err(DropReason::UnknownSender);
+            }
+        }
+        let (start, family) = match self.encap {
+            Encap::Vxlan { vni, mac, mac6 } => decap_dual(payload, vni, mac, mac6)?,
+            Encap::Udp if payload.first().is_some_and(|b| b >> 4 == 6) => (0, InnerFamily::V6),
+            Encap::Udp => (0, InnerFamily::V4),
             // Opened and checked by the WireGuard node before it reaches here.
             Encap::WireGuard => return Err(DropReason::UnsupportedPeer),
         };
-        let len = check_inner(routes, self.own, src, peer_subnet, &payload[start..])?;
+        let inner = &payload[start..];
+        let len = match family {
+            InnerFamily::V4 => check_inner_from(routes, self.own, src, peer_subnet, inner)?,
+            InnerFamily::V6 => {
+                let own6 = self.own6.ok_or(DropReason::NotIpv4)?;
+                if peer_subnet.is_some() {
+                    peer_subnet6 = routes.sender_subnet6(src);
+                }
+                check_inner6(routes, own6, src, peer_subnet6, inner)?
+            }
+        };
         let packet = &mut payload[start..start + len];
         if self.tun_offload {
             deliver(packet);
@@ -106,10 +147,12 @@ impl Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::filter::tests::TestPeers;
+    use crate::wire::filter::tests::{routes6, TestPeers};
     use crate::wire::ipv4::tests::udp_packet;
+    use crate::wire::ipv6::tests::udp6_packet;
     use crate::wire::vxlan::{VxlanTemplate, VXLAN_ENCAP};
     use rand::{Rng, SeedableRng};
+    use std::net::Ipv4Addr;
 
     const OURS: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
 
@@ -130,13 +173,18 @@ mod tests {
         let mut scratch = [0u8; 1450];
         let rx = Inbound {
             own: "10.5.1.0/24".parse().unwrap(),
-            encap: Encap::Vxlan { vni: 1, mac: OURS },
+            own6: None,
+            encap: Encap::Vxlan {
+                vni: 1,
+                mac: OURS,
+                mac6: None,
+            },
             mtu: 1450,
             tun_offload: false,
         };
         rx.receive(
             &routes(),
-            Ipv4Addr::new(192, 0, 2, 2),
+            Ipv4Addr::new(192, 0, 2, 2).into(),
             &mut p,
             &mut scratch,
             |d| got.push(d.to_vec()),
@@ -171,6 +219,12 @@ mod tests {
         assert_eq!(datagram_units(&train, seg.len(), 22), seg.len());
         assert_eq!(datagram_units(&seg, 0, 22), seg.len());
         assert_eq!(datagram_units(&[], 0, 22), 1);
+        let mut six = vec![0u8; 22];
+        let big = [0u8; 5000];
+        let (a, b) = ("fc00::1".parse().unwrap(), "fc00::2".parse().unwrap());
+        six.extend_from_slice(&udp6_packet(a, b, 1, 2, &big));
+        assert_eq!(datagram_units(&six, 1400, 22), six.len());
+        assert_eq!(datagram_units(&six[..4000], 1400, 22), 1400);
     }
 
     /// Random and mutated input never panics and never delivers more than the MTU.
@@ -206,17 +260,115 @@ mod tests {
                 p.truncate(rng.gen_range(0..=p.len()));
                 p
             };
-            for encap in [Encap::Vxlan { vni: 1, mac: OURS }, Encap::Udp] {
+            let vxlan = Encap::Vxlan {
+                vni: 1,
+                mac: OURS,
+                mac6: None,
+            };
+            for encap in [vxlan, Encap::Udp] {
                 let rx = Inbound {
                     own,
+                    own6: None,
                     encap,
                     mtu: 1450,
                     tun_offload: false,
                 };
-                let _ = rx.receive(&r, Ipv4Addr::new(192, 0, 2, 2), &mut p, &mut scratch, |d| {
-                    assert!(d.len() <= 1450)
-                });
+                let src = Ipv4Addr::new(192, 0, 2, 2).into();
+                let _ = rx.receive(&r, src, &mut p, &mut scratch, |d| assert!(d.len() <= 1450));
             }
         }
+    }
+
+    const OURS6: MacAddr = MacAddr([2, 0, 0, 0, 6, 1]);
+
+    fn dual(encap: Encap) -> Inbound {
+        Inbound {
+            own: "10.5.1.0/24".parse().unwrap(),
+            own6: Some("fc00:0:0:1::/64".parse().unwrap()),
+            encap,
+            mtu: 1450,
+            tun_offload: false,
+        }
+    }
+
+    fn vxlan6() -> Encap {
+        Encap::Vxlan {
+            vni: 1,
+            mac: OURS,
+            mac6: Some(OURS6),
+        }
+    }
+
+    /// `inner` behind a VXLAN header to `dst_mac` with Ethernet type `family`.
+    fn framed(inner: &[u8], dst_mac: MacAddr, family: InnerFamily) -> Vec<u8> {
+        let mut p = vec![0u8; VXLAN_ENCAP];
+        let peer = MacAddr([2, 0, 0, 0, 6, 2]);
+        VxlanTemplate::for_inner(1, dst_mac, peer, family).write(&mut p, 0);
+        p.extend_from_slice(inner);
+        p
+    }
+
+    fn run(rx: &Inbound, src: IpAddr, p: &[u8]) -> Result<Vec<Vec<u8>>, DropReason> {
+        let mut got = Vec::new();
+        let mut scratch = [0u8; 1450];
+        let mut p = p.to_vec();
+        rx.receive(&routes6(), src, &mut p, &mut scratch, |d| {
+            got.push(d.to_vec())
+        })?;
+        Ok(got)
+    }
+
+    #[test]
+    fn ipv6_is_delivered_from_either_underlay_and_checked() {
+        let v4_peer = IpAddr::from([192, 0, 2, 2]);
+        let v6_peer: IpAddr = "2001:db8::3".parse().unwrap();
+        let six = |src: &str| {
+            udp6_packet(
+                src.parse().unwrap(),
+                "fc00:0:0:1::7".parse().unwrap(),
+                1,
+                2,
+                b"hi",
+            )
+        };
+        let from2 = six("fc00:0:0:2::9");
+        let from3 = six("fc00:0:0:3::9");
+        let vx = dual(vxlan6());
+        let udp = dual(Encap::Udp);
+        // VXLAN to our IPv6 VTEP MAC, over an IPv4 and an IPv6 underlay; flannel udp likewise.
+        let p = framed(&from2, OURS6, InnerFamily::V6);
+        assert_eq!(run(&vx, v4_peer, &p), Ok(vec![from2.clone()]));
+        let p3 = framed(&from3, OURS6, InnerFamily::V6);
+        assert_eq!(run(&vx, v6_peer, &p3), Ok(vec![from3.clone()]));
+        assert_eq!(run(&udp, v4_peer, &from2), Ok(vec![from2.clone()]));
+        assert_eq!(run(&udp, v6_peer, &from3), Ok(vec![from3.clone()]));
+        // IPv4 still flows, from the IPv4 peer; an IPv6-only sender may not send IPv4.
+        let v4 = udp_packet([10, 5, 2, 9], [10, 5, 1, 7], 1, 2, b"hello");
+        assert_eq!(run(&udp, v4_peer, &v4), Ok(vec![v4.clone()]));
+        assert_eq!(run(&udp, v6_peer, &v4), Err(DropReason::SpoofedSource));
+        // Wrong MAC or Ethernet type, spoofed, unknown sender, scoped, IPv6 not enabled.
+        let to_v4_mac = framed(&from2, OURS, InnerFamily::V6);
+        assert_eq!(run(&vx, v4_peer, &to_v4_mac), Err(DropReason::NotForUs));
+        let v6_in_v4_frame = framed(&from2, OURS, InnerFamily::V4);
+        assert_eq!(
+            run(&vx, v4_peer, &v6_in_v4_frame),
+            Err(DropReason::Truncated)
+        );
+        assert_eq!(run(&vx, v6_peer, &p), Err(DropReason::SpoofedSource));
+        assert_eq!(run(&udp, v4_peer, &from3), Err(DropReason::SpoofedSource));
+        let stranger: IpAddr = "2001:db8::99".parse().unwrap();
+        assert_eq!(run(&udp, stranger, &from3), Err(DropReason::UnknownSender));
+        assert_eq!(
+            run(&udp, v4_peer, &six("fe80::9")),
+            Err(DropReason::Ipv6Scope)
+        );
+        let v4_only = Inbound { own6: None, ..udp };
+        assert_eq!(run(&v4_only, v4_peer, &from2), Err(DropReason::NotIpv4));
+        let no_mac6 = Encap::Vxlan {
+            vni: 1,
+            mac: OURS,
+            mac6: None,
+        };
+        assert_eq!(run(&dual(no_mac6), v4_peer, &p), Err(DropReason::NotForUs));
     }
 }

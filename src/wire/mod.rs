@@ -2,7 +2,7 @@
 //!
 //! # Contract of the header views
 //!
-//! Each header weft reads or writes (`ethernet`, `ipv4`, `udp`, `tcp`, `icmp`, `vxlan`) has a view
+//! Each header weft reads or writes (`ethernet`, `ipv4`, `ipv6`, `udp`, `tcp`, `icmp`, `vxlan`) has a view
 //! `Packet<T: AsRef<[u8]>>` (`Frame` for Ethernet, `Header` for VXLAN) over a buffer the caller owns, a
 //! `mod field` naming each field's byte range, and one `emit` (on a small `Repr`) that writes the header.
 //!
@@ -28,8 +28,10 @@ pub mod filter;
 pub mod flow;
 pub mod gso;
 pub mod icmp;
+pub mod icmpv6;
 pub mod inbound;
 pub mod ipv4;
+pub mod ipv6;
 pub mod outbound;
 pub mod outer;
 pub mod peers;

@@ -1,5 +1,6 @@
-//! TCP and UDP segmentation in userspace: splits an IPv4 super-packet into segments with correct IP ids,
-//! lengths and checksums and TCP sequence numbers and flags (or per-segment UDP headers).
+//! TCP and UDP segmentation in userspace: splits an IPv4 or IPv6 super-packet into segments with correct
+//! IP ids (IPv4), lengths and checksums and TCP sequence numbers and flags (or per-segment UDP headers).
+//! IPv6 packets are segmented only where TCP or UDP directly follows the fixed header.
 //!
 //! Used outbound to turn a TSO/USO read from the tun device into a train of equal datagrams for one UDP
 //! GSO send, and inbound (without tun offloads) to split a TCP super-packet that a kernel VXLAN peer on a
@@ -7,13 +8,15 @@
 
 use super::csum::sum_words;
 use super::ipv4::{self, checksum_finish, PROTO_TCP, PROTO_UDP};
+use super::ipv6::{self, Upper};
 use super::tcp::flags::{CWR as TCP_CWR, FIN as TCP_FIN, PSH as TCP_PSH};
 use super::{tcp, udp};
 
 /// Why a packet could not be segmented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentError {
-    /// Not a complete, unfragmented IPv4 TCP (or UDP, where asked) packet with valid headers.
+    /// Not a complete, unfragmented IPv4 (or extension-header-free IPv6) TCP (or UDP, where asked) packet
+    /// with valid headers.
     NotTcp,
     /// The MTU or segment size leaves no room for payload, or the output buffer is too small.
     MtuTooSmall,
@@ -26,9 +29,13 @@ struct Layout {
     l4_len: usize,
     total: usize,
     udp: bool,
+    v6: bool,
 }
 
 fn layout(packet: &[u8], allow_udp: bool) -> Result<Layout, SegmentError> {
+    if packet.first().is_some_and(|b| b >> 4 == 6) {
+        return layout6(packet, allow_udp);
+    }
     let ip = ipv4::Packet::new_checked(packet).map_err(|_| SegmentError::NotTcp)?;
     if ip.is_fragment() {
         return Err(SegmentError::NotTcp);
@@ -48,6 +55,27 @@ fn layout(packet: &[u8], allow_udp: bool) -> Result<Layout, SegmentError> {
         l4_len,
         total: ip.total_len(),
         udp,
+        v6: false,
+    })
+}
+
+fn layout6(packet: &[u8], allow_udp: bool) -> Result<Layout, SegmentError> {
+    let ip = ipv6::Packet::new_checked(packet).map_err(|_| SegmentError::NotTcp)?;
+    let l4 = ip.payload();
+    let (udp, l4_len) = match ip.upper() {
+        Upper::Tcp => {
+            let tcp = tcp::Packet::new_checked(l4).map_err(|_| SegmentError::NotTcp)?;
+            (false, tcp.header_len())
+        }
+        Upper::Udp if allow_udp && l4.len() >= udp::HEADER_LEN => (true, udp::HEADER_LEN),
+        _ => return Err(SegmentError::NotTcp),
+    };
+    Ok(Layout {
+        ip_len: ipv6::HEADER_LEN,
+        l4_len,
+        total: ip.total_len(),
+        udp,
+        v6: true,
     })
 }
 
@@ -82,13 +110,20 @@ fn segment_header(
     let (hl, l4l) = (lay.ip_len, lay.l4_len);
     let headers = hl + l4l;
     hdr.copy_from_slice(&packet[..headers]);
-    let orig = ipv4::Packet::new_unchecked(packet);
-    let mut ip = ipv4::Packet::new_unchecked(&mut *hdr);
-    ip.set_total_len(headers + chunk.len());
-    ip.set_ident(orig.ident().wrapping_add(i as u16));
-    ip.fill_checksum();
+    let pseudo = if lay.v6 {
+        let protocol = if lay.udp { PROTO_UDP } else { PROTO_TCP };
+        ipv6::Packet::new_unchecked(&mut *hdr).set_payload_len(l4l + chunk.len());
+        ipv6::Packet::new_unchecked(packet).pseudo_header_sum(protocol, l4l + chunk.len())
+    } else {
+        let orig = ipv4::Packet::new_unchecked(packet);
+        let mut ip = ipv4::Packet::new_unchecked(&mut *hdr);
+        ip.set_total_len(headers + chunk.len());
+        ip.set_ident(orig.ident().wrapping_add(i as u16));
+        ip.fill_checksum();
+        orig.pseudo_header_sum(l4l + chunk.len())
+    };
     // TCP and UDP header lengths are even, so the payload's words line up after them.
-    let pseudo = orig.pseudo_header_sum(l4l + chunk.len()) + sum_words(chunk);
+    let pseudo = pseudo + sum_words(chunk);
     let l4 = &mut hdr[hl..];
     if lay.udp {
         let mut u = udp::Packet::new_unchecked(&mut *l4);
@@ -117,7 +152,7 @@ fn segment_header(
     }
 }
 
-/// Splits the IPv4 TCP packet `packet` into segments of at most `mtu` bytes, building each in `scratch`
+/// Splits the IPv4 or IPv6 TCP packet `packet` into segments of at most `mtu` bytes, building each in `scratch`
 /// (which must hold `mtu` bytes) and handing it to `emit`. Returns the number of segments.
 pub fn split_tcp(
     packet: &[u8],
@@ -483,6 +518,99 @@ pub(crate) mod tests {
         assert_eq!(
             split_tcp(&p, 40, &mut scratch, |_| {}),
             Err(SegmentError::MtuTooSmall)
+        );
+    }
+
+    /// An IPv6 TCP packet (fc00:0:0:2::9 -> fc00:0:0:1::7) with timestamps and a partial checksum, as a
+    /// GSO sender leaves it.
+    pub fn tcp6_packet(payload_len: usize, flags: u8) -> Vec<u8> {
+        let t = tcp::Repr {
+            src_port: 40000,
+            dst_port: 80,
+            seq_number: 0x1000,
+            ack_number: 1,
+            flags,
+            window_len: 0x01f5,
+            options: &[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2],
+        };
+        let ip = ipv6::Repr {
+            src_addr: "fc00:0:0:2::9".parse().unwrap(),
+            dst_addr: "fc00:0:0:1::7".parse().unwrap(),
+            next_header: PROTO_TCP,
+            payload_len: t.header_len() + payload_len,
+            hop_limit: 64,
+            traffic_class: 0,
+            flow_label: 0xabcde,
+        };
+        let mut p = vec![0u8; ip.total_len()];
+        ip.emit(&mut ipv6::Packet::new_unchecked(&mut p[..]));
+        let hl = ipv6::HEADER_LEN + t.header_len();
+        for (i, b) in p[hl..].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let pseudo =
+            ipv6::Packet::new_unchecked(&p[..]).pseudo_header_sum(PROTO_TCP, ip.payload_len);
+        let mut seg = tcp::Packet::new_unchecked(&mut p[ipv6::HEADER_LEN..]);
+        t.emit(&mut seg);
+        seg.set_checksum(!checksum_finish(pseudo));
+        p
+    }
+
+    #[test]
+    fn ipv6_tcp_splits_into_valid_segments() {
+        let p = tcp6_packet(7000, TCP_PSH | 0x10 | TCP_FIN);
+        let mut scratch = [0u8; 1450];
+        let mut segs: Vec<Vec<u8>> = Vec::new();
+        let n = split_tcp(&p, 1450, &mut scratch, |s| segs.push(s.to_vec())).unwrap();
+        let mss = 1450 - 72;
+        assert_eq!(n, 7000usize.div_ceil(mss));
+        let mut rebuilt = Vec::new();
+        for (i, s) in segs.iter_mut().enumerate() {
+            assert!(s.len() <= 1450);
+            assert_eq!(&s[..4], &p[..4], "version, class and flow label kept");
+            assert_eq!(usize::from(u16::from_be_bytes([s[4], s[5]])), s.len() - 40);
+            assert_eq!(
+                complete_l4(s),
+                L4Checksum::Fine,
+                "TCP checksum of segment {i}"
+            );
+            let seq = u32::from_be_bytes([s[44], s[45], s[46], s[47]]);
+            assert_eq!(seq, 0x1000 + (i * mss) as u32);
+            assert_eq!(s[53] & (TCP_FIN | TCP_PSH) != 0, i + 1 == n);
+            rebuilt.extend_from_slice(&s[72..]);
+        }
+        assert_eq!(rebuilt, p[72..].to_vec());
+        // A train and a split agree for IPv6 too, TCP and UDP.
+        let u = crate::wire::ipv6::tests::udp6_packet(
+            "fc00::1".parse().unwrap(),
+            "fc00::2".parse().unwrap(),
+            5000,
+            53,
+            &[9u8; 3001],
+        );
+        for (p, udp) in [(tcp6_packet(20_000, 0x10), false), (u, true)] {
+            let mut train = vec![0u8; 40_000];
+            let t = split_into_train(&p, 1398, udp, 0, &mut train).unwrap();
+            let mut heads = vec![0u8; 4096];
+            let s = split_headers(&p, 1398, udp, &[], &mut heads).unwrap();
+            let mut out = vec![0u8; t.len];
+            assert_eq!(s.assemble(&mut out), Some(t));
+            assert_eq!(out, train[..t.len]);
+            for i in 0..t.count {
+                let seg = &mut train[i * t.stride..((i + 1) * t.stride).min(t.len)].to_vec();
+                assert_eq!(complete_l4(seg), L4Checksum::Fine, "segment {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_with_extension_headers_is_not_segmented() {
+        let mut p = tcp6_packet(3000, 0x10);
+        p[6] = crate::wire::ipv6::EXT_HOP_BY_HOP;
+        let mut scratch = [0u8; 1450];
+        assert_eq!(
+            split_tcp(&p, 1450, &mut scratch, |_| {}),
+            Err(SegmentError::NotTcp)
         );
     }
 }

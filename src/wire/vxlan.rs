@@ -1,4 +1,5 @@
-//! VXLAN (RFC 7348) as Linux's flannel.1 speaks it: 8-byte header, inner Ethernet, inner IPv4; encap and checked decap.
+//! VXLAN (RFC 7348) as Linux's flannel.1 (and flannel-v6.1) speak it: 8-byte header, inner Ethernet, inner IPv4
+//! (or IPv6); encap and checked decap.
 
 use super::ethernet::{self, Frame, MacAddr};
 use super::{DropReason, Error};
@@ -122,14 +123,21 @@ impl Repr {
 pub struct VxlanTemplate(pub [u8; VXLAN_ENCAP]);
 
 impl VxlanTemplate {
+    /// The header for inner IPv4 from VTEP `src_mac` to VTEP `dst_mac`.
     pub fn new(vni: u32, dst_mac: MacAddr, src_mac: MacAddr) -> Self {
+        Self::for_inner(vni, dst_mac, src_mac, InnerFamily::V4)
+    }
+
+    /// The header for an inner packet of `family` (Ethernet type 0x0800 or 0x86DD); for IPv6 the MACs are
+    /// those of the IPv6 VTEPs (flannel's `flannel-v6.<VNI>` devices).
+    pub fn for_inner(vni: u32, dst_mac: MacAddr, src_mac: MacAddr, family: InnerFamily) -> Self {
         let mut h = [0u8; VXLAN_ENCAP];
         let mut vx = Header::new_unchecked(&mut h[..]);
         Repr { vni }.emit(&mut vx);
         ethernet::Repr {
             src_addr: src_mac,
             dst_addr: dst_mac,
-            ethertype: ethernet::ETHERTYPE_IPV4,
+            ethertype: family.ethertype(),
         }
         .emit(&mut Frame::new_unchecked(vx.payload_mut()));
         VxlanTemplate(h)
@@ -148,10 +156,41 @@ impl VxlanTemplate {
     }
 }
 
+/// The IP family of an inner packet, as its Ethernet type says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InnerFamily {
+    V4,
+    V6,
+}
+
+impl InnerFamily {
+    /// The Ethernet type of the family.
+    #[inline]
+    pub fn ethertype(self) -> u16 {
+        match self {
+            InnerFamily::V4 => ethernet::ETHERTYPE_IPV4,
+            InnerFamily::V6 => ethernet::ETHERTYPE_IPV6,
+        }
+    }
+}
+
 /// Checks a VXLAN UDP payload and returns the offset of the inner frame's IP packet. Drops (with the
 /// reason) anything short, without the VNI flag, for another VNI, not addressed to `our_mac`, or not IPv4.
 #[inline]
 pub fn decap(payload: &[u8], vni: u32, our_mac: MacAddr) -> Result<usize, DropReason> {
+    decap_dual(payload, vni, our_mac, None).map(|(at, _)| at)
+}
+
+/// As [`decap`] on a dual-stack host: also takes inner IPv6 (Ethernet type 0x86DD) addressed to our
+/// IPv6 VTEP MAC `our_mac6` (None: IPv6 is not enabled, and such frames are not for us). Returns the
+/// inner packet's offset and the family its Ethernet type names.
+#[inline]
+pub fn decap_dual(
+    payload: &[u8],
+    vni: u32,
+    our_mac: MacAddr,
+    our_mac6: Option<MacAddr>,
+) -> Result<(usize, InnerFamily), DropReason> {
     if payload.len() < VXLAN_ENCAP {
         return Err(DropReason::Truncated);
     }
@@ -161,10 +200,12 @@ pub fn decap(payload: &[u8], vni: u32, our_mac: MacAddr) -> Result<usize, DropRe
         return Err(DropReason::BadVni);
     }
     let eth = Frame::new_unchecked(vx.payload());
-    if eth.dst_addr() != our_mac || eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
-        return Err(DropReason::NotForUs);
+    let dst = eth.dst_addr();
+    match eth.ethertype() {
+        ethernet::ETHERTYPE_IPV4 if dst == our_mac => Ok((VXLAN_ENCAP, InnerFamily::V4)),
+        ethernet::ETHERTYPE_IPV6 if Some(dst) == our_mac6 => Ok((VXLAN_ENCAP, InnerFamily::V6)),
+        _ => Err(DropReason::NotForUs),
     }
-    Ok(VXLAN_ENCAP)
 }
 
 #[cfg(test)]
@@ -213,6 +254,35 @@ mod tests {
         let mut v6 = buf;
         v6[20..22].copy_from_slice(&[0x86, 0xdd]);
         assert_eq!(decap(&v6, 7, B), Err(DropReason::NotForUs));
+    }
+
+    #[test]
+    fn ipv6_frames_go_to_the_ipv6_vtep_mac() {
+        const B6: MacAddr = MacAddr([0x02, 6, 6, 6, 6, 6]);
+        let t = VxlanTemplate::for_inner(7, B6, A, InnerFamily::V6);
+        assert_eq!(&t.0[8..14], &B6.0);
+        assert_eq!(&t.0[20..22], &[0x86, 0xdd]);
+        let mut buf = [0u8; 62];
+        t.write(&mut buf, 0);
+        assert_eq!(
+            decap_dual(&buf, 7, B, Some(B6)),
+            Ok((VXLAN_ENCAP, InnerFamily::V6))
+        );
+        assert_eq!(decap_dual(&buf, 7, B, None), Err(DropReason::NotForUs));
+        assert_eq!(decap_dual(&buf, 7, B6, Some(B)), Err(DropReason::NotForUs));
+        assert_eq!(
+            decap(&buf, 7, B6),
+            Err(DropReason::NotForUs),
+            "v4-only decap"
+        );
+        // IPv4 frames still go to the IPv4 MAC only.
+        VxlanTemplate::new(7, B, A).write(&mut buf, 0);
+        assert_eq!(
+            decap_dual(&buf, 7, B, Some(B6)),
+            Ok((VXLAN_ENCAP, InnerFamily::V4))
+        );
+        VxlanTemplate::new(7, B6, A).write(&mut buf, 0);
+        assert_eq!(decap_dual(&buf, 7, B, Some(B6)), Err(DropReason::NotForUs));
     }
 
     #[test]
