@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -146,10 +146,12 @@ async fn add_ipv6(handle: &Handle, index: u32, ip6: Ipv6Addr) -> Result<bool, St
             return Ok(false);
         }
     }
-    handle
-        .address()
-        .add(index, IpAddr::V6(ip6), 128)
-        .execute()
+    let mut add = handle.address().add(index, IpAddr::V6(ip6), 128);
+    // No duplicate address detection: the address is usable (as the routes' preferred source) at once.
+    add.message_mut()
+        .attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    add.execute()
         .await
         .map_err(|e| format!("adding {ip6}/128 to the tun device: {e}"))?;
     Ok(true)
