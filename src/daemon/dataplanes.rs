@@ -32,6 +32,11 @@ pub(super) async fn start_dataplane(
         if let Err(e) = crate::dataplane::enable_ip_forwarding() {
             warn!("cannot enable net.ipv4.ip_forward ({e}); containers' traffic will not be forwarded until it is on");
         }
+        if cfg.ipv6.is_some() {
+            if let Err(e) = crate::dataplane::enable_ipv6_forwarding() {
+                warn!("cannot enable net.ipv6.conf.all.forwarding ({e}); containers' IPv6 traffic will not be forwarded until it is on");
+            }
+        }
     }
     if opts.dataplane != DataPlaneMode::None {
         if let Backend::HostGw = cfg.backend {

@@ -26,7 +26,7 @@ use crate::ops::metrics::WorkerCounters;
 use crate::routes::RouteTable;
 
 pub use crate::wire::inbound::Encap;
-pub use tun::enable_ip_forwarding;
+pub use tun::{enable_ip_forwarding, enable_ipv6_forwarding};
 
 /// What the data plane needs to know, fixed for its lifetime.
 #[derive(Debug, Clone)]
