@@ -499,3 +499,39 @@ fn dual_stack_weft_and_a_kernel_flannel_host() {
         );
     }
 }
+
+#[test]
+fn dual_stack_direct_routing_routes_same_segment_peers_over_ipv6_directly() {
+    let config = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+    let mut bed = Bed::new(2, config);
+    for i in 0..2 {
+        bed.start_weft(i, &["--dataplane=kernel"]);
+        bed.attach_container(i);
+        bed.attach_container6(i);
+    }
+    // flannel's direct routes: <peer IPv6 subnet> via <peer PublicIPv6> on the underlay, and no VXLAN
+    // entries for that peer on flannel-v6.1.
+    for (i, j) in [(0, 1), (1, 0)] {
+        let subnet6 = bed.weft(j).wait_subnet6();
+        let want = format!("{subnet6} via {} dev eth0 ", bed.hosts[j].ip6);
+        let h = bed.hosts[i].ns.name.clone();
+        wait_for(&format!("host {i}'s IPv6 direct route {want:?}"), T, || {
+            let out = common::netns::exec(&h, "ip", &["-6", "route", "show"]);
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.starts_with(&want))
+                .then_some(())
+        });
+        let (n, f, r) = bed.kernel_entries6(i);
+        assert!(n.is_empty() && f.is_empty() && r.is_empty(), "{n}{f}{r}");
+    }
+    for (from, to) in [(0, 1), (1, 0)] {
+        bed.wait_ping6(from, bed.container_ip6(to), T);
+        bed.wait_ping(from, bed.container_ip(to), T);
+        let (sent, got) = bed.transfer6(from, to, 5 << 20);
+        assert_eq!(
+            sent, got,
+            "byte-identical over IPv6 from host {from} to host {to}"
+        );
+    }
+}

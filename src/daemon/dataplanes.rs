@@ -46,8 +46,14 @@ pub(super) async fn start_dataplane(
         }
         if let Backend::Vxlan(v) = &cfg.backend {
             if v.direct_routing {
-                let d =
+                let mut d =
                     start_direct(DirectMode::VxlanDirect { vni: v.vni }, underlay, &shared).await?;
+                if cfg.ipv6.is_some() {
+                    // The IPv6 halves of same-segment peers too, via their PublicIPv6, as flannel.
+                    d.start_v6(v.vni, underlay_index(underlay)?, shared.routes.clone())
+                        .await
+                        .map_err(|e| DaemonError::Direct(e.to_string()))?;
+                }
                 *shared.direct.lock().expect("direct lock") = Some(d);
             }
         }
@@ -80,15 +86,19 @@ pub(super) async fn start_dataplane(
     }
 }
 
+/// The underlay interface's index.
+fn underlay_index(underlay: &Underlay) -> Result<u32, DaemonError> {
+    nix::net::if_::if_nametoindex(underlay.iface.as_str())
+        .map_err(|e| DaemonError::Direct(format!("the underlay interface {}: {e}", underlay.iface)))
+}
+
 /// Starts the direct-route reconciler on the underlay interface.
 async fn start_direct(
     mode: DirectMode,
     underlay: &Underlay,
     shared: &Shared,
 ) -> Result<DirectRoutes, DaemonError> {
-    let index = nix::net::if_::if_nametoindex(underlay.iface.as_str()).map_err(|e| {
-        DaemonError::Direct(format!("the underlay interface {}: {e}", underlay.iface))
-    })?;
+    let index = underlay_index(underlay)?;
     DirectRoutes::start(mode, index, shared.routes.clone())
         .await
         .map_err(|e| DaemonError::Direct(e.to_string()))

@@ -25,6 +25,8 @@ pub trait Family: Copy + Ord + Debug + Display + Into<IpAddr> + Send + Sync + 's
     fn net(addr: Self, len: u8) -> Option<Self::Net>;
     /// The entries the device should hold for `peers` ([`desired`] or [`desired6`]).
     fn desired(peers: &[Peer], vni: u32) -> Entries<Self>;
+    /// The peer's subnet of this family, if it has one.
+    fn subnet_of(p: &Peer) -> Option<Self::Net>;
 }
 
 impl Family for Ipv4Addr {
@@ -45,6 +47,9 @@ impl Family for Ipv4Addr {
     fn desired(peers: &[Peer], vni: u32) -> VxlanEntries {
         desired(peers, vni)
     }
+    fn subnet_of(p: &Peer) -> Option<Ipv4Net> {
+        Some(p.subnet)
+    }
 }
 
 impl Family for Ipv6Addr {
@@ -64,6 +69,9 @@ impl Family for Ipv6Addr {
     }
     fn desired(peers: &[Peer], vni: u32) -> VxlanEntries6 {
         desired6(peers, vni)
+    }
+    fn subnet_of(p: &Peer) -> Option<Ipv6Net> {
+        p.v6.map(|v| v.subnet)
     }
 }
 

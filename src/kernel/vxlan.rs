@@ -2,6 +2,7 @@
 //! netlink as flanneld's vxlan backend does, and keeps them so — one reconciler per device that re-applies
 //! the desired state whenever the route table or the kernel drifts.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -23,7 +24,8 @@ use tracing::{info, warn};
 use crate::kernel::state::{
     device_action, diff, Change, DeviceAction, DeviceSeen, DeviceSpec, Entries, Family,
 };
-use crate::routes::RouteTable;
+use crate::kernel::{direct, direct_state};
+use crate::routes::{Peer, RouteTable};
 use crate::wire::ethernet::MacAddr;
 
 /// What the kernel backend needs, fixed for its lifetime.
@@ -120,7 +122,7 @@ struct Reconciler<A: NetlinkFamily> {
     name: String,
     /// Our subnet's network address, set on the device as `/32` or `/128`.
     own: A,
-    /// DirectRouting (IPv4 only): peers with a direct route are left out.
+    /// DirectRouting: peers whose subnet of this family has a direct route are left out.
     direct_routing: bool,
 }
 
@@ -155,8 +157,7 @@ impl KernelVxlan {
                 local: c6.local_ip.into(),
                 mac: c6.mac,
                 own: c6.own_subnet.network(),
-                // IPv6 direct routing is not done: every IPv6 peer goes through the device.
-                direct_routing: false,
+                direct_routing: cfg.direct_routing,
             };
             k.tasks.push(start_device(v6, &cfg, &routes).await?);
         }
@@ -268,17 +269,10 @@ impl<A: NetlinkFamily> Reconciler<A> {
         let mut peers = routes.load().peers().to_vec();
         if self.direct_routing {
             let (vni, index, all) = (self.spec.vni, self.spec.underlay_index, peers.clone());
-            let direct = tokio::task::spawn_blocking(move || {
-                let plan = crate::kernel::direct_state::plan(
-                    &all,
-                    crate::kernel::direct_state::DirectMode::VxlanDirect { vni },
-                    |ip| crate::kernel::direct::reach(ip, index),
-                );
-                crate::kernel::direct_state::direct_subnets(&plan)
-            })
-            .await
-            .map_err(|e| ReconcileError::Socket(std::io::Error::other(e)))?;
-            peers.retain(|p| !direct.contains(&p.subnet));
+            let direct = tokio::task::spawn_blocking(move || A::direct_subnets(&all, vni, index))
+                .await
+                .map_err(|e| ReconcileError::Socket(std::io::Error::other(e)))?;
+            peers.retain(|p| A::subnet_of(p).is_none_or(|s| !direct.contains(&s)));
         }
         let want = A::desired(&peers, self.spec.vni);
         let (actual, msgs) = self.read_entries(index).await?;
@@ -516,6 +510,9 @@ trait NetlinkFamily: Family {
     fn route_dump() -> RouteMessage;
     /// `<net> via <gw> dev <index> onlink`.
     fn onlink_route(net: Self::Net, gw: Self, index: u32) -> RouteMessage;
+    /// The subnets of `peers` that vxlan's DirectRouting routes straight to the peer (same segment as
+    /// `underlay_index`); asks the kernel, so it blocks.
+    fn direct_subnets(peers: &[Peer], vni: u32, underlay_index: u32) -> BTreeSet<Self::Net>;
 }
 
 impl NetlinkFamily for Ipv4Addr {
@@ -531,6 +528,12 @@ impl NetlinkFamily for Ipv4Addr {
             .onlink()
             .build()
     }
+    fn direct_subnets(peers: &[Peer], vni: u32, underlay_index: u32) -> BTreeSet<Ipv4Net> {
+        let plan = direct_state::plan(peers, direct_state::DirectMode::VxlanDirect { vni }, |ip| {
+            direct::reach(ip, underlay_index)
+        });
+        direct_state::direct_subnets(&plan)
+    }
 }
 
 impl NetlinkFamily for Ipv6Addr {
@@ -545,6 +548,12 @@ impl NetlinkFamily for Ipv6Addr {
             .output_interface(index)
             .onlink()
             .build()
+    }
+    fn direct_subnets(peers: &[Peer], vni: u32, underlay_index: u32) -> BTreeSet<Ipv6Net> {
+        direct_state::plan6(peers, vni, |ip| direct::reach6(ip, underlay_index))
+            .into_iter()
+            .map(|(net, _)| net)
+            .collect()
     }
 }
 
