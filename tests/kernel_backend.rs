@@ -279,6 +279,14 @@ fn dual_stack_bed(n: usize) -> Bed {
     let mut bed = Bed::new(n, DUAL);
     for i in 0..n {
         bed.start_weft(i, &["--dataplane=kernel"]);
+        bed.weft(i).wait_subnet6();
+        // weft turned IPv6 forwarding on (before the container fixture does it too).
+        let fwd = common::netns::exec(
+            &bed.hosts[i].ns.name,
+            "cat",
+            &["/proc/sys/net/ipv6/conf/all/forwarding"],
+        );
+        assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "1", "host {i}");
         bed.attach_container(i);
         bed.attach_container6(i);
     }
