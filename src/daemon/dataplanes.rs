@@ -9,7 +9,7 @@ use crate::dataplane::{DataPlane, DataPlaneConfig, DataPlaneError, Encap};
 use crate::host::iface::Underlay;
 use crate::kernel::direct::DirectRoutes;
 use crate::kernel::direct_state::DirectMode;
-use crate::kernel::vxlan::{KernelVxlan, KernelVxlanConfig};
+use crate::kernel::vxlan::{KernelVxlan, KernelVxlan6Config, KernelVxlanConfig};
 
 use super::{DaemonError, DataPlaneMode, OwnLease, RunOptions, Shared};
 
@@ -46,8 +46,14 @@ pub(super) async fn start_dataplane(
         }
         if let Backend::Vxlan(v) = &cfg.backend {
             if v.direct_routing {
-                let d =
+                let mut d =
                     start_direct(DirectMode::VxlanDirect { vni: v.vni }, underlay, &shared).await?;
+                if cfg.ipv6.is_some() {
+                    // The IPv6 halves of same-segment peers too, via their PublicIPv6, as flannel.
+                    d.start_v6(v.vni, underlay_index(underlay)?, shared.routes.clone())
+                        .await
+                        .map_err(|e| DaemonError::Direct(e.to_string()))?;
+                }
                 *shared.direct.lock().expect("direct lock") = Some(d);
             }
         }
@@ -80,15 +86,19 @@ pub(super) async fn start_dataplane(
     }
 }
 
+/// The underlay interface's index.
+fn underlay_index(underlay: &Underlay) -> Result<u32, DaemonError> {
+    nix::net::if_::if_nametoindex(underlay.iface.as_str())
+        .map_err(|e| DaemonError::Direct(format!("the underlay interface {}: {e}", underlay.iface)))
+}
+
 /// Starts the direct-route reconciler on the underlay interface.
 async fn start_direct(
     mode: DirectMode,
     underlay: &Underlay,
     shared: &Shared,
 ) -> Result<DirectRoutes, DaemonError> {
-    let index = nix::net::if_::if_nametoindex(underlay.iface.as_str()).map_err(|e| {
-        DaemonError::Direct(format!("the underlay interface {}: {e}", underlay.iface))
-    })?;
+    let index = underlay_index(underlay)?;
     DirectRoutes::start(mode, index, shared.routes.clone())
         .await
         .map_err(|e| DaemonError::Direct(e.to_string()))
@@ -117,6 +127,24 @@ pub(super) async fn start_kernel(
             backend: cfg.backend.type_name(),
         });
     };
+    // A dual-stack network: flannel-v6.<VNI> from our lease's IPv6 half.
+    let ipv6 = match (
+        &cfg.ipv6,
+        own.subnet6,
+        own.public_ipv6,
+        own.attrs.vxlan_v6_data(),
+    ) {
+        (Some(_), Some(own_subnet), Some(local_ip), Some(d6)) => Some(KernelVxlan6Config {
+            local_ip,
+            mac: d6.vtep_mac,
+            own_subnet,
+        }),
+        (Some(_), ..) => {
+            warn!("the network is dual-stack but this host's lease has no complete IPv6 half (IPv6 subnet, PublicIPv6 and BackendV6Data); flannel-v6.{} is not set up and IPv6 is not carried", v.vni);
+            None
+        }
+        (None, ..) => None,
+    };
     let kc = KernelVxlanConfig {
         vni: v.vni,
         port: cfg.backend.port(),
@@ -126,6 +154,7 @@ pub(super) async fn start_kernel(
         mtu: own.mtu,
         own_subnet: own.subnet,
         direct_routing: v.direct_routing,
+        ipv6,
     };
     Ok(KernelVxlan::start(kc, shared.routes.clone()).await?)
 }

@@ -323,3 +323,15 @@ pub fn enable_ip_forwarding() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Turns on IPv6 forwarding in this network namespace (a dual-stack network's containers need it, as dockerd
+/// --ipv6 does). This also makes the kernel ignore router advertisements on interfaces with the default
+/// accept_ra=1, as on any router.
+pub fn enable_ipv6_forwarding() -> std::io::Result<()> {
+    const PATH: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+    if std::fs::read_to_string(PATH)?.trim() != "1" {
+        std::fs::write(PATH, "1")?;
+        info!("enabled net.ipv6.conf.all.forwarding so containers' IPv6 traffic is forwarded");
+    }
+    Ok(())
+}

@@ -115,6 +115,43 @@ impl Rtnl {
     }
 }
 
+impl Rtnl {
+    /// The kernel's route to IPv6 address `dst` (`ip -6 route get`) as (output interface, gateway), or None
+    /// when it has none.
+    pub fn route6_to(
+        &mut self,
+        dst: std::net::Ipv6Addr,
+    ) -> io::Result<Option<(Option<u32>, Option<std::net::Ipv6Addr>)>> {
+        use netlink_packet_core::NLM_F_REQUEST;
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+        use netlink_packet_route::AddressFamily;
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet6;
+        msg.header.destination_prefix_length = 128;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet6(dst)));
+        let replies = match self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST) {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(replies.into_iter().find_map(|r| {
+            let RouteNetlinkMessage::NewRoute(r) = r else {
+                return None;
+            };
+            let (mut oif, mut gw) = (None, None);
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gw = Some(*g),
+                    _ => {}
+                }
+            }
+            Some((oif, gw))
+        }))
+    }
+}
+
 /// One request on a socket of its own.
 pub fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
     Rtnl::open()?.request(msg, flags)

@@ -1,13 +1,14 @@
 //! Direct routes over netlink (flannel's host-gw backend, and vxlan's DirectRouting): a reconciler that
 //! keeps `<peer subnet> via <peer public IP> dev <underlay>` for the peers on this host's layer-2 segment,
-//! whenever the route table changes and every few seconds, and removes the ones no lease wants any more.
+//! whenever the route table changes and every few seconds, and removes the ones no lease wants any more;
+//! on a dual-stack vxlan network with DirectRouting a twin keeps `<peer IPv6 subnet> via <peer PublicIPv6>`.
 
 use std::collections::{BTreeSet, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
 };
@@ -15,7 +16,7 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::kernel::direct_state::{plan, route_diff, DirectMode, Reach, Route};
+use crate::kernel::direct_state::{plan, plan6, route_diff, DirectMode, Reach, Route, Route6};
 use crate::kernel::vxlan::ReconcileError;
 use crate::routes::RouteTable;
 
@@ -34,15 +35,26 @@ pub fn reach(dst: Ipv4Addr, underlay_index: u32) -> Reach {
     }
 }
 
-/// The running reconciler; dropping it stops it (the routes stay, so forwarding survives a restart of
-/// weft, as with flanneld).
+/// Whether the kernel reaches IPv6 address `dst` on-link through `underlay_index` (no gateway), as
+/// flannel's `DirectRouting` check.
+pub fn reach6(dst: Ipv6Addr, underlay_index: u32) -> bool {
+    let to = crate::host::netlink::Rtnl::open().and_then(|mut nl| nl.route6_to(dst));
+    matches!(to, Ok(Some((Some(oif), None))) if oif == underlay_index)
+}
+
+/// The running reconcilers (IPv4, and IPv6 with `start_v6`); dropping it stops them (the routes stay, so
+/// forwarding survives a restart of weft, as with flanneld).
 pub struct DirectRoutes {
     task: JoinHandle<()>,
+    task6: Option<JoinHandle<()>>,
 }
 
 impl Drop for DirectRoutes {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(t) = &self.task6 {
+            t.abort();
+        }
     }
 }
 
@@ -81,7 +93,28 @@ impl DirectRoutes {
         r.reconcile(&routes).await?;
         info!(mode = ?mode, "direct routes up");
         let task = super::keep_reconciling(r, routes, conn_task);
-        Ok(DirectRoutes { task })
+        Ok(DirectRoutes { task, task6: None })
+    }
+
+    /// Adds vxlan DirectRouting for the IPv6 halves of dual-stack peers of `vni`: applies their direct
+    /// routes now and keeps reconciling them.
+    pub async fn start_v6(
+        &mut self,
+        vni: u32,
+        underlay_index: u32,
+        routes: Arc<RouteTable>,
+    ) -> Result<(), ReconcileError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(ReconcileError::Socket)?;
+        let conn_task = tokio::spawn(conn);
+        let mut r = Reconciler6 {
+            handle,
+            vni,
+            underlay_index,
+        };
+        r.reconcile(&routes).await?;
+        info!(vni, "IPv6 direct routes up");
+        self.task6 = Some(super::keep_reconciling(r, routes, conn_task));
+        Ok(())
     }
 }
 
@@ -180,6 +213,100 @@ impl Reconciler {
             }
             if let (Some(g), Some(x)) = (gw, dst) {
                 if let Ok(net) = Ipv4Net::new(x, r.header.destination_prefix_length) {
+                    have.insert((net, g));
+                    msgs.push(((net, g), r));
+                }
+            }
+        }
+        Ok((have, msgs))
+    }
+}
+
+/// The IPv6 twin of [`Reconciler`] for vxlan's DirectRouting.
+struct Reconciler6 {
+    handle: Handle,
+    vni: u32,
+    underlay_index: u32,
+}
+
+impl super::Reconcile for Reconciler6 {
+    fn what(&self) -> String {
+        "the IPv6 direct routes".into()
+    }
+    async fn reconcile(&mut self, routes: &RouteTable) -> Result<(), ReconcileError> {
+        Reconciler6::reconcile(self, routes).await
+    }
+}
+
+impl Reconciler6 {
+    async fn reconcile(&mut self, routes: &RouteTable) -> Result<(), ReconcileError> {
+        let peers = routes.load().peers().to_vec();
+        let (vni, index) = (self.vni, self.underlay_index);
+        let want = tokio::task::spawn_blocking(move || plan6(&peers, vni, |ip| reach6(ip, index)))
+            .await
+            .map_err(|e| ReconcileError::Socket(std::io::Error::other(e)))?;
+        let (have, msgs) = self.read().await?;
+        let (add, del) = route_diff(&want, &have);
+        for (net, gw) in del {
+            if let Some((_, m)) = msgs.iter().find(|(k, _)| *k == (net, gw)) {
+                self.handle
+                    .route()
+                    .del(m.clone())
+                    .execute()
+                    .await
+                    .map_err(super::vxlan::nl(format!(
+                        "deleting the route {net} via {gw}"
+                    )))?;
+            }
+        }
+        for (net, gw) in add {
+            let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(net.network(), net.prefix_len())
+                .gateway(gw)
+                .output_interface(index)
+                .protocol(PROTO)
+                .build();
+            self.handle
+                .route()
+                .add(msg)
+                .replace()
+                .execute()
+                .await
+                .map_err(super::vxlan::nl(format!("adding the route {net} via {gw}")))?;
+        }
+        Ok(())
+    }
+
+    /// weft's IPv6 direct routes in the main table.
+    async fn read(
+        &self,
+    ) -> Result<(BTreeSet<Route6>, Vec<(Route6, RouteMessage)>), ReconcileError> {
+        let mut have = BTreeSet::new();
+        let mut msgs = Vec::new();
+        let mut dump = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute();
+        while let Some(r) = dump
+            .try_next()
+            .await
+            .map_err(super::vxlan::nl("reading IPv6 routes"))?
+        {
+            if r.header.protocol != PROTO || r.header.table != RouteHeader::RT_TABLE_MAIN {
+                continue;
+            }
+            let mut gw = None;
+            let mut dst = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gw = Some(*g),
+                    RouteAttribute::Destination(RouteAddress::Inet6(x)) => dst = Some(*x),
+                    _ => {}
+                }
+            }
+            if let (Some(g), Some(x)) = (gw, dst) {
+                if let Ok(net) = Ipv6Net::new(x, r.header.destination_prefix_length) {
                     have.insert((net, g));
                     msgs.push(((net, g), r));
                 }

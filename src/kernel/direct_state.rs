@@ -1,15 +1,19 @@
 //! Direct routes (flannel's host-gw backend, and vxlan's DirectRouting): which peer subnets are routed
-//! straight to the peer's public IP over the underlay, computed from the route table; pure.
+//! straight to the peer's public IP over the underlay, computed from the route table; pure. IPv6
+//! (`plan6`): vxlan's DirectRouting for the IPv6 halves of dual-stack peers.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::routes::{Peer, PeerBackend};
 
 /// One direct route: a peer's subnet via its public IP.
 pub type Route = (Ipv4Net, Ipv4Addr);
+
+/// One direct IPv6 route: a peer's IPv6 subnet via its IPv6 underlay address (`PublicIPv6`).
+pub type Route6 = (Ipv6Net, Ipv6Addr);
 
 /// Which peers get direct routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,13 +70,35 @@ pub fn plan(
     p
 }
 
+/// vxlan's DirectRouting for IPv6, as flannel: the dual-stack vxlan peers of our VNI whose `PublicIPv6`
+/// is on our segment (`on_link` says so) get `<IPv6 subnet> via <PublicIPv6>`; the others keep VXLAN.
+pub fn plan6(
+    peers: &[Peer],
+    vni: u32,
+    mut on_link: impl FnMut(Ipv6Addr) -> bool,
+) -> BTreeSet<Route6> {
+    let mut routes = BTreeSet::new();
+    for p in peers {
+        let (PeerBackend::Vxlan { vni: v, .. }, Some(v6)) = (p.backend, p.v6) else {
+            continue;
+        };
+        let Some(ip) = v6.public_ip else {
+            continue;
+        };
+        if v == vni && on_link(ip) {
+            routes.insert((v6.subnet, ip));
+        }
+    }
+    routes
+}
+
 /// The subnets with direct routes in `plan` (the kernel VXLAN backend leaves them to the direct routes).
 pub fn direct_subnets(plan: &DirectPlan) -> BTreeSet<Ipv4Net> {
     plan.routes.iter().map(|(n, _)| *n).collect()
 }
 
 /// Routes to add (`want` but not `have`) and to delete (`have` but not `want`).
-pub fn route_diff(want: &BTreeSet<Route>, have: &BTreeSet<Route>) -> (Vec<Route>, Vec<Route>) {
+pub fn route_diff<R: Ord + Copy>(want: &BTreeSet<R>, have: &BTreeSet<R>) -> (Vec<R>, Vec<R>) {
     (
         want.difference(have).copied().collect(),
         have.difference(want).copied().collect(),
@@ -157,6 +183,42 @@ mod tests {
             vec!["10.5.1.0/24".parse::<Ipv4Net>().unwrap()]
         );
         assert!(p.unroutable.is_empty(), "the others simply keep VXLAN");
+    }
+
+    #[test]
+    fn ipv6_direct_routing_takes_same_segment_dual_stack_peers_of_our_vni() {
+        let mac = "02:00:00:00:00:01".parse().unwrap();
+        let dual = |s4: &str, s6: &str, ip6: Option<&str>, vni: u32| Peer {
+            v6: Some(crate::routes::PeerV6 {
+                subnet: s6.parse().unwrap(),
+                public_ip: ip6.map(|a| a.parse().unwrap()),
+                vtep_mac: Some(mac),
+            }),
+            ..peer(
+                s4,
+                [192, 0, 2, 1],
+                PeerBackend::Vxlan { vni, vtep_mac: mac },
+            )
+        };
+        let peers = [
+            dual("10.5.1.0/24", "fc00::1:0/112", Some("fd00::1"), 1),
+            dual("10.5.2.0/24", "fc00::2:0/112", Some("2001:db8::2"), 1),
+            dual("10.5.3.0/24", "fc00::3:0/112", Some("fd00::3"), 2),
+            dual("10.5.4.0/24", "fc00::4:0/112", None, 1),
+            peer(
+                "10.5.5.0/24",
+                [192, 0, 2, 5],
+                PeerBackend::Vxlan {
+                    vni: 1,
+                    vtep_mac: mac,
+                },
+            ),
+        ];
+        let on_link = |ip: Ipv6Addr| ip.segments()[0] == 0xfd00;
+        assert_eq!(
+            plan6(&peers, 1, on_link).into_iter().collect::<Vec<_>>(),
+            vec![("fc00::1:0/112".parse().unwrap(), "fd00::1".parse().unwrap())]
+        );
     }
 
     #[test]

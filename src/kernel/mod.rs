@@ -1,7 +1,7 @@
 //! Backends programmed into the kernel over netlink: the kernel VXLAN backend (the desired `flannel.<VNI>`
-//! device, neighbours, FDB entries and routes computed from the route table, pure, `state`, and the
-//! reconciler that applies them, `vxlan`), and direct routes for host-gw and vxlan's DirectRouting (pure
-//! plan `direct_state`, reconciler `direct`).
+//! device — and `flannel-v6.<VNI>` on a dual-stack network — neighbours, FDB entries and routes computed
+//! from the route table, pure, `state`, and the reconcilers that apply them, `vxlan`), and direct routes for
+//! host-gw and vxlan's DirectRouting, IPv6 too for the latter (pure plan `direct_state`, reconciler `direct`).
 
 pub mod direct;
 pub mod direct_state;

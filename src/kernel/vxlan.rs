@@ -1,11 +1,13 @@
-//! The kernel VXLAN backend: programs `flannel.<VNI>` over netlink as flanneld's vxlan backend does, and
-//! keeps it so — a reconciler that re-applies the desired state whenever the route table or the kernel drifts.
+//! The kernel VXLAN backend: programs `flannel.<VNI>` (and `flannel-v6.<VNI>` on a dual-stack network) over
+//! netlink as flanneld's vxlan backend does, and keeps them so — one reconciler per device that re-applies
+//! the desired state whenever the route table or the kernel drifts.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
@@ -20,9 +22,10 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::kernel::state::{
-    desired, device_action, diff, Change, DeviceAction, DeviceSeen, DeviceSpec, VxlanEntries,
+    device_action, diff, Change, DeviceAction, DeviceSeen, DeviceSpec, Entries, Family,
 };
-use crate::routes::RouteTable;
+use crate::kernel::{direct, direct_state};
+use crate::routes::{Peer, RouteTable};
 use crate::wire::ethernet::MacAddr;
 
 /// What the kernel backend needs, fixed for its lifetime.
@@ -37,12 +40,30 @@ pub struct KernelVxlanConfig {
     pub own_subnet: Ipv4Net,
     /// DirectRouting: peers on our layer-2 segment are left to the direct routes (`kernel::direct`).
     pub direct_routing: bool,
+    /// A dual-stack network: the IPv6 device too.
+    pub ipv6: Option<KernelVxlan6Config>,
+}
+
+/// The IPv6 half of the kernel backend on a dual-stack network: `flannel-v6.<VNI>` with the same VNI, port,
+/// underlay interface and MTU as `flannel.<VNI>`.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelVxlan6Config {
+    /// This host's IPv6 underlay address (`PublicIPv6`): the device's `local`.
+    pub local_ip: Ipv6Addr,
+    /// The IPv6 VTEP's MAC, as published in our lease's `BackendV6Data`.
+    pub mac: MacAddr,
+    pub own_subnet: Ipv6Net,
 }
 
 impl KernelVxlanConfig {
     /// flannel's device name: `flannel.<VNI>`.
     pub fn device_name(&self) -> String {
         format!("flannel.{}", self.vni)
+    }
+
+    /// flannel's IPv6 device name: `flannel-v6.<VNI>`.
+    pub fn device_name6(&self) -> String {
+        format!("flannel-v6.{}", self.vni)
     }
 }
 
@@ -80,26 +101,32 @@ pub(crate) fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Reco
     move |source| ReconcileError::Netlink { op, source }
 }
 
-/// The running reconciler; dropping it stops reconciling (the device stays, so forwarding survives a
-/// restart of weft, as with flanneld).
+/// The running reconcilers (one per device); dropping it stops reconciling (the devices stay, so
+/// forwarding survives a restart of weft, as with flanneld).
 pub struct KernelVxlan {
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for KernelVxlan {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
-struct Reconciler {
+/// Keeps one VXLAN device of family `A` as the route table wants it.
+struct Reconciler<A: NetlinkFamily> {
     handle: Handle,
-    cfg: KernelVxlanConfig,
     spec: DeviceSpec,
     name: String,
+    /// Our subnet's network address, set on the device as `/32` or `/128`.
+    own: A,
+    /// DirectRouting: peers whose subnet of this family has a direct route are left out.
+    direct_routing: bool,
 }
 
-impl super::Reconcile for Reconciler {
+impl<A: NetlinkFamily> super::Reconcile for Reconciler<A> {
     fn what(&self) -> String {
         format!("the kernel VXLAN device {}", self.name)
     }
@@ -109,42 +136,82 @@ impl super::Reconcile for Reconciler {
 }
 
 impl KernelVxlan {
-    /// Creates (or reuses) the device, applies the current peers, and keeps reconciling.
+    /// Creates (or reuses) the device (and on a dual-stack network the IPv6 device), applies the current
+    /// peers, and keeps reconciling.
     pub async fn start(
         cfg: KernelVxlanConfig,
         routes: Arc<RouteTable>,
     ) -> Result<KernelVxlan, KernelVxlanError> {
-        let name = cfg.device_name();
-        let err = |source: ReconcileError| KernelVxlanError::Netlink {
-            name: name.clone(),
-            source,
-        };
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| err(ReconcileError::Socket(e)))?;
-        let conn_task = tokio::spawn(conn);
-        let underlay_index = link_index(&handle, &cfg.underlay_iface)
-            .await
-            .map_err(err)?
-            .ok_or_else(|| KernelVxlanError::NoUnderlay(cfg.underlay_iface.clone()))?;
-        let spec = DeviceSpec {
-            vni: cfg.vni,
-            local: cfg.local_ip,
-            port: cfg.port,
-            underlay_index,
+        let mut k = KernelVxlan { tasks: Vec::new() };
+        let v4 = Device {
+            name: cfg.device_name(),
+            local: cfg.local_ip.into(),
             mac: cfg.mac,
-            mtu: cfg.mtu,
+            own: cfg.own_subnet.network(),
+            direct_routing: cfg.direct_routing,
         };
-        let mut r = Reconciler {
-            handle,
-            cfg,
-            spec,
-            name: name.clone(),
-        };
-        r.reconcile(&routes).await.map_err(err)?;
-        info!(device = %name, vni = r.cfg.vni, port = r.cfg.port, mtu = r.cfg.mtu, "kernel VXLAN backend up");
-        let task = super::keep_reconciling(r, routes, conn_task);
-        Ok(KernelVxlan { task })
+        k.tasks.push(start_device(v4, &cfg, &routes).await?);
+        if let Some(c6) = cfg.ipv6 {
+            let v6 = Device {
+                name: cfg.device_name6(),
+                local: c6.local_ip.into(),
+                mac: c6.mac,
+                own: c6.own_subnet.network(),
+                direct_routing: cfg.direct_routing,
+            };
+            k.tasks.push(start_device(v6, &cfg, &routes).await?);
+        }
+        Ok(k)
     }
+}
+
+/// What differs between the two devices.
+struct Device<A> {
+    name: String,
+    /// The underlay address the device sends from.
+    local: IpAddr,
+    mac: MacAddr,
+    /// Our subnet's network address.
+    own: A,
+    direct_routing: bool,
+}
+
+/// Starts the reconciler of one device: brings it up now, then keeps it so.
+async fn start_device<A: NetlinkFamily>(
+    dev: Device<A>,
+    cfg: &KernelVxlanConfig,
+    routes: &Arc<RouteTable>,
+) -> Result<JoinHandle<()>, KernelVxlanError> {
+    let name = dev.name;
+    let err = |source: ReconcileError| KernelVxlanError::Netlink {
+        name: name.clone(),
+        source,
+    };
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| err(ReconcileError::Socket(e)))?;
+    let conn_task = tokio::spawn(conn);
+    let underlay_index = link_index(&handle, &cfg.underlay_iface)
+        .await
+        .map_err(err)?
+        .ok_or_else(|| KernelVxlanError::NoUnderlay(cfg.underlay_iface.clone()))?;
+    let spec = DeviceSpec {
+        vni: cfg.vni,
+        local: dev.local,
+        port: cfg.port,
+        underlay_index,
+        mac: dev.mac,
+        mtu: cfg.mtu,
+    };
+    let mut r = Reconciler {
+        handle,
+        spec,
+        name: name.clone(),
+        own: dev.own,
+        direct_routing: dev.direct_routing,
+    };
+    r.reconcile(routes).await.map_err(err)?;
+    info!(device = %name, vni = spec.vni, port = spec.port, mtu = spec.mtu, local = %spec.local, "kernel VXLAN backend up");
+    Ok(super::keep_reconciling(r, routes.clone(), conn_task))
 }
 
 async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, ReconcileError> {
@@ -177,7 +244,8 @@ fn seen(link: &LinkMessage) -> DeviceSeen {
                             for x in v {
                                 match x {
                                     InfoVxlan::Id(id) => s.vni = Some(*id),
-                                    InfoVxlan::Local(ip) => s.local = Some(*ip),
+                                    InfoVxlan::Local(ip) => s.local = Some((*ip).into()),
+                                    InfoVxlan::Local6(ip) => s.local = Some((*ip).into()),
                                     InfoVxlan::Port(p) => s.port = Some(*p),
                                     InfoVxlan::Learning(l) => s.learning = Some(*l),
                                     _ => {}
@@ -194,26 +262,19 @@ fn seen(link: &LinkMessage) -> DeviceSeen {
     s
 }
 
-impl Reconciler {
+impl<A: NetlinkFamily> Reconciler<A> {
     async fn reconcile(&mut self, routes: &RouteTable) -> Result<(), ReconcileError> {
         let index = self.ensure_device().await?;
         self.ensure_address(index).await?;
         let mut peers = routes.load().peers().to_vec();
-        if self.cfg.direct_routing {
-            let (vni, index, all) = (self.cfg.vni, self.spec.underlay_index, peers.clone());
-            let direct = tokio::task::spawn_blocking(move || {
-                let plan = crate::kernel::direct_state::plan(
-                    &all,
-                    crate::kernel::direct_state::DirectMode::VxlanDirect { vni },
-                    |ip| crate::kernel::direct::reach(ip, index),
-                );
-                crate::kernel::direct_state::direct_subnets(&plan)
-            })
-            .await
-            .map_err(|e| ReconcileError::Socket(std::io::Error::other(e)))?;
-            peers.retain(|p| !direct.contains(&p.subnet));
+        if self.direct_routing {
+            let (vni, index, all) = (self.spec.vni, self.spec.underlay_index, peers.clone());
+            let direct = tokio::task::spawn_blocking(move || A::direct_subnets(&all, vni, index))
+                .await
+                .map_err(|e| ReconcileError::Socket(std::io::Error::other(e)))?;
+            peers.retain(|p| A::subnet_of(p).is_none_or(|s| !direct.contains(&s)));
         }
-        let want = desired(&peers, self.cfg.vni);
+        let want = A::desired(&peers, self.spec.vni);
         let (actual, msgs) = self.read_entries(index).await?;
         for change in diff(&want, &actual) {
             self.apply(index, change, &msgs).await?;
@@ -252,9 +313,12 @@ impl Reconciler {
             }
             _ => {}
         }
-        let msg = LinkVxlan::new(&self.name, self.spec.vni)
-            .dev(self.spec.underlay_index)
-            .local(self.spec.local)
+        let vxlan = LinkVxlan::new(&self.name, self.spec.vni).dev(self.spec.underlay_index);
+        let vxlan = match self.spec.local {
+            IpAddr::V4(ip) => vxlan.local(ip),
+            IpAddr::V6(ip) => vxlan.local6(ip),
+        };
+        let msg = vxlan
             .port(self.spec.port)
             .learning(false)
             .mtu(self.spec.mtu)
@@ -273,9 +337,10 @@ impl Reconciler {
             .ok_or(ReconcileError::Vanished)
     }
 
-    /// `<subnet>.0/32` on the device, as flannel sets it.
+    /// `<subnet network address>/32` (IPv6: `/128`) on the device, as flannel sets it.
     async fn ensure_address(&self, index: u32) -> Result<(), ReconcileError> {
-        let ip = self.cfg.own_subnet.network();
+        let ip: IpAddr = self.own.into();
+        let len = A::HOST_PREFIX;
         let mut addrs = self
             .handle
             .address()
@@ -290,24 +355,25 @@ impl Reconciler {
             let has = a
                 .attributes
                 .iter()
-                .any(|x| matches!(x, AddressAttribute::Address(IpAddr::V4(v)) if *v == ip));
-            if has && a.header.prefix_len == 32 {
+                .any(|x| matches!(x, AddressAttribute::Address(v) if *v == ip));
+            if has && a.header.prefix_len == len {
                 return Ok(());
             }
         }
         self.handle
             .address()
-            .add(index, IpAddr::V4(ip), 32)
+            .add(index, ip, len)
             .execute()
             .await
-            .map_err(nl(format!("adding address {ip}/32")))
+            .map_err(nl(format!("adding address {ip}/{len}")))
     }
 
-    /// The device's permanent neighbours, FDB entries and gateway routes, with the messages to delete them.
-    async fn read_entries(&self, index: u32) -> Result<(VxlanEntries, Dumped), ReconcileError> {
-        let mut e = VxlanEntries::default();
+    /// The device's permanent neighbours, FDB entries and gateway routes of family `A`, with the messages
+    /// to delete them.
+    async fn read_entries(&self, index: u32) -> Result<(Entries<A>, Dumped<A>), ReconcileError> {
+        let mut e = Entries::default();
         let mut d = Dumped::default();
-        for family in [AddressFamily::Inet, AddressFamily::Bridge] {
+        for family in [A::NEIGHBOURS, AddressFamily::Bridge] {
             let mut neigh = self
                 .handle
                 .neighbours()
@@ -323,13 +389,14 @@ impl Reconciler {
                 for a in &n.attributes {
                     match a {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
-                            dst = Some(ip.to_owned())
+                            dst = A::of((*ip).into())
                         }
-                        // FDB (AF_BRIDGE) entries carry their IPv4 destination as raw bytes.
-                        NeighbourAttribute::Destination(NeighbourAddress::Other(b))
-                            if b.len() == 4 =>
-                        {
-                            dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                            dst = A::of((*ip).into())
+                        }
+                        // FDB (AF_BRIDGE) entries carry their destination as raw bytes.
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                            dst = A::from_raw(b)
                         }
                         NeighbourAttribute::LinkLayerAddress(m) if m.len() == 6 => {
                             mac = Some(MacAddr([m[0], m[1], m[2], m[3], m[4], m[5]]))
@@ -338,21 +405,17 @@ impl Reconciler {
                     }
                 }
                 if let (Some(ip), Some(m)) = (dst, mac) {
-                    if family == AddressFamily::Inet {
-                        e.neighbours.insert((ip, m));
-                        d.neighbours.push(((ip, m), n));
-                    } else {
+                    if family == AddressFamily::Bridge {
                         e.fdb.insert((m, ip));
                         d.fdb.push(((m, ip), n));
+                    } else {
+                        e.neighbours.insert((ip, m));
+                        d.neighbours.push(((ip, m), n));
                     }
                 }
             }
         }
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+        let mut routes = self.handle.route().get(A::route_dump()).execute();
         while let Some(r) = routes.try_next().await.map_err(nl("reading routes"))? {
             let mut oif = None;
             let mut gw = None;
@@ -360,8 +423,8 @@ impl Reconciler {
             for a in &r.attributes {
                 match a {
                     RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
-                    RouteAttribute::Destination(RouteAddress::Inet(x)) => dst = Some(*x),
+                    RouteAttribute::Gateway(g) => gw = route_ip(g).and_then(A::of),
+                    RouteAttribute::Destination(x) => dst = route_ip(x).and_then(A::of),
                     _ => {}
                 }
             }
@@ -369,7 +432,7 @@ impl Reconciler {
                 continue;
             }
             if let (Some(g), Some(x)) = (gw, dst) {
-                if let Ok(net) = Ipv4Net::new(x, r.header.destination_prefix_length) {
+                if let Some(net) = A::net(x, r.header.destination_prefix_length) {
                     e.routes.insert((net, g));
                     d.routes.push(((net, g), r));
                 }
@@ -381,14 +444,14 @@ impl Reconciler {
     async fn apply(
         &self,
         index: u32,
-        change: Change,
-        dumped: &Dumped,
+        change: Change<A>,
+        dumped: &Dumped<A>,
     ) -> Result<(), ReconcileError> {
         let h = &self.handle;
         let r = match change {
             Change::AddNeighbour(ip, mac) => {
                 h.neighbours()
-                    .add(index, IpAddr::V4(ip))
+                    .add(index, ip.into())
                     .link_layer_address(&mac.0)
                     .state(NeighbourState::Permanent)
                     .replace()
@@ -398,7 +461,7 @@ impl Reconciler {
             Change::AddFdb(mac, dst) => {
                 h.neighbours()
                     .add_bridge(index, &mac.0)
-                    .destination(IpAddr::V4(dst))
+                    .destination(dst.into())
                     .flags(NeighbourFlags::Own)
                     .state(NeighbourState::Permanent)
                     .replace()
@@ -406,12 +469,7 @@ impl Reconciler {
                     .await
             }
             Change::AddRoute(net, gw) => {
-                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(net.network(), net.prefix_len())
-                    .gateway(gw)
-                    .output_interface(index)
-                    .onlink()
-                    .build();
+                let msg = A::onlink_route(net, gw, index);
                 h.route().add(msg).replace().execute().await
             }
             Change::DelRoute(net, gw) => {
@@ -435,10 +493,83 @@ impl Reconciler {
     }
 }
 
+/// An address from a route attribute.
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(ip) => Some((*ip).into()),
+        RouteAddress::Inet6(ip) => Some((*ip).into()),
+        _ => None,
+    }
+}
+
+/// A [`Family`]'s netlink particulars.
+trait NetlinkFamily: Family {
+    /// The neighbour table of the family (ARP or NDP).
+    const NEIGHBOURS: AddressFamily;
+    /// A request that dumps the family's routes.
+    fn route_dump() -> RouteMessage;
+    /// `<net> via <gw> dev <index> onlink`.
+    fn onlink_route(net: Self::Net, gw: Self, index: u32) -> RouteMessage;
+    /// The subnets of `peers` that vxlan's DirectRouting routes straight to the peer (same segment as
+    /// `underlay_index`); asks the kernel, so it blocks.
+    fn direct_subnets(peers: &[Peer], vni: u32, underlay_index: u32) -> BTreeSet<Self::Net>;
+}
+
+impl NetlinkFamily for Ipv4Addr {
+    const NEIGHBOURS: AddressFamily = AddressFamily::Inet;
+    fn route_dump() -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    }
+    fn onlink_route(net: Ipv4Net, gw: Self, index: u32) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .gateway(gw)
+            .output_interface(index)
+            .onlink()
+            .build()
+    }
+    fn direct_subnets(peers: &[Peer], vni: u32, underlay_index: u32) -> BTreeSet<Ipv4Net> {
+        let plan = direct_state::plan(peers, direct_state::DirectMode::VxlanDirect { vni }, |ip| {
+            direct::reach(ip, underlay_index)
+        });
+        direct_state::direct_subnets(&plan)
+    }
+}
+
+impl NetlinkFamily for Ipv6Addr {
+    const NEIGHBOURS: AddressFamily = AddressFamily::Inet6;
+    fn route_dump() -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    }
+    fn onlink_route(net: Ipv6Net, gw: Self, index: u32) -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .gateway(gw)
+            .output_interface(index)
+            .onlink()
+            .build()
+    }
+    fn direct_subnets(peers: &[Peer], vni: u32, underlay_index: u32) -> BTreeSet<Ipv6Net> {
+        direct_state::plan6(peers, vni, |ip| direct::reach6(ip, underlay_index))
+            .into_iter()
+            .map(|(net, _)| net)
+            .collect()
+    }
+}
+
 /// Kernel messages of the entries read, to delete them exactly as the kernel knows them.
-#[derive(Default)]
-struct Dumped {
-    neighbours: Vec<((Ipv4Addr, MacAddr), NeighbourMessage)>,
-    fdb: Vec<((MacAddr, Ipv4Addr), NeighbourMessage)>,
-    routes: Vec<((Ipv4Net, Ipv4Addr), RouteMessage)>,
+struct Dumped<A: Family> {
+    neighbours: Vec<((A, MacAddr), NeighbourMessage)>,
+    fdb: Vec<((MacAddr, A), NeighbourMessage)>,
+    routes: Vec<((A::Net, A), RouteMessage)>,
+}
+
+impl<A: Family> Default for Dumped<A> {
+    fn default() -> Self {
+        Dumped {
+            neighbours: Vec::new(),
+            fdb: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
 }

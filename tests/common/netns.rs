@@ -730,3 +730,197 @@ pub fn mixed_cluster(config: &str, flags: &[&str]) -> Bed {
     }
     bed
 }
+
+impl Bed {
+    /// As `make_kernel_vxlan_host`, configured dual-stack as flanneld's vxlan backend sets a host up with
+    /// EnableIPv6: also `flannel-v6.1` (`local` = the host's IPv6 underlay address, MAC `vtep_mac6`,
+    /// `<subnet6 network>/128`), a dual-stack lease under flannel's key `<subnet>-24&<subnet6>-<len>` and
+    /// value (`PublicIPv6`, `BackendV6Data`), and the container's IPv6 side. Call `kernel_add_peer` and
+    /// `kernel_add_peer6` for each other host. Returns the container's IPv6 address.
+    pub fn make_kernel_vxlan_host6(
+        &mut self,
+        i: usize,
+        subnet_base: Ipv4Addr,
+        subnet6: ipnet::Ipv6Net,
+        vtep_mac: &str,
+        vtep_mac6: &str,
+    ) -> Ipv6Addr {
+        self.make_kernel_vxlan_host(i, subnet_base, vtep_mac);
+        let h = self.hosts[i].ns.name.clone();
+        let (hip, hip6) = (self.hosts[i].ip, self.hosts[i].ip6);
+        // The lease in its dual-stack form: the new key first, then the IPv4-only one goes (as when a lease
+        // gains its IPv6 half), so the IPv4 subnet is never without a lease.
+        let lease = format!(
+            r#"{{"PublicIP":"{hip}","PublicIPv6":"{hip6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{vtep_mac}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{vtep_mac6}"}}}}"#
+        );
+        let prefix = "/coreos.com/network/subnets";
+        let key = format!(
+            "{prefix}/{subnet_base}-24&{}-{}",
+            subnet6.network(),
+            subnet6.prefix_len()
+        );
+        for args in [
+            vec!["put", key.as_str(), lease.as_str()],
+            vec!["del", &format!("{prefix}/{subnet_base}-24")],
+        ] {
+            let out = self.etcd.etcdctl(&args);
+            assert!(
+                out.status.success(),
+                "etcdctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // flanneld asks for the IPv4 device's MTU (underlay - 50); the kernel clamps an IPv6 VXLAN device to
+        // underlay - 70 at creation (and would refuse 1450 later).
+        ip(&[
+            "-n",
+            &h,
+            "link",
+            "add",
+            "flannel-v6.1",
+            "mtu",
+            "1450",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &hip6.to_string(),
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ]);
+        ip(&[
+            "-n",
+            &h,
+            "link",
+            "set",
+            "flannel-v6.1",
+            "address",
+            vtep_mac6,
+        ]);
+        ip(&[
+            "-n",
+            &h,
+            "addr",
+            "add",
+            &format!("{}/128", subnet6.network()),
+            "dev",
+            "flannel-v6.1",
+        ]);
+        ip(&["-n", &h, "link", "set", "flannel-v6.1", "up"]);
+        self.add_container6(i, subnet6)
+    }
+
+    /// Gives host `i`'s bridge `cbr0` the ::1 of `subnet6` and its container (from `add_container`) the ::2
+    /// with a default route through it, and turns on IPv6 forwarding, as dockerd --ipv6 --fixed-cidr-v6
+    /// would. Returns the container's IPv6 address.
+    pub fn add_container6(&mut self, i: usize, subnet6: ipnet::Ipv6Net) -> Ipv6Addr {
+        let base = u128::from(subnet6.network());
+        let (gw, cip) = (Ipv6Addr::from(base + 1), Ipv6Addr::from(base + 2));
+        let len = subnet6.prefix_len();
+        let h = self.hosts[i].ns.name.clone();
+        let c = self.container_ns(i);
+        let (gw_cidr, cip_cidr) = (format!("{gw}/{len}"), format!("{cip}/{len}"));
+        ip(&["-n", &h, "addr", "add", &gw_cidr, "dev", "cbr0", "nodad"]);
+        ip(&["-n", &c, "addr", "add", &cip_cidr, "dev", "eth0", "nodad"]);
+        ip(&[
+            "-n",
+            &c,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+        ]);
+        ip_netns_exec_ok(&h, "sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
+        self.hosts[i].container_ip6 = Some(cip);
+        cip
+    }
+
+    /// On kernel host `i`, installs flanneld's IPv6 neighbour, FDB and route entries on `flannel-v6.1` for
+    /// a peer lease's IPv6 half.
+    pub fn kernel_add_peer6(
+        &self,
+        i: usize,
+        peer_subnet6: &str,
+        peer_ip6: Ipv6Addr,
+        peer_mac6: &str,
+    ) {
+        let h = &self.hosts[i].ns.name;
+        let base = peer_subnet6.split('/').next().expect("IPv6 subnet");
+        let dev = "flannel-v6.1";
+        let neigh = [
+            "neigh",
+            "replace",
+            base,
+            "lladdr",
+            peer_mac6,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ];
+        ip(&[&["-n", h, "-6"][..], &neigh[..]].concat());
+        let dst = peer_ip6.to_string();
+        let fdb = [
+            "fdb",
+            "replace",
+            peer_mac6,
+            "dst",
+            &dst,
+            "dev",
+            dev,
+            "self",
+            "permanent",
+        ];
+        ip_netns_exec_ok(h, "bridge", &fdb);
+        let route = [
+            "route",
+            "replace",
+            peer_subnet6,
+            "via",
+            base,
+            "dev",
+            dev,
+            "onlink",
+        ];
+        ip(&[&["-n", h, "-6"][..], &route[..]].concat());
+    }
+
+    /// Host `i`'s `flannel-v6.1` entries as (neighbours, FDB, routes) text, one entry a line; routes are
+    /// the gateway routes only (not the device's own fe80::/64).
+    pub fn kernel_entries6(&self, i: usize) -> (String, String, String) {
+        let h = &self.hosts[i].ns.name;
+        let text = |o: Output| String::from_utf8_lossy(&o.stdout).into_owned();
+        let dev = "flannel-v6.1";
+        let routes = text(exec(h, "ip", &["-6", "route", "show", "dev", dev]));
+        (
+            text(exec(
+                h,
+                "ip",
+                &["-6", "neigh", "show", "dev", dev, "nud", "permanent"],
+            )),
+            text(exec(h, "bridge", &["fdb", "show", "dev", dev])),
+            routes
+                .lines()
+                .filter(|l| l.contains(" via "))
+                .map(|l| format!("{l}\n"))
+                .collect(),
+        )
+    }
+
+    /// One IPv6 ping from container `from` to `to`; true if answered.
+    pub fn ping6_once(&self, from: usize, to: Ipv6Addr) -> bool {
+        exec(
+            &self.container_ns(from),
+            "ping",
+            &["-6", "-c1", "-W1", "-q", &to.to_string()],
+        )
+        .status
+        .success()
+    }
+}
