@@ -304,16 +304,6 @@ async fn reconcile_on(
     Ok(state)
 }
 
-/// Turns on IPv6 forwarding in this network namespace (a dual-stack network's containers need it).
-pub fn enable_ipv6_forwarding() -> std::io::Result<()> {
-    const PATH: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
-    if std::fs::read_to_string(PATH)?.trim() != "1" {
-        std::fs::write(PATH, "1")?;
-        info!("enabled net.ipv6.conf.all.forwarding so containers' IPv6 traffic is forwarded");
-    }
-    Ok(())
-}
-
 /// Turns on IPv4 forwarding in this network namespace (dockerd does too); containers' traffic needs it.
 pub fn enable_ip_forwarding() -> std::io::Result<()> {
     const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
