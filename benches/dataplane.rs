@@ -198,10 +198,10 @@ fn small_batch(c: &mut Criterion) {
                 let mut batch = SmallBatch::default();
                 for _ in 0..64 {
                     let at = batch
-                        .slot(black_box(PEER), 7, black_box(128), 128 * 1024)
+                        .slot(black_box(PEER.into()), 7, black_box(128), 128 * 1024)
                         .expect("fits");
                     black_box(at);
-                    batch.commit(PEER, 7, 128);
+                    batch.commit(PEER.into(), 7, 128);
                 }
                 black_box(batch.take())
             })

@@ -137,3 +137,52 @@ fn containers_on_real_dockerd_across_hosts_with_ip_masq() {
     assert!(!filter(&h0).contains("WEFT-FWD"), "{}", filter(&h0));
     drop(dockerds);
 }
+
+#[test]
+fn dual_stack_containers_on_real_dockerd_reach_each_other_over_ipv6() {
+    let mut bed = Bed::new(
+        2,
+        r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"vxlan"}}"#,
+    );
+    let mut dockerds = Vec::new();
+    let mut names = Vec::new();
+    for i in 0..2 {
+        bed.start_weft(i, &["--ip-masq"]);
+        let subnet6 = bed.weft(i).wait_subnet6();
+        wait_for("subnet.env", T, || {
+            bed.weft(i).subnet_file().exists().then_some(())
+        });
+        let opts = docker_opts(&bed.weft(i).subnet_file());
+        assert!(
+            opts.contains(&"--ipv6".to_string())
+                && opts.contains(&format!("--fixed-cidr-v6={subnet6}")),
+            "{opts:?}"
+        );
+        let d = Dockerd::start(&bed.hosts[i].ns.name, &opts);
+        names.push(d.run(&format!("c{i}")));
+        dockerds.push(d);
+    }
+    let ips: Vec<std::net::Ipv6Addr> = (0..2).map(|i| dockerds[i].ip6_of(&names[i])).collect();
+    for (i, ip) in ips.iter().enumerate() {
+        let subnet6: ipnet::Ipv6Net = bed.weft(i).wait_subnet6().parse().unwrap();
+        assert!(subnet6.contains(ip), "{ip} in {subnet6}");
+    }
+    for (from, to) in [(0, 1), (1, 0)] {
+        wait_for(&format!("container {from} pings {}", ips[to]), T, || {
+            dockerds[from].ping6(&names[from], ips[to]).then_some(())
+        });
+    }
+    let ns: Vec<String> = (0..2).map(|i| dockerds[i].netns_of(&names[i])).collect();
+    for (from, to) in [(0, 1), (1, 0)] {
+        let (sent, got) = netns::transfer(&ns[from], &ns[to], ips[to], 10 << 20);
+        assert_eq!(
+            sent, got,
+            "byte-identical over IPv6 from container {from} to {to}"
+        );
+    }
+    // IPv4 still works beside it.
+    let ip4: Vec<Ipv4Addr> = (0..2).map(|i| dockerds[i].ip_of(&names[i])).collect();
+    wait_for("container 0 pings container 1 over IPv4", T, || {
+        dockerds[0].ping(&names[0], ip4[1]).then_some(())
+    });
+}

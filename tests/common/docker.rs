@@ -121,6 +121,25 @@ impl Dockerd {
             .expect("container IP")
     }
 
+    /// The container's global IPv6 address (dockerd --ipv6 --fixed-cidr-v6).
+    pub fn ip6_of(&self, name: &str) -> std::net::Ipv6Addr {
+        self.ok(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.GlobalIPv6Address}}",
+            name,
+        ])
+        .parse()
+        .expect("container IPv6 address")
+    }
+
+    /// One ping over IPv6 from container `name` to `ip`.
+    pub fn ping6(&self, name: &str, ip: std::net::Ipv6Addr) -> bool {
+        self.docker(&["exec", name, "ping", "-6", "-c1", "-W2", &ip.to_string()])
+            .status
+            .success()
+    }
+
     /// The container's network namespace as a path for `in_netns`.
     pub fn netns_of(&self, name: &str) -> String {
         format!(
