@@ -272,7 +272,21 @@ def lease_mac(argv):
 
 
 # ---------------------------------------------------------------- report
-COLS = [  # (key, header, decimals, ratio to kernel-vxlan?)
+def is_v6(row):
+    """The IPv6 rows are those whose names end in 6 (underlay6, kernel-vxlan6, weft-vxlan6@B, ...)."""
+    return row.split("@")[0].endswith("6")
+
+
+def baseline(row):
+    """The row the ratios (x) are to: the kernel VXLAN of the row's family."""
+    return "kernel-vxlan6" if is_v6(row) else "kernel-vxlan"
+
+
+def underlay(row):
+    return "underlay6" if is_v6(row) else "underlay"
+
+
+COLS = [  # (key, header, decimals, ratio to the baseline (kernel-vxlan, or kernel-vxlan6 for IPv6 rows)?)
     ("tcp1_gbps", "TCP 1 stream Gbit/s", 2, True),
     ("tcp4_gbps", "TCP 4 procs Gbit/s", 2, True),
     ("tcp1_cpu", "box CPU s/GB", 2, True),
@@ -309,9 +323,9 @@ def report(argv):
             order.append(row)
         vals.setdefault((row, key), []).append(v)
         runs.setdefault((row, key), {})[run] = v
-    # extra CPU over the underlay, paired within each run
+    # extra CPU over the underlay (of the row's family), paired within each run
     for row in order:
-        u = runs.get(("underlay", "tcp1_cpu"), {})
+        u = runs.get((underlay(row), "tcp1_cpu"), {})
         for run, v in runs.get((row, "tcp1_cpu"), {}).items():
             if run in u:
                 vals.setdefault((row, "tcp1_extra"), []).append(v - u[run])
@@ -331,8 +345,8 @@ def report(argv):
         s = f"{m:.{dec}f}"
         if len(xs) > 1:
             s += f" [{min(xs):.{dec}f}-{max(xs):.{dec}f}]"
-        b = med("kernel-vxlan", key)
-        if ratio and b == b and b > 0 and row != "kernel-vxlan":
+        b = med(baseline(row), key)
+        if ratio and b == b and b > 0 and row != baseline(row):
             s += f" ({m / b:.2f}x)"
         return s
 
@@ -342,14 +356,26 @@ def report(argv):
           f"kernel {platform.release()}, {cpu}, {sh('nproc').strip()} cores")
     print(f"two netns hosts on a veth/bridge underlay (MTU 1500), container to container, {secs} s per test;")
     print(f"each cell: median of {nruns} interleaved runs [min-max]; (x) = ratio of medians to kernel-vxlan")
+    if any(is_v6(r) for r in order):
+        print("IPv6 rows (names ending in 6): container to container over IPv6 on an IPv6 underlay; (x) to "
+              "kernel-vxlan6, extra s/GB over underlay6;\n  RTT by examples/pingpong.rs (sockperf 3.7 takes no "
+              "IPv6 address): compare it among IPv6 rows only; no packet rate (\"-\")")
     for title, cols in (("throughput and whole-box CPU (per GB received, TCP 1 stream unless said)", COLS),
                         ("packet rate, 64-byte UDP payload (106-byte frames), each direction alone", COLS2),
-                        ("sockperf UDP ping-pong RTT (14-byte messages), us", COLS3)):
+                        ("sockperf UDP ping-pong RTT (14-byte messages), us"
+                         + (" (IPv6 rows: examples/pingpong.rs)" if any(is_v6(r) for r in order) else ""), COLS3)):
         width = [max(len(h), *(len(cell(r, k, d, x)) for r in order)) + 2 for k, h, d, x in cols]
         print(f"\n{title}")
         print(f"{'path':<24}" + "".join(f"{h:>{w}}" for (k, h, d, x), w in zip(cols, width)))
         for r in order:
             print(f"{r:<24}" + "".join(f"{cell(r, k, d, x):>{w}}" for (k, h, d, x), w in zip(cols, width)))
+    # rows left out of some runs (bench.sh: setup failed, or no ping passed)
+    skipped = [(r, k, len(vals[(r, k)])) for r in order for k in ("setup_failed", "no_traffic") if (r, k) in vals]
+    if skipped:
+        print("\nrows not measured in some runs (their cells are from the other runs, or \"-\"):")
+        for r, k, n in skipped:
+            why = "setup failed" if k == "setup_failed" else "passed no traffic (no ping within ~55 s)"
+            print(f"  {r:<22} {why} in {n} of {nruns} runs")
     # drops at full offer, per direction: median % of the offered packets, where nonzero in any run
     print("\ndrops at full offer (median % of offered packets over the runs; where they happened):")
     for r in order:

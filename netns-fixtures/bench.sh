@@ -2,14 +2,14 @@
 # Side-by-side data plane benchmark on one two-host netns bed: the underlay itself, kernel VXLAN set up as
 # flanneld does, weft's userspace vxlan (with and without its fast paths, with --cpu-local, and over AF_XDP),
 # weft udp, weft's kernel backend, wireguard-go set up as flanneld's wireguard backend does (the reference for
-# encrypted paths: this kernel has no WireGuard module) and weft's wireguard backend. A benchmark: it never fails
-# on a number. The bed and its cleanup are netns-fixtures/lib.sh; the frame builder, packet-rate search and report
-# are netns-fixtures/bench.py.
+# encrypted paths: this kernel has no WireGuard module) and weft's wireguard backend; and the same over IPv6 (the
+# rows whose names end in 6, see below). A benchmark: it never fails on a number. The bed and its cleanup are
+# netns-fixtures/lib.sh; the frame builder, packet-rate search and report are netns-fixtures/bench.py.
 #
 #   usage: [WEFT_BIN=path] [WEFT_BIN_B=path] netns-fixtures/bench.sh [--runs N] [--time SECONDS] [--only "rows"]
 #   rows (in this order): underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin
 #                         weft-vxlan-afxdp weft-udp weft-kernel wireguard-go weft-wireguard weft-host-gw
-#                         weft-vxlan-direct
+#                         weft-vxlan-direct underlay6 kernel-vxlan6 weft-vxlan6 weft-kernel6
 #                         (weft-vxlan-spin: --busy-poll-us 50)
 #   --runs N (default 5): for run in 1..N, every row in turn is set up, measured and torn down (the paths are
 #     interleaved, so slow drift of the machine hits all of them alike); each cell is the median [min-max].
@@ -57,6 +57,29 @@
 #                           weft's /metrics only has per-host sums, so the split over its workers is not shown.
 #   RTT p50/p99/p99.9 us    sockperf UDP ping-pong (--full-rtt, default 14-byte messages), idle and again while
 #                           one iperf3 TCP stream runs c1 -> c2 beside it. (ping only measures wake-from-idle.)
+#
+# IPv6 rows (names ending in 6): the hosts also have fd00:250::<i>/64 on the underlay; TCP and RTT between
+# containers' IPv6 addresses (fc00:5:...::2 behind ::1 on the host's bridge, as dockerd --ipv6 --fixed-cidr-v6
+# sets them up), carried in IPv6 over the IPv6 underlay:
+#   underlay6       h1 to h2 over fd00:250::/64 directly.
+#   kernel-vxlan6   flanneld's dual-stack vxlan backend by hand: flannel-v6.1 (VNI 1, local = the host's IPv6
+#                   underlay address, dev eth0, dstport 8472, nolearning, own MAC, MTU underlay - 70), address
+#                   fc00:5:0:<i>::/128; per peer a permanent neighbour, FDB entry to the peer's IPv6 underlay
+#                   address and an onlink route to its /64. Containers: fc00:5:0:1::/64 and fc00:5:0:2::/64.
+#   weft-vxlan6     weft's userspace vxlan on the dual-stack network {"Network":"10.5.0.0/16","EnableIPv6":true,
+#                   "IPv6Network":"fc00:5::/48","Backend":{"Type":"vxlan"}}; the containers' IPv6 subnets are
+#                   FLANNEL_IPV6_SUBNET of each host's subnet.env.
+#   weft-kernel6    the same with --dataplane kernel.
+# Their ratios (x) are to kernel-vxlan6 and their "extra s/GB" is over underlay6. Columns as above, except:
+#   RTT             examples/pingpong.rs (built with the blaster) in place of sockperf: Debian 12's sockperf 3.7
+#                   takes no IPv6 address. The same measurement (14-byte UDP messages, one in flight, full round
+#                   trip, warm-up left out, percentiles), but another program: compare RTT between IPv6 rows, not
+#                   across the families.
+#   packet rate     not measured ("-"): the generator, the frames, the sinks and the frame counting are IPv4's.
+#
+# A row whose setup fails (weft writes no subnet file, or no FLANNEL_IPV6_SUBNET on an IPv6 row) is left out of
+# that run ("setup failed", its cells "-") and the bench goes on; so is one over which no ping passes within
+# ~55 s ("passes no traffic": nothing else is measured on it). Both are listed under the tables.
 # Traps avoided: iperf3 -P (one thread), iperf3 -u 64 B (sender-bound), iperf3 -b pacing (spins a CPU), ping
 # RTT, single runs (medians of interleaved runs), counter skew (counters read before start and after drain).
 set -euo pipefail
@@ -77,7 +100,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [[ "$SECS" =~ ^[0-9]+$ && "$RUNS" =~ ^[0-9]+$ && "$SECS" -ge 2 && "$RUNS" -ge 1 ]] || usage
-ALL_ROWS="underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin weft-vxlan-afxdp weft-udp weft-kernel wireguard-go weft-wireguard weft-host-gw weft-vxlan-direct"
+ALL_ROWS="underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin weft-vxlan-afxdp weft-udp weft-kernel wireguard-go weft-wireguard weft-host-gw weft-vxlan-direct underlay6 kernel-vxlan6 weft-vxlan6 weft-kernel6"
 for r in $ONLY; do [[ " $ALL_ROWS " == *" ${r%@B} "* ]] || { echo "bench: unknown row $r" >&2; usage; }; done
 
 . netns-fixtures/lib.sh
@@ -102,8 +125,9 @@ if [ -n "${WEFT_BIN_B:-}" ]; then
   echo "== weft B: $WEFT_BIN_B (rows <name>@B)" >&2
 fi
 BENCH_PY="$PWD/netns-fixtures/bench.py"
-(cargo build --release --quiet --example blaster) >&2
+(cargo build --release --quiet --example blaster --example pingpong) >&2
 export BLASTER="$PWD/target/release/examples/blaster"
+PINGPONG="$PWD/target/release/examples/pingpong"
 
 ROWS=()
 for r in $ALL_ROWS; do
@@ -128,17 +152,21 @@ PPS_WINDOW=1    # seconds per paced packet-rate step (the full-speed step runs 0
 
 # --- the bed: two hosts on an underlay bridge, etcd on the underlay
 bed_up 2
-for h in "$H1" "$H2"; do ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1; done
+for h in "$H1" "$H2"; do ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1; done
 
 mac_of() { ip -n "$1" -j link show dev "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["address"])'; }
+mtu_of() { ip -n "$1" -j link show dev "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])'; }
 cpustat() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $8; exit}' /proc/stat; }   # busy softirq (ticks)
 rec() { printf '%s\t%s\t%s\t%s\n' "$RUN" "$ROW" "$1" "$2" >>"$RAW"; }
 
 start_weft() { # backend dataplane [extra flags...] ("{i}" in a flag becomes the host's number, 1 or 2)
   # backend: a Type ("vxlan"), or a whole Backend object ('{"Type":"vxlan","DirectRouting":true}')
-  local backend=$1 dp=$2; shift 2
+  # On an IPv6 row (V6=1) the network is dual-stack and the containers get their IPv6 subnets too.
+  # A weft that writes no subnet file (or no IPv6 subnet) sets ROW_FAILED and returns 0.
+  local backend=$1 dp=$2 net='"Network":"10.5.0.0/16"'; shift 2
   [[ $backend == \{* ]] || backend="{\"Type\":\"$backend\"}"
-  ip netns exec "$UL" "$WEFT" config set "$EP" "{\"Network\":\"10.5.0.0/16\",\"Backend\":$backend}" >/dev/null
+  [ "$V6" = 0 ] || net="$net,\"EnableIPv6\":true,\"IPv6Network\":\"fc00:5::/48\""
+  ip netns exec "$UL" "$WEFT" config set "$EP" "{$net,\"Backend\":$backend}" >/dev/null
   ip netns exec "$UL" etcdctl --endpoints="http://$ETCD_IP:2379" del --prefix /coreos.com/network/subnets/ >/dev/null
   WPIDS=()
   local i mtu
@@ -147,10 +175,19 @@ start_weft() { # backend dataplane [extra flags...] ("{i}" in a flag becomes the
     bed_weft_run "$i" "$WORK/s$i.env" "$WORK/weft$i.log" --dataplane "$dp" "${@//\{i\}/$i}"
     WPIDS+=("$BED_PID")
   done
-  for i in 1 2; do bed_weft_wait "$i" "$WORK/s$i.env"; done
+  for i in 1 2; do
+    bed_weft_wait "$i" "$WORK/s$i.env" || { ROW_FAILED="weft on host $i wrote no subnet file"; return 0; }
+    if [ "$V6" = 1 ] && [ -z "$(bed_env "$WORK/s$i.env" FLANNEL_IPV6_SUBNET)" ]; then
+      ROW_FAILED="host $i's subnet.env has no FLANNEL_IPV6_SUBNET"; return 0
+    fi
+  done
   mtu=$(bed_env "$WORK/s1.env" FLANNEL_MTU)
   bed_container 1 "$(bed_env "$WORK/s1.env" FLANNEL_SUBNET)" "$mtu"; C1IP=$CIP
   bed_container 2 "$(bed_env "$WORK/s2.env" FLANNEL_SUBNET)" "$mtu"; C2IP=$CIP
+  if [ "$V6" = 1 ]; then
+    bed_container6 1 "$(bed_env "$WORK/s1.env" FLANNEL_IPV6_SUBNET)"
+    bed_container6 2 "$(bed_env "$WORK/s2.env" FLANNEL_IPV6_SUBNET)"; C2IP6=$CIP6
+  fi
   VTEP1=$(python3 "$BENCH_PY" lease-mac ip netns exec "$UL" etcdctl --endpoints="http://$ETCD_IP:2379" get \
     --prefix /coreos.com/network/subnets/ --print-value-only 10.250.0.1)
   VTEP2=$(python3 "$BENCH_PY" lease-mac ip netns exec "$UL" etcdctl --endpoints="http://$ETCD_IP:2379" get \
@@ -162,6 +199,7 @@ stop_row() {
   local i
   for i in 1 2; do
     ip -n "$ID-h$i" link del flannel.1 2>/dev/null || true
+    ip -n "$ID-h$i" link del flannel-v6.1 2>/dev/null || true
     # wireguard-go removes its device and socket on SIGTERM; this is for one that did not
     ip -n "$ID-h$i" link del "$(wg_dev "$i")" 2>/dev/null || true
     rm -f "/var/run/wireguard/$(wg_dev "$i").sock"
@@ -202,13 +240,16 @@ start_wireguard_go() {
   bed_container 2 10.5.2.1/24 "$mtu"; C2IP=$CIP
 }
 
-# setup_row NAME: sets SRC DST DIP (the iperf3/sockperf pair), KIND PORT (decap frames), C1IP C2IP VTEP1 VTEP2, WEFT_NS
+# setup_row NAME: sets SRC DST DIP (the iperf3/sockperf pair), KIND PORT (decap frames), C1IP C2IP VTEP1 VTEP2,
+# WEFT_NS, V6 (1 on the IPv6 rows: DIP is C2IP6, the container's IPv6 address); ROW_FAILED (a reason) if the row could not be set up
 setup_row() {
   local name=$1 base=${1%@B}
   WEFT=$WEFT_A; [[ $name != *@B ]] || WEFT=$WEFT_BIN_B
-  WEFT_NS=""; KIND=vxlan; PORT=8472; SRC=$C1; DST=$C2
+  WEFT_NS=""; KIND=vxlan; PORT=8472; SRC=$C1; DST=$C2; ROW_FAILED=""
+  V6=0; [[ $base != *6 ]] || V6=1
   case "$base" in
     underlay) SRC=$H1; DST=$H2; DIP=10.250.0.2; KIND=plain; return 0 ;;
+    underlay6) SRC=$H1; DST=$H2; DIP=fd00:250::2; KIND=plain; return 0 ;;
     kernel-vxlan)
       # flanneld's vxlan backend, by hand: flannel.1 with neighbour, FDB and onlink route per peer.
       local i h j
@@ -242,20 +283,68 @@ setup_row() {
     # No encapsulation: each host routes the other's subnet to its underlay address (both on one bridge).
     weft-host-gw) start_weft host-gw userspace; KIND=direct ;;
     weft-vxlan-direct) start_weft '{"Type":"vxlan","DirectRouting":true}' userspace; KIND=direct ;;
+    kernel-vxlan6)
+      # flanneld's dual-stack vxlan backend, the IPv6 half by hand: flannel-v6.1 over the IPv6 underlay with
+      # neighbour, FDB and onlink route per peer; MTU underlay - 70 (IPv6 40 + UDP 8 + VXLAN 8 + Ethernet 14).
+      local i h j mtu
+      mtu=$(( $(mtu_of "$H1" eth0) - 70 ))
+      for i in 1 2; do
+        h="$ID-h$i"
+        ip -n "$h" link add flannel-v6.1 type vxlan id 1 local "fd00:250::$i" dev eth0 dstport 8472 nolearning
+        ip -n "$h" link set flannel-v6.1 address "0e:00:00:00:06:0$i" mtu "$mtu" up
+        ip -n "$h" addr add "fc00:5:0:$i::/128" dev flannel-v6.1 nodad
+      done
+      for i in 1 2; do
+        h="$ID-h$i"; j=$((3 - i))
+        ip -n "$h" -6 neigh replace "fc00:5:0:$j::" lladdr "0e:00:00:00:06:0$j" dev flannel-v6.1 nud permanent
+        ip netns exec "$h" bridge fdb replace "0e:00:00:00:06:0$j" dst "fd00:250::$j" dev flannel-v6.1 self permanent
+        ip -n "$h" -6 route replace "fc00:5:0:$j::/64" via "fc00:5:0:$j::" dev flannel-v6.1 onlink
+      done
+      # (the containers' IPv4 side is only there because bed_container builds it: nothing routes it)
+      bed_container 1 10.5.1.1/24 "$mtu"; C1IP=$CIP; bed_container6 1 fc00:5:0:1::/64
+      bed_container 2 10.5.2.1/24 "$mtu"; C2IP=$CIP; bed_container6 2 fc00:5:0:2::/64; C2IP6=$CIP6
+      VTEP1=0e:00:00:00:06:01; VTEP2=0e:00:00:00:06:02 ;;
+    weft-vxlan6) start_weft vxlan userspace ;;
+    weft-kernel6) start_weft vxlan kernel ;;
   esac
+  [ -z "$ROW_FAILED" ] || return 0
   [[ $base != weft-* ]] || WEFT_NS="$H1,$H2"
   DIP=$C2IP
+  [ "$V6" = 0 ] || DIP=$C2IP6
 }
 
-# tcp_and_rtt: iperf3 1 stream and 4 processes with whole-box CPU, sockperf idle and under load
+# rtt_client OUT: one UDP ping-pong run SRC -> DIP:11111 (sockperf; examples/pingpong.rs on IPv6 rows)
+rtt_client() {
+  if [ "$V6" = 1 ]; then
+    ip netns exec "$SRC" "$PINGPONG" client "$DIP" 11111 "$SECS" >"$1" 2>&1 || true
+  else
+    ip netns exec "$SRC" sockperf ping-pong -i "$DIP" -p 11111 -t "$SECS" --full-rtt >"$1" 2>&1 || true
+  fi
+}
+
+# tcp_and_rtt: iperf3 1 stream and 4 processes with whole-box CPU, sockperf idle and under load;
+# sets NO_TRAFFIC=1 (nothing measured) if no ping passes SRC -> DIP within ~55 s
 tcp_and_rtt() {
   local p c0 c1 f
+  NO_TRAFFIC=1
   for p in 5201 5202 5203 5204; do
     ip netns exec "$DST" iperf3 -s -D -B "$DIP" -p "$p" --pidfile "$WORK/iperf$p.pid" >/dev/null 2>&1
   done
-  bed_spawn "$WORK/sockperf-server.log" ip netns exec "$DST" sockperf server -i "$DIP" -p 11111
+  if [ "$V6" = 1 ]; then
+    bed_spawn "$WORK/sockperf-server.log" ip netns exec "$DST" "$PINGPONG" server "$DIP" 11111
+  else
+    bed_spawn "$WORK/sockperf-server.log" ip netns exec "$DST" sockperf server -i "$DIP" -p 11111
+  fi
   local spid=$BED_PID
-  for _ in $(seq 1 50); do ip netns exec "$SRC" ping -c1 -W1 "$DIP" >/dev/null 2>&1 && break; sleep 0.1; done
+  for _ in $(seq 1 50); do ip netns exec "$SRC" ping -c1 -W1 "$DIP" >/dev/null 2>&1 && { NO_TRAFFIC=0; break; }; sleep 0.1; done
+  if [ "$NO_TRAFFIC" = 1 ]; then
+    bed_kill "$spid"
+    for p in 5201 5202 5203 5204; do
+      f="$WORK/iperf$p.pid"
+      if [ -s "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
+    done
+    return 0
+  fi
   sleep 0.3
   rm -f "$WORK"/tcp*.json
   c0=$(cpustat)
@@ -293,13 +382,13 @@ if gb > 0:
     print(f"tcp4_cpu {(b1 - b0) / hz / gb:.3f}\ntcp4_softirq {(s1 - s0) / hz / gb:.3f}")
 PY
   local p50 p99 p999
-  ip netns exec "$SRC" sockperf ping-pong -i "$DIP" -p 11111 -t "$SECS" --full-rtt >"$WORK/sp-idle.txt" 2>&1 || true
+  rtt_client "$WORK/sp-idle.txt"
   read -r p50 p99 p999 < <(python3 "$BENCH_PY" sockperf "$WORK/sp-idle.txt") || true
   rec rtt_idle_p50 "$p50"; rec rtt_idle_p99 "$p99"; rec rtt_idle_p999 "$p999"
   ip netns exec "$SRC" iperf3 -c "$DIP" -p 5202 -t $((SECS + 2)) >/dev/null 2>&1 &
   local bulk=$!
   sleep 1
-  ip netns exec "$SRC" sockperf ping-pong -i "$DIP" -p 11111 -t "$SECS" --full-rtt >"$WORK/sp-load.txt" 2>&1 || true
+  rtt_client "$WORK/sp-load.txt"
   wait "$bulk" || true
   read -r p50 p99 p999 < <(python3 "$BENCH_PY" sockperf "$WORK/sp-load.txt") || true
   rec rtt_load_p50 "$p50"; rec rtt_load_p99 "$p99"; rec rtt_load_p999 "$p999"
@@ -310,9 +399,10 @@ PY
   done
 }
 
-# packet_rate: encap and decap, each alone (see the header)
+# packet_rate: encap and decap, each alone (see the header); not on the IPv6 rows
 packet_rate() {
   local nss="$H1,$UL,$H2" h1mac
+  [ "$V6" = 0 ] || return 0
   h1mac=$(mac_of "$H1" eth0)
   ip netns exec "$UL" ebtables -A FORWARD -p IPv4 --ip-dst 10.250.0.2 --ip-proto udp -j DROP
   if [ "$KIND" = plain ]; then
@@ -363,8 +453,19 @@ for RUN in $(seq 1 "$RUNS"); do
     echo "== run $RUN/$RUNS: $ROW" >&2
     echo "== run $RUN/$RUNS: $ROW" >>"$WORK/pps.log"
     setup_row "$ROW"
-    tcp_and_rtt
-    packet_rate
+    if [ -n "$ROW_FAILED" ]; then
+      echo "   setup failed: $ROW_FAILED; row skipped in this run" >&2
+      for f in "$WORK"/weft[12].log; do [ ! -s "$f" ] || { echo "   -- $f:" >&2; tail -5 "$f" | sed 's/^/   /' >&2; }; done
+      rec setup_failed 1
+    else
+      tcp_and_rtt
+      if [ "$NO_TRAFFIC" = 1 ]; then
+        echo "   no ping passed $SRC -> $DIP in ~55 s: the row passes no traffic; nothing measured" >&2
+        rec no_traffic 1
+      else
+        packet_rate
+      fi
+    fi
     stop_row
     awk -F'\t' -v r="$RUN" -v n="$ROW" '$1 == r && $2 == n && $3 !~ /drop/ {printf "%s=%s ", $3, $4} END {print ""}' "$RAW" \
       | sed 's/^/   /' >&2

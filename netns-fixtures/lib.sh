@@ -10,7 +10,8 @@
 #   bed_on_cleanup FUNC         FUNC RC runs first in the cleanup (e.g. to remove docker containers)
 #   bed_netns NAME              namespace $ID-NAME with lo up, deleted by the cleanup
 #   bed_underlay                namespace $UL with bridge br0 holding $ETCD_IP/24
-#   bed_host I                  namespace $ID-hI: eth0 10.250.0.I/24 on the underlay bridge, default via $ETCD_IP
+#   bed_host I                  namespace $ID-hI: eth0 10.250.0.I/24 and fd00:250::I/64 (nodad) on the underlay
+#                               bridge, default via $ETCD_IP (IPv6: the /64 only; the hosts share the bridge)
 #   bed_etcd                    etcd in $UL on $ETCD_IP:2379, waited for; sets EP (weft's --etcd-endpoints flag)
 #   bed_up N                    bed_underlay, bed_host 1..N, bed_etcd
 #   bed_spawn LOG CMD...        CMD in the background, output to LOG; sets BED_PID; the cleanup kills it
@@ -18,6 +19,8 @@
 #   bed_weft_run I FILE LOG ARGS...   weft run $EP --subnet-file FILE ARGS in host I; sets BED_PID
 #   bed_weft_wait I FILE        wait until host I's weft answers `weft status` and has written FILE
 #   bed_container I GW/LEN MTU  bridge cbr0 with GW/LEN in host I, namespace $ID-cI with GW+1 behind it; sets CIP
+#   bed_container6 I SUBNET6    after bed_container: SUBNET6's ::1 on cbr0, its ::2 in the container with an
+#                               IPv6 default route via ::1 (as dockerd --ipv6 --fixed-cidr-v6); sets CIP6
 #   bed_container_del I         removes them
 #   bed_env FILE KEY            the value of KEY in an env file such as subnet.env
 
@@ -74,6 +77,7 @@ bed_host() {
   ip link add eth0 netns "$h" type veth peer name "p$i" netns "$UL"
   ip -n "$UL" link set "p$i" master br0 up
   ip -n "$h" addr add "10.250.0.$i/24" dev eth0
+  ip -n "$h" addr add "fd00:250::$i/64" dev eth0 nodad
   ip -n "$h" link set eth0 up
   ip -n "$h" route add default via "$ETCD_IP"
 }
@@ -146,6 +150,16 @@ bed_container() {
   ip link add eth0 netns "$c" mtu "$mtu" type veth peer name vc netns "$h" mtu "$mtu"
   ip -n "$h" link set vc master cbr0 up
   ip -n "$c" addr add "$CIP/$len" dev eth0; ip -n "$c" link set eth0 up; ip -n "$c" route add default via "$gw"
+}
+
+bed_container6() {
+  local i=$1 h="$ID-h$1" c="$ID-c$1" len=${2#*/} gw
+  # SUBNET6 may be the network (fc00:5:0:1::/64) or, as in subnet.env, its first address (fc00:5:0:1::1/64)
+  read -r gw CIP6 < <(python3 -c 'import ipaddress, sys; n = ipaddress.ip_network(sys.argv[1], strict=False)
+print(n[1], n[2])' "$2")
+  ip -n "$h" addr add "$gw/$len" dev cbr0 nodad
+  ip -n "$c" addr add "$CIP6/$len" dev eth0 nodad
+  ip -n "$c" -6 route add default via "$gw"
 }
 
 bed_container_del() {
