@@ -461,8 +461,24 @@ fn dual_stack_lease_removal_and_v6_device_repair() {
 
 #[test]
 fn dual_stack_weft_and_a_kernel_flannel_host() {
+    weft_and_a_dual_stack_kernel_flannel_host(&["--dataplane=kernel"]);
+}
+
+/// weft's userspace data plane and a flannel host: VXLAN over the IPv6 underlay between weft's IPv6 VTEP
+/// and the kernel's flannel-v6.1, both ways.
+#[test]
+fn dual_stack_userspace_weft_and_a_kernel_flannel_host() {
+    weft_and_a_dual_stack_kernel_flannel_host(&["--dataplane=userspace"]);
+}
+
+#[test]
+fn dual_stack_userspace_weft_without_offloads_and_a_kernel_flannel_host() {
+    weft_and_a_dual_stack_kernel_flannel_host(&["--dataplane=userspace", "--no-offload"]);
+}
+
+fn weft_and_a_dual_stack_kernel_flannel_host(flags: &[&str]) {
     let mut bed = Bed::new(2, DUAL);
-    bed.start_weft(0, &["--dataplane=kernel"]);
+    bed.start_weft(0, flags);
     bed.attach_container(0);
     let c0 = bed.attach_container6(0);
     let (mac, mac6) = ("0e:00:00:00:04:01", "0e:00:00:00:06:01");
