@@ -269,6 +269,13 @@ fn send_train_with(
     (sent, gso && !refused)
 }
 
+/// What a send that could not start did: one failure, with its error.
+fn failed(e: io::Error) -> Sent {
+    let mut sent = Sent::default();
+    fail(&mut sent, e);
+    sent
+}
+
 /// Records a failed send in `sent`, keeping the first error.
 fn fail(sent: &mut Sent, e: io::Error) {
     sent.failed += 1;
@@ -344,11 +351,7 @@ impl Underlay for UdpUnderlay {
         let dst = SocketAddr::new(dst, self.port);
         let socks = match self.socks_for(&dst) {
             Ok(s) => s,
-            Err(e) => {
-                let mut sent = Sent::default();
-                fail(&mut sent, e);
-                return sent;
-            }
+            Err(e) => return failed(e),
         };
         let max = socks
             .max_gso_segments()
@@ -370,11 +373,7 @@ impl Underlay for UdpUnderlay {
         let dst = SocketAddr::new(dst, self.port);
         let socks = match self.socks_for(&dst) {
             Ok(s) => s,
-            Err(e) => {
-                let mut sent = Sent::default();
-                fail(&mut sent, e);
-                return sent;
-            }
+            Err(e) => return failed(e),
         };
         let max = socks
             .max_gso_segments()

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
+use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
@@ -250,11 +251,31 @@ async fn reconcile_on(
             .map_err(|e| format!("adding {ip}/32 to the tun device: {e}"))?;
         state.repaired.push("address");
     }
-    let mut routes = handle
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
-    let mut has_route = false;
+    let has_route = routed_to(handle, index, cfg.network.into()).await?;
+    if !has_route {
+        route_network(cfg).await.map_err(|e| e.to_string())?;
+        state.repaired.push("route");
+    }
+    if let (Some(net6), Some(own6)) = (cfg.network6, cfg.own_subnet6) {
+        if add_ipv6(handle, index, own6.network()).await? {
+            state.repaired.push("IPv6 address");
+        }
+        let has_route6 = routed_to(handle, index, net6.into()).await?;
+        if !has_route6 {
+            route_network(cfg).await.map_err(|e| e.to_string())?;
+            state.repaired.push("IPv6 route");
+        }
+    }
+    Ok(state)
+}
+
+/// Whether the main table routes `net` (either family) to device `index`.
+async fn routed_to(handle: &Handle, index: u32, net: IpNet) -> Result<bool, String> {
+    let query = match net {
+        IpNet::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        IpNet::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    };
+    let mut routes = handle.route().get(query).execute();
     while let Some(r) = routes
         .try_next()
         .await
@@ -264,44 +285,18 @@ async fn reconcile_on(
             .attributes
             .iter()
             .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-        let dst = r.attributes.iter().any(|a| {
-            matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == cfg.network.network())
+        let dst = r.attributes.iter().any(|a| match (a, net) {
+            (RouteAttribute::Destination(RouteAddress::Inet(d)), IpNet::V4(n)) => *d == n.network(),
+            (RouteAttribute::Destination(RouteAddress::Inet6(d)), IpNet::V6(n)) => {
+                *d == n.network()
+            }
+            _ => false,
         });
-        has_route |= oif && dst && r.header.destination_prefix_length == cfg.network.prefix_len();
-    }
-    if !has_route {
-        route_network(cfg).await.map_err(|e| e.to_string())?;
-        state.repaired.push("route");
-    }
-    if let (Some(net6), Some(own6)) = (cfg.network6, cfg.own_subnet6) {
-        if add_ipv6(handle, index, own6.network()).await? {
-            state.repaired.push("IPv6 address");
-        }
-        let mut routes = handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-            .execute();
-        let mut has_route6 = false;
-        while let Some(r) = routes
-            .try_next()
-            .await
-            .map_err(|e| format!("reading IPv6 routes: {e}"))?
-        {
-            let oif = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-            let dst = r.attributes.iter().any(|a| {
-                matches!(a, RouteAttribute::Destination(RouteAddress::Inet6(d)) if *d == net6.network())
-            });
-            has_route6 |= oif && dst && r.header.destination_prefix_length == net6.prefix_len();
-        }
-        if !has_route6 {
-            route_network(cfg).await.map_err(|e| e.to_string())?;
-            state.repaired.push("IPv6 route");
+        if oif && dst && r.header.destination_prefix_length == net.prefix_len() {
+            return Ok(true);
         }
     }
-    Ok(state)
+    Ok(false)
 }
 
 /// Turns on IPv4 forwarding in this network namespace (dockerd does too); containers' traffic needs it.

@@ -82,25 +82,37 @@ pub struct RouteTo {
 }
 
 impl Rtnl {
-    /// The kernel's route to `dst`, or None when it has none.
-    pub fn route_to(&mut self, dst: std::net::Ipv4Addr) -> io::Result<Option<RouteTo>> {
+    /// The kernel's answer to `ip route get <dst>` (either family), or None when it has no route.
+    fn route_get(
+        &mut self,
+        dst: std::net::IpAddr,
+    ) -> io::Result<Option<netlink_packet_route::route::RouteMessage>> {
         use netlink_packet_core::NLM_F_REQUEST;
         use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
         use netlink_packet_route::AddressFamily;
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        msg.header.destination_prefix_length = 32;
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        let (family, len, addr) = match dst {
+            std::net::IpAddr::V4(a) => (AddressFamily::Inet, 32, RouteAddress::Inet(a)),
+            std::net::IpAddr::V6(a) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(a)),
+        };
+        msg.header.address_family = family;
+        msg.header.destination_prefix_length = len;
+        msg.attributes.push(RouteAttribute::Destination(addr));
         let replies = match self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST) {
             Ok(r) => r,
             Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) => return Ok(None),
             Err(e) => return Err(e),
         };
-        Ok(replies.into_iter().find_map(|r| {
-            let RouteNetlinkMessage::NewRoute(r) = r else {
-                return None;
-            };
+        Ok(replies.into_iter().find_map(|r| match r {
+            RouteNetlinkMessage::NewRoute(r) => Some(r),
+            _ => None,
+        }))
+    }
+
+    /// The kernel's route to `dst`, or None when it has none.
+    pub fn route_to(&mut self, dst: std::net::Ipv4Addr) -> io::Result<Option<RouteTo>> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+        Ok(self.route_get(dst.into())?.map(|r| {
             let mut to = RouteTo::default();
             for a in &r.attributes {
                 match a {
@@ -110,35 +122,18 @@ impl Rtnl {
                     _ => {}
                 }
             }
-            Some(to)
+            to
         }))
     }
-}
 
-impl Rtnl {
     /// The kernel's route to IPv6 address `dst` (`ip -6 route get`) as (output interface, gateway), or None
     /// when it has none.
     pub fn route6_to(
         &mut self,
         dst: std::net::Ipv6Addr,
     ) -> io::Result<Option<(Option<u32>, Option<std::net::Ipv6Addr>)>> {
-        use netlink_packet_core::NLM_F_REQUEST;
-        use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
-        use netlink_packet_route::AddressFamily;
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet6;
-        msg.header.destination_prefix_length = 128;
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet6(dst)));
-        let replies = match self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST) {
-            Ok(r) => r,
-            Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        Ok(replies.into_iter().find_map(|r| {
-            let RouteNetlinkMessage::NewRoute(r) = r else {
-                return None;
-            };
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+        Ok(self.route_get(dst.into())?.map(|r| {
             let (mut oif, mut gw) = (None, None);
             for a in &r.attributes {
                 match a {
@@ -147,7 +142,7 @@ impl Rtnl {
                     _ => {}
                 }
             }
-            Some((oif, gw))
+            (oif, gw)
         }))
     }
 }

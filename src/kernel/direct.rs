@@ -16,7 +16,7 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::kernel::direct_state::{plan, plan6, route_diff, DirectMode, Reach, Route, Route6};
+use crate::kernel::direct_state::{plan, plan6, route_diff, DirectMode, Reach};
 use crate::kernel::vxlan::ReconcileError;
 use crate::routes::RouteTable;
 
@@ -128,36 +128,7 @@ impl Reconciler {
             .await
             .map_err(|e| ReconcileError::Socket(std::io::Error::other(e)))?;
         self.report(&p.unroutable);
-        let (have, msgs) = self.read().await?;
-        let (add, del) = route_diff(&p.routes, &have);
-        for (net, gw) in del {
-            if let Some((_, m)) = msgs.iter().find(|(k, _)| *k == (net, gw)) {
-                self.handle
-                    .route()
-                    .del(m.clone())
-                    .execute()
-                    .await
-                    .map_err(super::vxlan::nl(format!(
-                        "deleting the route {net} via {gw}"
-                    )))?;
-            }
-        }
-        for (net, gw) in add {
-            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(net.network(), net.prefix_len())
-                .gateway(gw)
-                .output_interface(index)
-                .protocol(PROTO)
-                .build();
-            self.handle
-                .route()
-                .add(msg)
-                .replace()
-                .execute()
-                .await
-                .map_err(super::vxlan::nl(format!("adding the route {net} via {gw}")))?;
-        }
-        Ok(())
+        apply(&self.handle, index, &p.routes).await
     }
 
     /// Says once per peer that a host-gw peer is not on this host's segment, and when it is again.
@@ -184,42 +155,6 @@ impl Reconciler {
             still
         });
     }
-
-    /// weft's direct routes in the main table.
-    async fn read(&self) -> Result<(BTreeSet<Route>, Vec<(Route, RouteMessage)>), ReconcileError> {
-        let mut have = BTreeSet::new();
-        let mut msgs = Vec::new();
-        let mut dump = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        while let Some(r) = dump
-            .try_next()
-            .await
-            .map_err(super::vxlan::nl("reading routes"))?
-        {
-            if r.header.protocol != PROTO || r.header.table != RouteHeader::RT_TABLE_MAIN {
-                continue;
-            }
-            let mut gw = None;
-            let mut dst = None;
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
-                    RouteAttribute::Destination(RouteAddress::Inet(x)) => dst = Some(*x),
-                    _ => {}
-                }
-            }
-            if let (Some(g), Some(x)) = (gw, dst) {
-                if let Ok(net) = Ipv4Net::new(x, r.header.destination_prefix_length) {
-                    have.insert((net, g));
-                    msgs.push(((net, g), r));
-                }
-            }
-        }
-        Ok((have, msgs))
-    }
 }
 
 /// The IPv6 twin of [`Reconciler`] for vxlan's DirectRouting.
@@ -245,73 +180,123 @@ impl Reconciler6 {
         let want = tokio::task::spawn_blocking(move || plan6(&peers, vni, |ip| reach6(ip, index)))
             .await
             .map_err(|e| ReconcileError::Socket(std::io::Error::other(e)))?;
-        let (have, msgs) = self.read().await?;
-        let (add, del) = route_diff(&want, &have);
-        for (net, gw) in del {
-            if let Some((_, m)) = msgs.iter().find(|(k, _)| *k == (net, gw)) {
-                self.handle
-                    .route()
-                    .del(m.clone())
-                    .execute()
-                    .await
-                    .map_err(super::vxlan::nl(format!(
-                        "deleting the route {net} via {gw}"
-                    )))?;
+        apply(&self.handle, index, &want).await
+    }
+}
+
+/// The address family of weft's direct routes, as netlink writes and reads them.
+trait DirectFamily: Copy + Ord + std::fmt::Display + Send + 'static {
+    type Net: Copy + Ord + std::fmt::Display;
+    /// A dump request for the family's routes.
+    fn query() -> RouteMessage;
+    /// A route of weft's (protocol, main table) as (destination, gateway).
+    fn parse(r: &RouteMessage) -> Option<(Self::Net, Self)>;
+    /// `net` via `gw` on device `index`, marked as weft's.
+    fn build(net: Self::Net, gw: Self, index: u32) -> RouteMessage;
+}
+
+impl DirectFamily for Ipv4Addr {
+    type Net = Ipv4Net;
+    fn query() -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    }
+    fn parse(r: &RouteMessage) -> Option<(Ipv4Net, Ipv4Addr)> {
+        let (mut gw, mut dst) = (None, None);
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                RouteAttribute::Destination(RouteAddress::Inet(x)) => dst = Some(*x),
+                _ => {}
             }
         }
-        for (net, gw) in add {
-            let msg = RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(net.network(), net.prefix_len())
-                .gateway(gw)
-                .output_interface(index)
-                .protocol(PROTO)
-                .build();
-            self.handle
+        Some((
+            Ipv4Net::new(dst?, r.header.destination_prefix_length).ok()?,
+            gw?,
+        ))
+    }
+    fn build(net: Ipv4Net, gw: Ipv4Addr, index: u32) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .gateway(gw)
+            .output_interface(index)
+            .protocol(PROTO)
+            .build()
+    }
+}
+
+impl DirectFamily for Ipv6Addr {
+    type Net = Ipv6Net;
+    fn query() -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    }
+    fn parse(r: &RouteMessage) -> Option<(Ipv6Net, Ipv6Addr)> {
+        let (mut gw, mut dst) = (None, None);
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gw = Some(*g),
+                RouteAttribute::Destination(RouteAddress::Inet6(x)) => dst = Some(*x),
+                _ => {}
+            }
+        }
+        Some((
+            Ipv6Net::new(dst?, r.header.destination_prefix_length).ok()?,
+            gw?,
+        ))
+    }
+    fn build(net: Ipv6Net, gw: Ipv6Addr, index: u32) -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .gateway(gw)
+            .output_interface(index)
+            .protocol(PROTO)
+            .build()
+    }
+}
+
+/// Makes weft's direct routes of one family in the main table exactly `want`: reads them, deletes the ones
+/// not wanted, adds (replacing) the missing ones.
+async fn apply<F: DirectFamily>(
+    handle: &Handle,
+    index: u32,
+    want: &BTreeSet<(F::Net, F)>,
+) -> Result<(), ReconcileError> {
+    let mut have = BTreeSet::new();
+    let mut msgs = Vec::new();
+    let mut dump = handle.route().get(F::query()).execute();
+    while let Some(r) = dump
+        .try_next()
+        .await
+        .map_err(super::vxlan::nl("reading routes"))?
+    {
+        if r.header.protocol != PROTO || r.header.table != RouteHeader::RT_TABLE_MAIN {
+            continue;
+        }
+        if let Some(route) = F::parse(&r) {
+            have.insert(route);
+            msgs.push((route, r));
+        }
+    }
+    let (add, del) = route_diff(want, &have);
+    for (net, gw) in del {
+        if let Some((_, m)) = msgs.iter().find(|(k, _)| *k == (net, gw)) {
+            handle
                 .route()
-                .add(msg)
-                .replace()
+                .del(m.clone())
                 .execute()
                 .await
-                .map_err(super::vxlan::nl(format!("adding the route {net} via {gw}")))?;
+                .map_err(super::vxlan::nl(format!(
+                    "deleting the route {net} via {gw}"
+                )))?;
         }
-        Ok(())
     }
-
-    /// weft's IPv6 direct routes in the main table.
-    async fn read(
-        &self,
-    ) -> Result<(BTreeSet<Route6>, Vec<(Route6, RouteMessage)>), ReconcileError> {
-        let mut have = BTreeSet::new();
-        let mut msgs = Vec::new();
-        let mut dump = self
-            .handle
+    for (net, gw) in add {
+        handle
             .route()
-            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-            .execute();
-        while let Some(r) = dump
-            .try_next()
+            .add(F::build(net, gw, index))
+            .replace()
+            .execute()
             .await
-            .map_err(super::vxlan::nl("reading IPv6 routes"))?
-        {
-            if r.header.protocol != PROTO || r.header.table != RouteHeader::RT_TABLE_MAIN {
-                continue;
-            }
-            let mut gw = None;
-            let mut dst = None;
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gw = Some(*g),
-                    RouteAttribute::Destination(RouteAddress::Inet6(x)) => dst = Some(*x),
-                    _ => {}
-                }
-            }
-            if let (Some(g), Some(x)) = (gw, dst) {
-                if let Ok(net) = Ipv6Net::new(x, r.header.destination_prefix_length) {
-                    have.insert((net, g));
-                    msgs.push(((net, g), r));
-                }
-            }
-        }
-        Ok((have, msgs))
+            .map_err(super::vxlan::nl(format!("adding the route {net} via {gw}")))?;
     }
+    Ok(())
 }
