@@ -186,7 +186,7 @@ fn mixed_cluster_with_a_kernel_flannel_vxlan_host_without_offloads() {
 /// dropped and counted by reason; only the well-formed control packet arrives.
 fn hostile_input_is_dropped_and_counted(backend: &str, flags: &[&str]) {
     use common::packets::{ipv4_udp, mac, vxlan};
-    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    use std::net::{Ipv4Addr, SocketAddrV4};
     let vx = backend == "vxlan";
     let port = if vx { 8472 } else { 8285 };
     let mut bed = Bed::new(2, &config(backend));
@@ -208,25 +208,7 @@ fn hostile_input_is_dropped_and_counted(backend: &str, flags: &[&str]) {
         }
     };
     // A container on host 0 listens; only the control packet may arrive.
-    let ns0 = bed.container_ns(0);
-    let (bound_tx, bound) = std::sync::mpsc::channel();
-    let listener = std::thread::spawn(move || {
-        common::netns::in_netns(&ns0, move || {
-            let s = UdpSocket::bind((c0, 7777)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-            bound_tx.send(()).unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 2048];
-            while let Ok(n) = s.recv(&mut buf) {
-                got.push(buf[..n].to_vec());
-            }
-            got
-        })
-    });
-    // Send only once the listener's socket exists.
-    bound
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the listener bound its socket");
+    let listener = common::netns::collect_udp(&bed.container_ns(0), c0, 7777);
     let h1 = bed.hosts[1].ns.name.clone();
     let ip1 = bed.hosts[1].ip;
     let dst = SocketAddrV4::new(bed.hosts[0].ip, port);

@@ -108,22 +108,7 @@ fn hostile_ipv6_input_is_dropped_and_counted(backend: &str) {
             inner.to_vec()
         }
     };
-    let ns0 = bed.container_ns(0);
-    let (bound_tx, bound) = std::sync::mpsc::channel();
-    let listener = std::thread::spawn(move || {
-        in_netns(&ns0, move || {
-            let s = std::net::UdpSocket::bind((c0, 7777)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-            bound_tx.send(()).unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 2048];
-            while let Ok(n) = s.recv(&mut buf) {
-                got.push(buf[..n].to_vec());
-            }
-            got
-        })
-    });
-    bound.recv_timeout(Duration::from_secs(10)).unwrap();
+    let listener = common::netns::collect_udp(&bed.container_ns(0), c0, 7777);
     let h1 = bed.hosts[1].ns.name.clone();
     let ip1 = bed.hosts[1].ip6;
     let dst = SocketAddrV6::new(bed.hosts[0].ip6, port, 0, 0);

@@ -306,44 +306,7 @@ impl Bed {
     /// --fixed-cidr-v6 would. Returns the container's IPv6 address.
     pub fn attach_container6(&mut self, i: usize) -> Ipv6Addr {
         let subnet: ipnet::Ipv6Net = self.weft(i).wait_subnet6().parse().expect("IPv6 subnet");
-        let base = u128::from(subnet.network());
-        let (gw, cip) = (Ipv6Addr::from(base + 1), Ipv6Addr::from(base + 2));
-        let len = subnet.prefix_len().to_string();
-        let h = self.hosts[i].ns.name.clone();
-        let c = self.container_ns(i);
-        ip(&[
-            "-n",
-            &h,
-            "addr",
-            "add",
-            &format!("{gw}/{len}"),
-            "dev",
-            "cbr0",
-            "nodad",
-        ]);
-        ip(&[
-            "-n",
-            &c,
-            "addr",
-            "add",
-            &format!("{cip}/{len}"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        ip(&[
-            "-n",
-            &c,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &gw.to_string(),
-        ]);
-        ip_netns_exec_ok(&h, "sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
-        self.hosts[i].container_ip6 = Some(cip);
-        cip
+        self.add_container6(i, subnet)
     }
 
     pub fn container_ip6(&self, i: usize) -> Ipv6Addr {
@@ -662,6 +625,35 @@ pub fn transfer(
     });
     let got = receiver.join().expect("receiver thread");
     (sent, got)
+}
+
+/// Listens for UDP on `ip:port` inside namespace `ns` (bound before this returns) and collects what arrives
+/// until nothing has for 3 s.
+pub fn collect_udp(
+    ns: &str,
+    ip: impl Into<std::net::IpAddr>,
+    port: u16,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let (ip, ns) = (ip.into(), ns.to_string());
+    let (bound_tx, bound) = std::sync::mpsc::channel();
+    let listener = std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let s = std::net::UdpSocket::bind((ip, port)).expect("bind the listener");
+            s.set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            bound_tx.send(()).expect("signal bound");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            while let Ok(n) = s.recv(&mut buf) {
+                got.push(buf[..n].to_vec());
+            }
+            got
+        })
+    });
+    bound
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the listener bound its socket");
+    listener
 }
 
 /// Accepts one TCP connection on `ip:port` inside namespace `ns` (after signalling `ready`) and returns
