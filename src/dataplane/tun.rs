@@ -276,6 +276,9 @@ async fn routed_to(handle: &Handle, index: u32, net: IpNet) -> Result<bool, Stri
         IpNet::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
     };
     let mut routes = handle.route().get(query).execute();
+    // The whole dump is read (dropping it half-read makes the netlink connection warn about every
+    // message left).
+    let mut found = false;
     while let Some(r) = routes
         .try_next()
         .await
@@ -292,11 +295,9 @@ async fn routed_to(handle: &Handle, index: u32, net: IpNet) -> Result<bool, Stri
             }
             _ => false,
         });
-        if oif && dst && r.header.destination_prefix_length == net.prefix_len() {
-            return Ok(true);
-        }
+        found |= oif && dst && r.header.destination_prefix_length == net.prefix_len();
     }
-    Ok(false)
+    Ok(found)
 }
 
 /// Turns on IPv4 forwarding in this network namespace (dockerd does too); containers' traffic needs it.
