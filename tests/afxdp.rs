@@ -207,7 +207,8 @@ fn somebody_elses_xdp_program_is_left_alone_and_reported() {
     let mut bed = Bed::new(1, &config("vxlan"));
     let ns = bed.hosts[0].ns.name.clone();
     // Another tool's XDP program on the underlay (a pass-everything program under another name).
-    let prog = weft::wire::xdp_filter::redirect_program(std::net::Ipv4Addr::new(0, 0, 0, 0), 1, -1);
+    let prog =
+        weft::wire::xdp_filter::redirect_program(std::net::Ipv4Addr::new(0, 0, 0, 0), None, 1, -1);
     let pass_all = &prog[prog.len() - 2..];
     let other =
         weft::dataplane::xdp::bpf::load_xdp_named("other_tool", pass_all).expect("load a program");
