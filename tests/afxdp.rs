@@ -1,7 +1,7 @@
 //! AF_XDP underlay tests in network namespaces on veth with a real etcd: pings and byte-identical
-//! transfers through XDP sockets, a mixed cluster with a kernel flannel.1 host, driver-mode refusal, the
-//! host's other traffic untouched, a peer's MAC change followed, somebody else's XDP program left alone, and
-//! no XDP program left behind.
+//! transfers through XDP sockets (over IPv4, and over IPv6 on dual-stack networks), a mixed cluster with a
+//! kernel flannel.1 host, driver-mode refusal, the host's other traffic untouched, a peer's MAC change
+//! followed, somebody else's XDP program left alone, and no XDP program left behind.
 
 mod common;
 
@@ -90,6 +90,79 @@ fn vxlan_cluster_over_af_xdp() {
 #[test]
 fn udp_backend_over_af_xdp_in_generic_mode() {
     af_xdp_cluster("udp", &["--xdp-mode=generic"]);
+}
+
+/// Three dual-stack hosts with AF_XDP underlays (two queues, two workers): every container reaches every
+/// other over IPv4 and IPv6, and 20 MB cross byte-identical over IPv6 both ways through the XDP sockets of
+/// both ends: the receiver's `rx` and the sender's `tx` frame counters grow by at least half the transfer's
+/// frames during it (only IPv6 flows then), which they do not when IPv6 takes the kernel's sockets.
+fn af_xdp_dual_stack_cluster(backend: &str, flags: &[&str]) {
+    let config = format!(
+        r#"{{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{{"Type":"{backend}"}}}}"#
+    );
+    let mut bed = Bed::with_queues(3, &config, 2);
+    for i in 0..3 {
+        let mut f = vec!["--workers=2", "--underlay=af-xdp"];
+        f.extend_from_slice(flags);
+        bed.start_weft(i, &f);
+    }
+    let ips: Vec<_> = (0..3).map(|i| bed.attach_container(i)).collect();
+    let ips6: Vec<_> = (0..3).map(|i| bed.attach_container6(i)).collect();
+    for i in 0..3 {
+        let st = bed.weft(i).status().expect("status");
+        assert!(
+            st["underlay"]
+                .as_str()
+                .unwrap_or("")
+                .contains("2 of 2 workers"),
+            "host {i} runs an AF_XDP underlay: {st}"
+        );
+    }
+    for from in 0..3 {
+        for to in 0..3 {
+            if from != to {
+                bed.wait_ping6(from, ips6[to], T);
+                bed.wait_ping(from, ips[to], T);
+            }
+        }
+    }
+    let frames = |i: usize, dir: &str| {
+        bed.weft(i)
+            .metric(&format!("weft_xdp_frames_total{{direction=\"{dir}\"}}"))
+            .expect("the AF_XDP frame counter")
+    };
+    const BYTES: usize = 20 << 20;
+    // At least half the data's frames (each carries at most an MTU of it).
+    const FRAMES: u64 = (BYTES / 1500 / 2) as u64;
+    for (from, to) in [(0, 2), (2, 0)] {
+        let (rx0, tx0) = (frames(to, "rx"), frames(from, "tx"));
+        let (sent, got) = bed.transfer6(from, to, BYTES);
+        assert_eq!(got.1, BYTES, "all bytes arrived over IPv6 {from} -> {to}");
+        assert_eq!(sent, got, "byte-identical over IPv6 {from} -> {to}");
+        let (rx, tx) = (frames(to, "rx") - rx0, frames(from, "tx") - tx0);
+        assert!(
+            rx >= FRAMES,
+            "IPv6 frames reached host {to} through its AF_XDP sockets: {rx} frames, want {FRAMES}"
+        );
+        assert!(
+            tx >= FRAMES,
+            "IPv6 frames left host {from} through its AF_XDP sockets: {tx} frames, want {FRAMES}"
+        );
+    }
+    for i in 0..3 {
+        bed.hosts[i].weft.as_mut().unwrap().stop();
+        assert_eq!(xdp_on(&bed, i), "", "no XDP program left on host {i}");
+    }
+}
+
+#[test]
+fn vxlan_dual_stack_cluster_over_af_xdp() {
+    af_xdp_dual_stack_cluster("vxlan", &[]);
+}
+
+#[test]
+fn udp_backend_dual_stack_over_af_xdp_in_generic_mode() {
+    af_xdp_dual_stack_cluster("udp", &["--xdp-mode=generic"]);
 }
 
 #[test]
@@ -207,7 +280,8 @@ fn somebody_elses_xdp_program_is_left_alone_and_reported() {
     let mut bed = Bed::new(1, &config("vxlan"));
     let ns = bed.hosts[0].ns.name.clone();
     // Another tool's XDP program on the underlay (a pass-everything program under another name).
-    let prog = weft::wire::xdp_filter::redirect_program(std::net::Ipv4Addr::new(0, 0, 0, 0), 1, -1);
+    let prog =
+        weft::wire::xdp_filter::redirect_program(std::net::Ipv4Addr::new(0, 0, 0, 0), None, 1, -1);
     let pass_all = &prog[prog.len() - 2..];
     let other =
         weft::dataplane::xdp::bpf::load_xdp_named("other_tool", pass_all).expect("load a program");

@@ -188,6 +188,7 @@ impl DataPlane {
                 &cfg.iface,
                 cfg.iface_mtu,
                 cfg.local_ip,
+                cfg.local_ip6,
                 cfg.port,
                 workers,
                 choice,
@@ -206,7 +207,16 @@ impl DataPlane {
             let (ifindex, src_mac) = (a.ifindex, a.src_mac);
             {
                 let (hops, routes, stop) = (hops.clone(), routes.clone(), dp.stop.clone());
-                let peers = move || routes.load().peers().iter().map(|p| p.public_ip).collect();
+                // Each peer's IPv4 address, and on a dual-stack network its IPv6 one too.
+                let v6 = cfg.local_ip6.is_some();
+                let peers = move || {
+                    let snap = routes.load();
+                    let addrs = snap.peers().iter().flat_map(|p| {
+                        let ip6 = p.v6.and_then(|v| v.public_ip).filter(|_| v6);
+                        std::iter::once(p.public_ip.into()).chain(ip6.map(Into::into))
+                    });
+                    addrs.collect()
+                };
                 dp.threads.push(
                     std::thread::Builder::new()
                         .name("weft-nexthops".into())
@@ -215,13 +225,13 @@ impl DataPlane {
                 );
             }
             for x in s.sockets {
-                xsks.push(Some(afxdp::XdpIo::new(
-                    x,
-                    hops.clone(),
-                    src_mac,
-                    cfg.local_ip,
-                    cfg.port,
-                )));
+                let local = afxdp::XdpLocal {
+                    mac: src_mac,
+                    ip: cfg.local_ip,
+                    ip6: cfg.local_ip6,
+                    port: cfg.port,
+                };
+                xsks.push(Some(afxdp::XdpIo::new(x, hops.clone(), local)));
             }
             dp.xdp = Some(s.attachment);
         }

@@ -6,7 +6,7 @@ pub mod link;
 pub mod neigh;
 pub mod xsk;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use tracing::{info, warn};
@@ -70,13 +70,14 @@ pub struct Setup {
     pub sockets: Vec<Xsk>,
 }
 
-/// Attaches the redirect program for `ip`:`port` to `iface` and opens AF_XDP sockets for up to `workers`
-/// of its receive queues. A stale program of our own (from a weft that did not exit cleanly) is removed
-/// first; anybody else's is left alone and reported.
+/// Attaches the redirect program for `ip`:`port` (and `[ip6]:port` on a dual-stack network) to `iface`
+/// and opens AF_XDP sockets for up to `workers` of its receive queues. A stale program of our own (from a
+/// weft that did not exit cleanly) is removed first; anybody else's is left alone and reported.
 pub fn setup(
     iface: &str,
     mtu: u32,
     ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
     port: u16,
     workers: usize,
     choice: XdpModeChoice,
@@ -101,7 +102,7 @@ pub fn setup(
     remove_stale(iface, ifindex)?;
     let queues = neigh::rx_queues(ifindex).unwrap_or(1).max(1);
     let map = bpf::create_xskmap(queues).map_err(err("create the socket map"))?;
-    let prog = bpf::load_xdp(&redirect_program(ip, port, map.as_raw_fd()))
+    let prog = bpf::load_xdp(&redirect_program(ip, ip6, port, map.as_raw_fd()))
         .map_err(err("load the XDP program"))?;
     let (prog_id, _) =
         bpf::prog_id_and_name(prog.as_raw_fd()).map_err(err("inspect the XDP program"))?;

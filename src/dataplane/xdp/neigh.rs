@@ -1,8 +1,9 @@
-//! Next-hop MAC addresses for AF_XDP frames: for each peer, the kernel's route (`ip route get`) and its
-//! neighbour entry, refreshed every second and on demand, read by the workers without locks.
+//! Next-hop MAC addresses for AF_XDP frames: for each peer underlay address (IPv4, and IPv6 on dual-stack
+//! networks), the kernel's route (`ip route get`) and its neighbour entry (ARP or neighbour discovery),
+//! refreshed every second and on demand, read by the workers without locks.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,16 +31,16 @@ pub struct Hop {
     pub revalidate: AtomicBool,
 }
 
-/// Next hops of all peers reachable through the AF_XDP interface; a peer missing here is sent to through
-/// the kernel's UDP socket (which resolves its neighbour), and asked for.
+/// Next hops of all peer addresses reachable through the AF_XDP interface; an address missing here is sent
+/// to through the kernel's UDP socket of its family (which resolves its neighbour), and asked for.
 #[derive(Default)]
 pub struct NextHops {
-    map: ArcSwap<HashMap<Ipv4Addr, Hop>>,
+    map: ArcSwap<HashMap<IpAddr, Hop>>,
     wanted: AtomicBool,
 }
 
 impl NextHops {
-    pub fn load(&self) -> arc_swap::Guard<Arc<HashMap<Ipv4Addr, Hop>>> {
+    pub fn load(&self) -> arc_swap::Guard<Arc<HashMap<IpAddr, Hop>>> {
         self.map.load()
     }
 
@@ -49,7 +50,7 @@ impl NextHops {
     }
 
     /// Looks up every address in `peers` through interface `ifindex` and publishes the result.
-    pub fn refresh(&self, ifindex: u32, peers: impl IntoIterator<Item = Ipv4Addr>) {
+    pub fn refresh(&self, ifindex: u32, peers: impl IntoIterator<Item = IpAddr>) {
         let mut map = HashMap::new();
         // One netlink socket for the whole round; without one, keep the last answers.
         let Ok(mut nl) = Rtnl::open() else { return };
@@ -71,7 +72,7 @@ impl NextHops {
     }
 
     /// Refreshes every second, or within 50 ms of a worker asking, until `stop` is set.
-    pub fn run(&self, ifindex: u32, peers: impl Fn() -> Vec<Ipv4Addr>, stop: &AtomicBool) {
+    pub fn run(&self, ifindex: u32, peers: impl Fn() -> Vec<IpAddr>, stop: &AtomicBool) {
         let mut last = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
@@ -84,19 +85,32 @@ impl NextHops {
 }
 
 /// The address whose MAC a frame to `dst` carries (the gateway, or `dst` itself when on-link), if the
-/// kernel routes `dst` out of `ifindex`.
-fn route_via(nl: &mut Rtnl, dst: Ipv4Addr, ifindex: u32) -> Option<Ipv4Addr> {
-    let to = nl.route_to(dst).ok()??;
-    (to.oif == Some(ifindex)).then_some(to.gateway.unwrap_or(dst))
+/// kernel routes `dst` out of `ifindex`. An IPv6 gateway is usually link-local: its neighbour entry is
+/// on `ifindex` all the same.
+fn route_via(nl: &mut Rtnl, dst: IpAddr, ifindex: u32) -> Option<IpAddr> {
+    match dst {
+        IpAddr::V4(d) => {
+            let to = nl.route_to(d).ok()??;
+            (to.oif == Some(ifindex)).then(|| to.gateway.unwrap_or(d).into())
+        }
+        IpAddr::V6(d) => {
+            let (oif, gateway) = nl.route6_to(d).ok()??;
+            (oif == Some(ifindex)).then(|| gateway.unwrap_or(d).into())
+        }
+    }
 }
 
 /// The kernel's neighbour entry for `ip` on `ifindex`, when it has a usable MAC.
-fn neighbour(nl: &mut Rtnl, ifindex: u32, ip: Ipv4Addr) -> Option<(MacAddr, NeighbourState)> {
+fn neighbour(nl: &mut Rtnl, ifindex: u32, ip: IpAddr) -> Option<(MacAddr, NeighbourState)> {
     let mut msg = NeighbourMessage::default();
-    msg.header.family = AddressFamily::Inet;
+    let (family, address) = match ip {
+        IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+        IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+    };
+    msg.header.family = family;
     msg.header.ifindex = ifindex;
     msg.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        .push(NeighbourAttribute::Destination(address));
     let replies = nl
         .request(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_REQUEST)
         .ok()?;
