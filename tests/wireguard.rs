@@ -679,10 +679,11 @@ fn weft_and_wireguard_go_flannel_hosts_form_one_overlay() {
         );
         let seen = cap.finish();
         let big: Vec<&Vec<u8>> = seen.packets.iter().filter(|p| p.len() > 1000).collect();
-        // weft's GSO trains cross the bridge as one super-packet each: count bytes, not packets.
+        // weft's GSO trains cross the bridge as one super-packet each: count bytes, not packets. Most of the
+        // 4 MiB must have been seen (a loaded machine makes tcpdump drop some; what it saw is checked below).
         let bytes: usize = big.iter().map(|p| p.len()).sum();
         assert!(
-            bytes > 4 << 20,
+            bytes > 3 << 20,
             "the capture saw the transfer {from} -> {to} ({bytes} bytes in {} large packets, {:?} dropped)",
             big.len(),
             seen.dropped
