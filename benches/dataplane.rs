@@ -62,7 +62,7 @@ fn set_tcp_flags(p: &mut [u8], flags: u8) {
 fn routes() -> RouteSnapshot {
     RouteSnapshot::new([Peer {
         v6: None,
-        subnet: "10.5.2.0/24".parse().expect("subnet"),
+        subnet: Some("10.5.2.0/24".parse().expect("subnet")),
         public_ip: PEER,
         backend: PeerBackend::Vxlan {
             vni: 1,
@@ -73,7 +73,7 @@ fn routes() -> RouteSnapshot {
 
 fn inbound(tun_offload: bool) -> Inbound {
     Inbound {
-        own: "10.5.1.0/24".parse().expect("subnet"),
+        own: Some("10.5.1.0/24".parse().expect("subnet")),
         own6: None,
         encap: Encap::Vxlan {
             vni: 1,

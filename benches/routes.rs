@@ -10,7 +10,7 @@ use weft::routes::{Peer, PeerBackend, RouteSnapshot};
 fn table(n: u32) -> RouteSnapshot {
     RouteSnapshot::new((0..n).map(|i| Peer {
         v6: None,
-        subnet: Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).expect("valid"),
+        subnet: Some(Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).expect("valid")),
         public_ip: Ipv4Addr::from(0xc000_0200 | i),
         backend: PeerBackend::Udp,
     }))

@@ -757,14 +757,27 @@ async fn dispatch(cmd: Cmd) -> Result<(), CliError> {
                 NetworkConfig::parse(&text).map_err(|e| CliError::BadConfig(e.to_string()))?;
             let store = Store::connect(&etcd.options()?).await?;
             store.put_config(text.trim()).await?;
+            let v4 = cfg.ipv4.map(|c| {
+                format!(
+                    "Network {} split into /{} subnets ({} to {}, {} in all)",
+                    c.network,
+                    c.subnet_len,
+                    c.subnet_min,
+                    c.subnet_max,
+                    c.subnet_count()
+                )
+            });
+            let v6 = cfg.ipv6.map(|c| {
+                format!(
+                    "IPv6Network {} split into /{} subnets ({} to {})",
+                    c.network, c.subnet_len, c.subnet_min, c.subnet_max
+                )
+            });
+            let nets: Vec<String> = v4.into_iter().chain(v6).collect();
             outln!(
-                "wrote {}: Network {} split into /{} subnets ({} to {}, {} in all), backend {} on UDP port {}",
+                "wrote {}: {}, backend {} on UDP port {}",
                 store.config_key(),
-                cfg.network,
-                cfg.subnet_len,
-                cfg.subnet_min,
-                cfg.subnet_max,
-                cfg.subnet_count(),
+                nets.join("; "),
                 cfg.backend.type_name(),
                 cfg.backend.port()
             )
@@ -857,6 +870,7 @@ async fn list_leases(etcd: &EtcdArgs) -> Result<(), CliError> {
                     mac = format!("{mac} {}", d6.vtep_mac);
                 }
                 let public = match a.public_ipv6 {
+                    Some(ip6) if a.public_ip.is_unspecified() => ip6.to_string(),
                     Some(ip6) => format!("{} {ip6}", a.public_ip),
                     None => a.public_ip.to_string(),
                 };
@@ -882,15 +896,21 @@ async fn list_leases(etcd: &EtcdArgs) -> Result<(), CliError> {
 fn print_status(v: &StatusReport) -> Result<(), CliError> {
     match &v.lease {
         None => outln!("no lease yet (waiting for etcd or the network config)")?,
-        Some(l) => outln!(
-            "this host: subnet {} of network {} via {} ({}), backend {}, MTU {}",
-            l.subnet,
-            l.network,
-            l.public_ip,
-            l.iface,
-            l.backend,
-            l.mtu
-        )?,
+        Some(l) => match (l.subnet, l.network) {
+            (Some(subnet), Some(network)) => outln!(
+                "this host: subnet {subnet} of network {network} via {} ({}), backend {}, MTU {}",
+                l.public_ip,
+                l.iface,
+                l.backend,
+                l.mtu
+            )?,
+            _ => outln!(
+                "this host: IPv6-only network, underlay {}, backend {}, MTU {}",
+                l.iface,
+                l.backend,
+                l.mtu
+            )?,
+        },
     }
     if let Some(l) = &v.lease {
         if let (Some(s6), Some(n6)) = (l.subnet6, l.network6) {
@@ -925,12 +945,14 @@ fn print_status(v: &StatusReport) -> Result<(), CliError> {
             weft::routes::PeerBackend::HostGw => ("host-gw", "-".to_string()),
             weft::routes::PeerBackend::Other => ("other", "-".to_string()),
         };
-        outln!(
-            "  {:<20} via {:<16} {:<6} {mac}",
-            p.subnet.to_string(),
-            p.public_ip.to_string(),
-            kind
-        )?;
+        if let Some(subnet) = p.subnet {
+            outln!(
+                "  {:<20} via {:<16} {:<6} {mac}",
+                subnet.to_string(),
+                p.public_ip.to_string(),
+                kind
+            )?;
+        }
         if let Some(v6) = p.v6 {
             outln!(
                 "  {:<20} via {:<16} {:<6} {}",

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::control::lease::{LeaseAttrs, SubnetKey};
@@ -38,7 +38,8 @@ pub enum PeerBackend {
 /// One remote host: the subnet it leased and where to send that subnet's traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
-    pub subnet: Ipv4Net,
+    /// Its IPv4 subnet; None on an IPv6-only network (where `public_ip` is flannel's 0.0.0.0).
+    pub subnet: Option<Ipv4Net>,
     pub public_ip: Ipv4Addr,
     pub backend: PeerBackend,
     /// The IPv6 half of a dual-stack lease.
@@ -64,13 +65,28 @@ impl Peer {
             v6: self.v6.map(|v| v.subnet),
         }
     }
+
+    /// The subnet that names it: its IPv4 subnet, or on an IPv6-only network its IPv6 one.
+    pub fn primary(&self) -> IpNet {
+        primary(&self.key())
+    }
+}
+
+/// The subnet that names a lease key's host: the IPv4 half, else the IPv6 half.
+fn primary(key: &SubnetKey) -> IpNet {
+    match (key.v4, key.v6) {
+        (Some(v4), _) => IpNet::V4(v4),
+        (None, Some(v6)) => IpNet::V6(v6),
+        (None, None) => IpNet::V4(Ipv4Net::default()),
+    }
 }
 
 impl Peer {
     /// The peer described by a lease.
     pub fn from_lease(key: SubnetKey, attrs: &LeaseAttrs) -> Self {
         let backend = match attrs.backend_type.as_str() {
-            "vxlan" => match attrs.vxlan_data() {
+            // An IPv6-only network's vxlan lease has only BackendV6Data (the same VNI).
+            "vxlan" => match attrs.vxlan_data().or(attrs.vxlan_v6_data()) {
                 Some(d) => PeerBackend::Vxlan {
                     vni: d.vni,
                     vtep_mac: d.vtep_mac,
@@ -143,14 +159,16 @@ pub struct RouteSnapshot {
 impl RouteSnapshot {
     /// Builds a snapshot from peers; a later peer for the same subnet replaces an earlier one.
     pub fn new(peers: impl IntoIterator<Item = Peer>) -> Self {
-        let mut by_subnet: BTreeMap<Ipv4Net, Peer> = BTreeMap::new();
+        let mut by_subnet: BTreeMap<IpNet, Peer> = BTreeMap::new();
         for p in peers {
-            by_subnet.insert(p.subnet.trunc(), p);
+            by_subnet.insert(p.primary().trunc(), p);
         }
         let peers: Vec<Peer> = by_subnet.into_values().collect();
         let mut levels: Vec<(u8, u32, U32Map<u32>)> = Vec::new();
         for (i, p) in peers.iter().enumerate() {
-            let len = p.subnet.prefix_len();
+            // IPv6-only peers have no IPv4 subnet or address.
+            let Some(subnet) = p.subnet else { continue };
+            let len = subnet.prefix_len();
             let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
             let level = match levels.iter_mut().position(|l| l.0 == len) {
                 Some(pos) => &mut levels[pos],
@@ -159,12 +177,14 @@ impl RouteSnapshot {
                     levels.last_mut().expect("just pushed")
                 }
             };
-            level.2.insert(u32::from(p.subnet.network()), i as u32);
+            level.2.insert(u32::from(subnet.network()), i as u32);
         }
         levels.sort_by_key(|l| std::cmp::Reverse(l.0));
         let mut by_ip = U32Map::default();
         for (i, p) in peers.iter().enumerate() {
-            by_ip.entry(u32::from(p.public_ip)).or_insert(i as u32);
+            if p.subnet.is_some() {
+                by_ip.entry(u32::from(p.public_ip)).or_insert(i as u32);
+            }
         }
         let mut levels6: Vec<(u8, u128, HashMap<u128, u32>)> = Vec::new();
         let mut by_ip6 = HashMap::new();
@@ -234,7 +254,7 @@ impl RouteSnapshot {
     /// The peer that holds exactly `subnet`.
     pub fn get(&self, subnet: &Ipv4Net) -> Option<&Peer> {
         self.lookup(subnet.network())
-            .filter(|p| p.subnet == *subnet)
+            .filter(|p| p.subnet == Some(*subnet))
     }
 
     /// The peer with this public IP, if any.
@@ -276,7 +296,7 @@ impl PeerTable for RouteSnapshot {
 
     #[inline]
     fn sender_subnet(&self, public_ip: Ipv4Addr) -> Option<Ipv4Net> {
-        self.by_public_ip(public_ip).map(|p| p.subnet)
+        self.by_public_ip(public_ip).and_then(|p| p.subnet)
     }
 
     #[inline]
@@ -320,8 +340,9 @@ impl PeerTable for RouteSnapshot {
 /// change bumps a generation that [`RouteTable::subscribe`]rs wait on (the kernel backend reconciles on it).
 pub struct RouteTable {
     current: ArcSwap<RouteSnapshot>,
-    /// Peers by IPv4 subnet, each with the lease key it was read from.
-    master: Mutex<BTreeMap<Ipv4Net, (SubnetKey, Peer)>>,
+    /// Peers by the subnet that names them (IPv4, or IPv6 on an IPv6-only network), each with the lease
+    /// key it was read from.
+    master: Mutex<BTreeMap<IpNet, (SubnetKey, Peer)>>,
     generation: tokio::sync::watch::Sender<u64>,
 }
 
@@ -366,10 +387,10 @@ impl RouteTable {
     /// carry: the IPv6 half of a key on an IPv4-only network).
     pub fn upsert_from(&self, key: SubnetKey, peer: Peer) -> bool {
         let mut m = self.master.lock().expect("route table lock poisoned");
-        if m.get(&peer.subnet) == Some(&(key, peer)) {
+        if m.get(&peer.primary()) == Some(&(key, peer)) {
             return false;
         }
-        m.insert(peer.subnet, (key, peer));
+        m.insert(peer.primary(), (key, peer));
         self.publish(&m);
         true
     }
@@ -378,10 +399,10 @@ impl RouteTable {
     /// subnet under another key (its lease just gained or changed its IPv6 half) stays.
     pub fn remove(&self, key: &SubnetKey) -> Option<Peer> {
         let mut m = self.master.lock().expect("route table lock poisoned");
-        if m.get(&key.v4).map(|e| e.0) != Some(*key) {
+        if m.get(&primary(key)).map(|e| e.0) != Some(*key) {
             return None;
         }
-        let (_, old) = m.remove(&key.v4)?;
+        let (_, old) = m.remove(&primary(key))?;
         self.publish(&m);
         Some(old)
     }
@@ -397,8 +418,10 @@ impl RouteTable {
         peers: impl IntoIterator<Item = (SubnetKey, Peer)>,
     ) -> (usize, usize) {
         let mut m = self.master.lock().expect("route table lock poisoned");
-        let new: BTreeMap<Ipv4Net, (SubnetKey, Peer)> =
-            peers.into_iter().map(|(k, p)| (p.subnet, (k, p))).collect();
+        let new: BTreeMap<IpNet, (SubnetKey, Peer)> = peers
+            .into_iter()
+            .map(|(k, p)| (p.primary(), (k, p)))
+            .collect();
         let changed = new.iter().filter(|(k, v)| m.get(k) != Some(v)).count();
         let removed = m.keys().filter(|k| !new.contains_key(k)).count();
         *m = new;
@@ -406,7 +429,7 @@ impl RouteTable {
         (changed, removed)
     }
 
-    fn publish(&self, m: &BTreeMap<Ipv4Net, (SubnetKey, Peer)>) {
+    fn publish(&self, m: &BTreeMap<IpNet, (SubnetKey, Peer)>) {
         self.current
             .store(Arc::new(RouteSnapshot::new(m.values().map(|e| e.1))));
         self.generation.send_modify(|g| *g += 1);
@@ -420,7 +443,7 @@ mod tests6 {
     #[test]
     fn ipv6_halves_are_found_by_longest_prefix_and_public_address() {
         let peer = |v4: &str, ip: [u8; 4], v6: Option<(&str, &str)>| Peer {
-            subnet: v4.parse().unwrap(),
+            subnet: Some(v4.parse().unwrap()),
             public_ip: Ipv4Addr::from(ip),
             backend: PeerBackend::Udp,
             v6: v6.map(|(s, a)| PeerV6 {
@@ -451,13 +474,18 @@ mod tests6 {
             t.lookup6(a("fc00:5:0:1:ffff::1"))
                 .unwrap()
                 .subnet
+                .unwrap()
                 .to_string(),
             "10.5.1.0/24"
         );
         assert!(t.lookup6(a("fc00:5:0:3::1")).is_none());
         assert!(t.lookup6(a("::1")).is_none());
         assert_eq!(
-            t.by_public_ip6(a("fd00::2")).unwrap().subnet.to_string(),
+            t.by_public_ip6(a("fd00::2"))
+                .unwrap()
+                .subnet
+                .unwrap()
+                .to_string(),
             "10.5.2.0/24"
         );
         assert!(t.by_public_ip6(a("fd00::3")).is_none());
@@ -476,7 +504,7 @@ mod tests {
     fn peer(s: &str, ip: [u8; 4]) -> Peer {
         Peer {
             v6: None,
-            subnet: s.parse().unwrap(),
+            subnet: Some(s.parse().unwrap()),
             public_ip: Ipv4Addr::from(ip),
             backend: PeerBackend::Udp,
         }
@@ -563,6 +591,7 @@ mod tests {
             t.by_public_ip(Ipv4Addr::new(1, 0, 0, 3))
                 .unwrap()
                 .subnet
+                .unwrap()
                 .prefix_len(),
             24
         );
@@ -572,7 +601,7 @@ mod tests {
     fn many_routes() {
         let peers = (0..65536u32).map(|i| Peer {
             v6: None,
-            subnet: Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).unwrap(),
+            subnet: Some(Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).unwrap()),
             public_ip: Ipv4Addr::from(i),
             backend: PeerBackend::Udp,
         });

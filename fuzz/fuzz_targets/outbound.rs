@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
 fn route(packet: &[u8], encap: Encap) {
     let udp_peer = Peer {
         v6: None,
-        subnet: "10.5.3.0/24".parse().expect("subnet"),
+        subnet: Some("10.5.3.0/24".parse().expect("subnet")),
         public_ip: Ipv4Addr::new(192, 0, 2, 3),
         backend: PeerBackend::Udp,
     };

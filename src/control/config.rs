@@ -29,13 +29,36 @@ pub const IPV6_EXTRA: u32 = 20;
 /// A validated network config with flannel's defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
+    /// `Network` and its subnets; None on an IPv6-only network (`"EnableIPv4": false`).
+    pub ipv4: Option<Ipv4Config>,
+    /// The IPv6 half of a dual-stack or IPv6-only network (`EnableIPv6`), None on an IPv4-only network.
+    pub ipv6: Option<Ipv6Config>,
+    pub backend: Backend,
+}
+
+/// `Network` and its subnets, with flannel's defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Config {
     pub network: Ipv4Net,
     pub subnet_len: u8,
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
-    /// The IPv6 half of a dual-stack network (`EnableIPv6`), None on an IPv4-only network.
-    pub ipv6: Option<Ipv6Config>,
-    pub backend: Backend,
+}
+
+impl Ipv4Config {
+    /// True if `subnet` is a subnet this config would lease (inside SubnetMin..=SubnetMax, right length).
+    pub fn fits(&self, subnet: &Ipv4Net) -> bool {
+        subnet.prefix_len() == self.subnet_len
+            && subnet.network() == subnet.addr()
+            && subnet.addr() >= self.subnet_min
+            && subnet.addr() <= self.subnet_max
+    }
+
+    /// The number of subnets between SubnetMin and SubnetMax.
+    pub fn subnet_count(&self) -> u64 {
+        let size = 1u64 << (32 - self.subnet_len);
+        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / size + 1
+    }
 }
 
 /// `IPv6Network` and its subnets, with flannel's defaults filled in.
@@ -213,85 +236,38 @@ impl NetworkConfig {
     pub fn parse(json: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig =
             serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
-        if raw.enable_ipv4 == Some(false) {
-            return Err(field(
-                "EnableIPv4",
-                "IPv6-only networks are not supported by weft yet; remove EnableIPv4 or set it to true (EnableIPv6 gives a dual-stack network)",
-            ));
-        }
         let ipv6 = if raw.enable_ipv6 == Some(true) {
             Some(parse_ipv6(&raw)?)
         } else {
             None
         };
-        let network = parse_network(raw.network.as_deref())?;
-        let ones = network.prefix_len();
-        let subnet_len = match raw.subnet_len {
-            Some(0) | None => {
-                if ones > 28 {
-                    return Err(field(
-                        "Network",
-                        format!("{network} is too small: the smallest useful Network is a /28"),
-                    ));
-                } else if ones <= 22 {
-                    24
-                } else {
-                    ones + 2
-                }
-            }
-            Some(len) => {
-                if len > 30 {
-                    return Err(field(
-                        "SubnetLen",
-                        format!("{len} is too long: it must be at most 30 so each host has room for a bridge and containers"),
-                    ));
-                }
-                if len < u32::from(ones) + 2 {
-                    return Err(field(
-                        "SubnetLen",
-                        format!(
-                            "{len} is too short for Network {network}: it must be at least {} so the Network holds four or more subnets",
-                            ones + 2
-                        ),
-                    ));
-                }
-                len as u8
-            }
-        };
-        let size = 1u32 << (32 - subnet_len);
-        let net_start = u32::from(network.network());
-        let net_end = u32::from(network.broadcast());
-        let subnet_min = match raw.subnet_min.as_deref() {
-            None | Some("") => Ipv4Addr::from(net_start + size),
-            Some(s) => parse_bound("SubnetMin", s, &network, subnet_len)?,
-        };
-        let subnet_max = match raw.subnet_max.as_deref() {
-            None | Some("") => Ipv4Addr::from(net_end - size + 1),
-            Some(s) => parse_bound("SubnetMax", s, &network, subnet_len)?,
-        };
-        if subnet_min > subnet_max {
-            return Err(field(
-                "SubnetMin",
-                format!("{subnet_min} is above SubnetMax {subnet_max}: no subnet could be leased"),
-            ));
-        }
         let backend = parse_backend(raw.backend.as_ref())?;
+        if raw.enable_ipv4 == Some(false) {
+            // flannel ignores Network and its twins on an IPv6-only network.
+            if ipv6.is_none() {
+                return Err(field(
+                    "EnableIPv4",
+                    "false leaves the network without any address family: set EnableIPv6 to true with an IPv6Network, or remove EnableIPv4",
+                ));
+            }
+            if matches!(backend, Backend::WireGuard(_)) {
+                return Err(field(
+                    "EnableIPv4",
+                    "false (an IPv6-only network) needs the vxlan, udp or host-gw backend: weft's wireguard backend carries IPv4 only so far",
+                ));
+            }
+            return Ok(NetworkConfig {
+                ipv4: None,
+                ipv6,
+                backend,
+            });
+        }
+        let ipv4 = parse_ipv4(&raw)?;
         Ok(NetworkConfig {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
+            ipv4: Some(ipv4),
             ipv6,
             backend,
         })
-    }
-
-    /// True if `subnet` is a subnet this config would lease (inside SubnetMin..=SubnetMax, right length).
-    pub fn fits(&self, subnet: &Ipv4Net) -> bool {
-        subnet.prefix_len() == self.subnet_len
-            && subnet.network() == subnet.addr()
-            && subnet.addr() >= self.subnet_min
-            && subnet.addr() <= self.subnet_max
     }
 
     /// The overlay MTU (subnet.env, the tun, dockerd's `--mtu`): the backend's, and on a dual-stack network
@@ -305,20 +281,80 @@ impl NetworkConfig {
         }
     }
 
-    /// A lease key as this network routes it: on an IPv4-only network the IPv6 half of a dual-stack key is
-    /// ignored, as flannel ignores it there.
-    pub fn routed_key(&self, key: SubnetKey) -> SubnetKey {
-        match self.ipv6 {
-            Some(_) => key,
-            None => SubnetKey::v4(key.v4),
-        }
+    /// A lease key as this network routes it: the half of a family the network does not have is ignored,
+    /// as flannel ignores it (a dual-stack key's IPv6 half on an IPv4-only network, its IPv4 half on an
+    /// IPv6-only one). None if nothing is left to route.
+    pub fn routed_key(&self, key: SubnetKey) -> Option<SubnetKey> {
+        let v4 = key.v4.filter(|_| self.ipv4.is_some());
+        let v6 = key.v6.filter(|_| self.ipv6.is_some());
+        (v4.is_some() || v6.is_some()).then_some(SubnetKey { v4, v6 })
     }
 
-    /// The number of subnets between SubnetMin and SubnetMax.
-    pub fn subnet_count(&self) -> u64 {
-        let size = 1u64 << (32 - self.subnet_len);
-        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / size + 1
+    /// True on an IPv6-only network (`"EnableIPv4": false`).
+    pub fn ipv6_only(&self) -> bool {
+        self.ipv4.is_none()
     }
+}
+
+/// flannel's rules for `Network` and its subnets, with its defaults.
+fn parse_ipv4(raw: &RawConfig) -> Result<Ipv4Config, ConfigError> {
+    let network = parse_network(raw.network.as_deref())?;
+    let ones = network.prefix_len();
+    let subnet_len = match raw.subnet_len {
+        Some(0) | None => {
+            if ones > 28 {
+                return Err(field(
+                    "Network",
+                    format!("{network} is too small: the smallest useful Network is a /28"),
+                ));
+            } else if ones <= 22 {
+                24
+            } else {
+                ones + 2
+            }
+        }
+        Some(len) => {
+            if len > 30 {
+                return Err(field(
+                    "SubnetLen",
+                    format!("{len} is too long: it must be at most 30 so each host has room for a bridge and containers"),
+                ));
+            }
+            if len < u32::from(ones) + 2 {
+                return Err(field(
+                    "SubnetLen",
+                    format!(
+                        "{len} is too short for Network {network}: it must be at least {} so the Network holds four or more subnets",
+                        ones + 2
+                    ),
+                ));
+            }
+            len as u8
+        }
+    };
+    let size = 1u32 << (32 - subnet_len);
+    let net_start = u32::from(network.network());
+    let net_end = u32::from(network.broadcast());
+    let subnet_min = match raw.subnet_min.as_deref() {
+        None | Some("") => Ipv4Addr::from(net_start + size),
+        Some(s) => parse_bound("SubnetMin", s, &network, subnet_len)?,
+    };
+    let subnet_max = match raw.subnet_max.as_deref() {
+        None | Some("") => Ipv4Addr::from(net_end - size + 1),
+        Some(s) => parse_bound("SubnetMax", s, &network, subnet_len)?,
+    };
+    if subnet_min > subnet_max {
+        return Err(field(
+            "SubnetMin",
+            format!("{subnet_min} is above SubnetMax {subnet_max}: no subnet could be leased"),
+        ));
+    }
+    Ok(Ipv4Config {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
 }
 
 fn parse_network(s: Option<&str>) -> Result<Ipv4Net, ConfigError> {
@@ -673,10 +709,10 @@ mod tests {
     #[test]
     fn defaults_for_a_slash_16() {
         let c = ok(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#);
-        assert_eq!(c.subnet_len, 24);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 5, 1, 0));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 5, 255, 0));
-        assert_eq!(c.subnet_count(), 255);
+        assert_eq!(c.ipv4.unwrap().subnet_len, 24);
+        assert_eq!(c.ipv4.unwrap().subnet_min, Ipv4Addr::new(10, 5, 1, 0));
+        assert_eq!(c.ipv4.unwrap().subnet_max, Ipv4Addr::new(10, 5, 255, 0));
+        assert_eq!(c.ipv4.unwrap().subnet_count(), 255);
         assert_eq!(
             c.backend,
             Backend::Vxlan(VxlanOptions {
@@ -695,11 +731,11 @@ mod tests {
     #[test]
     fn small_networks_split_in_four() {
         let c = ok(r#"{"Network":"10.5.0.0/24"}"#);
-        assert_eq!(c.subnet_len, 26);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 5, 0, 64));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 5, 0, 192));
+        assert_eq!(c.ipv4.unwrap().subnet_len, 26);
+        assert_eq!(c.ipv4.unwrap().subnet_min, Ipv4Addr::new(10, 5, 0, 64));
+        assert_eq!(c.ipv4.unwrap().subnet_max, Ipv4Addr::new(10, 5, 0, 192));
         let c = ok(r#"{"Network":"10.5.0.0/22"}"#);
-        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.ipv4.unwrap().subnet_len, 24);
     }
 
     #[test]
@@ -756,13 +792,13 @@ mod tests {
             r#"{"Network":"10.6.0.0/16","SubnetLen":26,"SubnetMin":"10.6.4.0","SubnetMax":"10.6.8.0",
                 "Backend":{"Type":"vxlan","VNI":42,"Port":4789,"MTU":9000}}"#,
         );
-        assert_eq!(c.subnet_len, 26);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 6, 4, 0));
+        assert_eq!(c.ipv4.unwrap().subnet_len, 26);
+        assert_eq!(c.ipv4.unwrap().subnet_min, Ipv4Addr::new(10, 6, 4, 0));
         assert_eq!(c.backend.port(), 4789);
         assert_eq!(c.backend.overlay_mtu(1500), 8950);
-        assert!(c.fits(&"10.6.4.64/26".parse().unwrap()));
-        assert!(!c.fits(&"10.6.8.64/26".parse().unwrap()));
-        assert!(!c.fits(&"10.6.4.0/24".parse().unwrap()));
+        assert!(c.ipv4.unwrap().fits(&"10.6.4.64/26".parse().unwrap()));
+        assert!(!c.ipv4.unwrap().fits(&"10.6.8.64/26".parse().unwrap()));
+        assert!(!c.ipv4.unwrap().fits(&"10.6.4.0/24".parse().unwrap()));
         let u = ok(r#"{"Network":"10.6.0.0/16","Backend":{"Type":"udp","Port":9999}}"#);
         assert_eq!(u.backend.port(), 9999);
     }
@@ -857,9 +893,42 @@ mod tests {
             r#","IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:9::","IPv6SubnetMax":"fc00:0:0:2::""#
         )
         .contains("field IPv6SubnetMin"));
+        assert!(err(r#"{"EnableIPv4":false,"Network":"10.5.0.0/16"}"#)
+            .contains("field EnableIPv4: false leaves the network without any address family"));
+        assert!(err(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"wireguard"}}"#
+        )
+        .contains("field EnableIPv4: false (an IPv6-only network) needs the vxlan, udp or host-gw backend"));
+    }
+
+    #[test]
+    fn ipv6_only_networks_ignore_network_as_flannel_does() {
+        let c = ok(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:5::/48","Network":"junk","Backend":{"Type":"vxlan"}}"#,
+        );
+        assert!(c.ipv6_only() && c.ipv4.is_none());
+        assert_eq!(c.ipv6.unwrap().subnet_len, 64);
+        assert_eq!(
+            c.overlay_mtu(1500),
+            1450 - 20,
+            "vxlan over an IPv6 underlay"
+        );
+        let dual: SubnetKey = "10.5.9.0/24 + fc00:5:0:9::/64".parse().unwrap();
+        assert_eq!(
+            c.routed_key(dual),
+            Some(SubnetKey::v6("fc00:5:0:9::/64".parse().unwrap()))
+        );
+        assert_eq!(
+            c.routed_key(SubnetKey::v4("10.5.9.0/24".parse().unwrap())),
+            None
+        );
+        let c4 = ok(r#"{"Network":"10.5.0.0/16"}"#);
+        assert_eq!(
+            c4.routed_key(dual),
+            Some(SubnetKey::v4("10.5.9.0/24".parse().unwrap()))
+        );
         assert!(
-            err(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#)
-                .contains("field EnableIPv4")
+            ok(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:5::/48"}"#).ipv6_only()
         );
     }
 }

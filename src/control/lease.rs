@@ -2,7 +2,7 @@
 //! values (JSON), with no I/O.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
@@ -182,6 +182,25 @@ impl LeaseAttrs {
     }
 }
 
+impl LeaseAttrs {
+    /// The address that identifies the host holding this lease: its PublicIP, or on an IPv6-only network
+    /// (where flannel writes PublicIP 0.0.0.0) its PublicIPv6.
+    pub fn owner(&self) -> IpAddr {
+        match self.public_ipv6 {
+            Some(v6) if self.public_ip.is_unspecified() => IpAddr::V6(v6),
+            _ => IpAddr::V4(self.public_ip),
+        }
+    }
+
+    /// The lease of an IPv6-only network: no IPv4 half (PublicIP 0.0.0.0 and no BackendData, as flanneld
+    /// writes it there).
+    pub fn without_ipv4(mut self) -> Self {
+        self.public_ip = Ipv4Addr::UNSPECIFIED;
+        self.backend_data = None;
+        self
+    }
+}
+
 /// An IPv6 address another host can send to: not unspecified, loopback, multicast or link-local.
 pub fn is_usable_ipv6(a: &Ipv6Addr) -> bool {
     !(a.is_unspecified()
@@ -191,10 +210,12 @@ pub fn is_usable_ipv6(a: &Ipv6Addr) -> bool {
 }
 
 /// The subnets a lease key names: the IPv4 subnet and, on a dual-stack network, the IPv6 subnet. This pair
-/// is a lease's identity (flannel's key `10.1.15.0-24&fc00:0:0:f::-64`).
+/// is a lease's identity (flannel's key `10.1.15.0-24&fc00:0:0:f::-64`). An IPv6-only network's keys have
+/// no IPv4 subnet (flannel writes its empty `0.0.0.0-0` there). At least one half is always present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SubnetKey {
-    pub v4: Ipv4Net,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v4: Option<Ipv4Net>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v6: Option<Ipv6Net>,
 }
@@ -202,7 +223,23 @@ pub struct SubnetKey {
 impl SubnetKey {
     /// An IPv4-only key.
     pub fn v4(v4: Ipv4Net) -> Self {
-        SubnetKey { v4, v6: None }
+        SubnetKey {
+            v4: Some(v4),
+            v6: None,
+        }
+    }
+
+    /// An IPv6-only network's key.
+    pub fn v6(v6: Ipv6Net) -> Self {
+        SubnetKey {
+            v4: None,
+            v6: Some(v6),
+        }
+    }
+
+    /// True if both keys name the same subnet of some family (the subnets a host is known by).
+    pub fn shares_a_subnet(&self, other: &SubnetKey) -> bool {
+        (self.v4.is_some() && self.v4 == other.v4) || (self.v6.is_some() && self.v6 == other.v6)
     }
 }
 
@@ -220,32 +257,44 @@ impl std::str::FromStr for SubnetKey {
         if let Some(k) = parse_subnet_key(s) {
             return Ok(k);
         }
-        let bad = || format!("{s:?} is not a subnet (10.1.15.0/24) or subnet pair");
-        let (v4, v6) = match s.split_once('+') {
+        let bad =
+            || format!("{s:?} is not a subnet (10.1.15.0/24, fc00:0:0:f::/64) or subnet pair");
+        let (a, b) = match s.split_once('+') {
             Some((a, b)) => (a.trim(), Some(b.trim())),
             None => (s.trim(), None),
         };
-        Ok(SubnetKey {
-            v4: v4.parse().map_err(|_| bad())?,
-            v6: v6.map(|v| v.parse()).transpose().map_err(|_| bad())?,
-        })
+        let key = match (a.parse::<Ipv4Net>(), b) {
+            (Ok(v4), b) => SubnetKey {
+                v4: Some(v4),
+                v6: b.map(|v| v.parse()).transpose().map_err(|_| bad())?,
+            },
+            (Err(_), None) => SubnetKey::v6(a.parse().map_err(|_| bad())?),
+            (Err(_), Some(_)) => return Err(bad()),
+        };
+        Ok(key)
     }
 }
 
 impl fmt::Display for SubnetKey {
-    /// The form people read (`10.1.15.0/24`, `10.1.15.0/24 + fc00:0:0:f::/64`).
+    /// The form people read (`10.1.15.0/24`, `10.1.15.0/24 + fc00:0:0:f::/64`, `fc00:0:0:f::/64`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.v6 {
-            None => write!(f, "{}", self.v4),
-            Some(v6) => write!(f, "{} + {}", self.v4, v6),
+        match (self.v4, self.v6) {
+            (Some(v4), None) => write!(f, "{v4}"),
+            (Some(v4), Some(v6)) => write!(f, "{v4} + {v6}"),
+            (None, Some(v6)) => write!(f, "{v6}"),
+            (None, None) => f.write_str("(no subnet)"),
         }
     }
 }
 
 /// Formats the key suffix of a lease: `10.1.15.0-24`, or `10.1.15.0-24&fc00:0:0:f::-64` (flannel's
-/// `MakeSubnetKey`: the IPv6 address in its canonical compressed form).
+/// `MakeSubnetKey`: the IPv6 address in its canonical compressed form); an IPv6-only network's key has
+/// flannel's empty IPv4 subnet, `0.0.0.0-0&fc00:0:0:f::-64`.
 pub fn subnet_key(key: &SubnetKey) -> String {
-    let v4 = format!("{}-{}", key.v4.addr(), key.v4.prefix_len());
+    let v4 = key
+        .v4
+        .map(|n| format!("{}-{}", n.addr(), n.prefix_len()))
+        .unwrap_or_else(|| "0.0.0.0-0".into());
     match key.v6 {
         None => v4,
         Some(v6) => format!("{v4}&{}-{}", v6.addr(), v6.prefix_len()),
@@ -264,6 +313,11 @@ pub fn parse_subnet_key(name: &str) -> Option<SubnetKey> {
     let len: u8 = len.parse().ok()?;
     let net = Ipv4Net::new(addr, len).ok()?;
     if net.network() != addr {
+        return None;
+    }
+    // flannel's empty IPv4 subnet: the key of an IPv6-only network, which must have its IPv6 half.
+    let net = (len != 0).then_some(net);
+    if net.is_none() && v6.is_none() {
         return None;
     }
     let v6 = match v6 {
@@ -349,14 +403,18 @@ mod tests {
         assert_eq!(subnet_key(&k), "10.1.15.0-24");
         assert_eq!(parse_subnet_key("10.1.15.0-24"), Some(k));
         let dual = SubnetKey {
-            v4: n,
+            v4: Some(n),
             v6: Some("fc00:0:0:f::/64".parse().unwrap()),
         };
         assert_eq!(parse_subnet_key("10.1.15.0-24&fc00:0:0:f::-64"), Some(dual));
         assert_eq!(subnet_key(&dual), "10.1.15.0-24&fc00:0:0:f::-64");
         // flannel's IPv6-only form: no IPv4 subnet.
         let v6only = parse_subnet_key("0.0.0.0-0&fd10::-64").unwrap();
-        assert_eq!(v6only.v4.prefix_len(), 0);
+        assert_eq!(v6only, SubnetKey::v6("fd10::/64".parse().unwrap()));
+        assert_eq!(subnet_key(&v6only), "0.0.0.0-0&fd10::-64");
+        assert_eq!(v6only.to_string(), "fd10::/64");
+        assert_eq!("fd10::/64".parse::<SubnetKey>(), Ok(v6only));
+        assert_eq!(parse_subnet_key("0.0.0.0-0"), None, "no subnet at all");
         assert_eq!(parse_subnet_key("10.1.15.0-24&fc00::1-64"), None);
         assert_eq!(parse_subnet_key("10.1.15.0-24&fc00::-129"), None);
         assert_eq!(parse_subnet_key("10.1.15.0-24&"), None);

@@ -12,12 +12,15 @@
 //! or its etcd lease is gone. A key now naming another host is fatal.
 
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use crate::control::alloc::{
-    also_ours, choose_subnet, choose_subnet6, Choice, Exhausted, Exhausted6, ExistingLease,
+    also_ours, choose_subnet, choose_subnet6, paired_subnet6, Choice, Exhausted, Exhausted6,
+    ExistingLease,
 };
 use crate::control::backoff::Backoff;
 use crate::control::config::{Backend, NetworkConfig};
@@ -56,6 +59,17 @@ pub struct LeaseParams {
     pub renew_every: Duration,
 }
 
+impl LeaseParams {
+    /// The address that names this host in its lease (`LeaseAttrs::owner`): the public IP, or on an
+    /// IPv6-only network the IPv6 one.
+    pub fn me(&self) -> IpAddr {
+        match (self.config.ipv6_only(), self.public_ipv6) {
+            (true, Some(v6)) => IpAddr::V6(v6),
+            _ => IpAddr::V4(self.public_ip),
+        }
+    }
+}
+
 /// The lease this host holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeldLease {
@@ -79,6 +93,10 @@ pub enum Action {
         attrs: LeaseAttrs,
         lease_id: i64,
         expect_rev: i64,
+        /// A new claim: also only if no key names the subnet that names us (the IPv4 half, or the IPv6
+        /// one on an IPv6-only network) under another key, so two hosts never lease one subnet with
+        /// different other halves.
+        exclusive: bool,
     },
     /// Read the key of our subnet: [`Outcome::OwnKey`].
     ReadOwnKey { subnet: SubnetKey },
@@ -100,7 +118,7 @@ pub enum Fatal {
     /// Our key now carries another host's lease (`holder`; None if its value cannot be read).
     Stolen {
         subnet: SubnetKey,
-        holder: Option<Ipv4Addr>,
+        holder: Option<IpAddr>,
     },
 }
 
@@ -135,12 +153,15 @@ pub enum Event {
     EtcdUp,
     /// An etcd request failed; it is retried with backoff.
     EtcdFailed { during: Doing, error: StoreError },
-    /// We hold `key` now (`choice` says how its IPv4 subnet was picked).
-    Acquired { choice: Choice, key: SubnetKey },
+    /// We hold `key` now (`choice` says how the subnet that names us was picked).
+    Acquired {
+        choice: Choice<IpNet>,
+        key: SubnetKey,
+    },
     /// Leases `others` carry our public IP too; we took `subnet` and leave them alone.
     AlsoOurs {
         subnet: SubnetKey,
-        others: Vec<ipnet::Ipv4Net>,
+        others: Vec<SubnetKey>,
     },
     /// Another host wrote `subnet` first; `races` counts the lost races so far.
     RaceLost { subnet: SubnetKey, races: u32 },
@@ -157,7 +178,7 @@ pub enum Event {
 /// The subnet picked and the transaction that claims it.
 #[derive(Debug, Clone)]
 struct Claim {
-    choice: Choice,
+    choice: Choice<IpNet>,
     /// The key written: the chosen IPv4 subnet and, on a dual-stack network, its IPv6 twin.
     key: SubnetKey,
     attrs: LeaseAttrs,
@@ -166,6 +187,8 @@ struct Claim {
     old_lease: i64,
     /// The key is a reservation for us: written as it is, without an etcd lease, so it stays one.
     reserved: bool,
+    /// A new claim of a subnet no key of ours holds (see `Action::PutIf`).
+    exclusive: bool,
 }
 
 #[derive(Debug)]
@@ -182,7 +205,7 @@ enum AcquireStep {
         subnet: SubnetKey,
     },
     /// Revoking the etcd lease of the key we took over, before holding it.
-    RevokingOld(HeldLease, Choice),
+    RevokingOld(HeldLease, Choice<IpNet>),
 }
 
 #[derive(Debug)]
@@ -278,6 +301,11 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
         }
     }
 
+    /// The address that names this host in its lease (see [`LeaseParams::me`]).
+    pub fn me(&self) -> IpAddr {
+        self.params.me()
+    }
+
     /// The lease we hold, once acquired.
     pub fn held(&self) -> Option<&HeldLease> {
         match &self.state {
@@ -341,6 +369,7 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
                             attrs: claim.attrs.clone(),
                             lease_id: 0,
                             expect_rev: claim.expect_rev,
+                            exclusive: false,
                         });
                         AcquireStep::Writing(claim, 0)
                     }
@@ -362,6 +391,7 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
                     attrs: claim.attrs.clone(),
                     lease_id: id,
                     expect_rev: claim.expect_rev,
+                    exclusive: claim.exclusive,
                 });
                 AcquireStep::Writing(claim, id)
             }
@@ -415,58 +445,82 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
                 subnet: l.subnet.v4,
                 subnet6: l.subnet.v6,
                 // Unparsable values still occupy their subnet.
-                public_ip: l
+                owner: l
                     .attrs
                     .as_ref()
-                    .map(|a| a.public_ip)
-                    .unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    .map(|a| a.owner())
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             })
             .collect();
+        let me = self.params.me();
         let p = &self.params;
-        let choice = choose_subnet(
-            &p.config,
-            &existing,
-            p.public_ip,
-            p.previous.map(|k| k.v4),
-            &mut self.rng,
-        )
-        .map_err(Fatal::Exhausted)?;
-        let v6 = match &p.config.ipv6 {
-            None => None,
-            Some(c6) => Some(
-                choose_subnet6(
+        let (choice, key) = match (&p.config.ipv4, &p.config.ipv6) {
+            (Some(c4), c6) => {
+                let choice = choose_subnet(
+                    c4,
+                    &existing,
+                    me,
+                    p.previous.and_then(|k| k.v4),
+                    &mut self.rng,
+                )
+                .map_err(Fatal::Exhausted)?;
+                let v6 = match c6 {
+                    None => None,
+                    Some(c6) => Some(
+                        choose_subnet6(
+                            c6,
+                            &existing,
+                            me,
+                            choice.subnet(),
+                            p.previous.and_then(|k| k.v6),
+                            paired_subnet6(c4, c6, choice.subnet()),
+                            &mut self.rng,
+                        )
+                        .map_err(Fatal::Exhausted6)?,
+                    ),
+                };
+                let key = SubnetKey {
+                    v4: Some(choice.subnet()),
+                    v6,
+                };
+                (choice.map(IpNet::V4), key)
+            }
+            // An IPv6-only network: the IPv6 subnet and PublicIPv6 name the host.
+            (None, Some(c6)) => {
+                let choice = choose_subnet(
                     c6,
                     &existing,
-                    p.public_ip,
-                    choice.subnet(),
+                    me,
                     p.previous.and_then(|k| k.v6),
                     &mut self.rng,
                 )
-                .map_err(Fatal::Exhausted6)?,
-            ),
+                .map_err(Fatal::Exhausted6)?;
+                (choice.map(IpNet::V6), SubnetKey::v6(choice.subnet()))
+            }
+            (None, None) => unreachable!("a network config has at least one family"),
         };
-        let key = SubnetKey {
-            v4: choice.subnet(),
-            v6,
-        };
-        let others = also_ours(&existing, p.public_ip, choice.subnet());
+        let others = also_ours(&existing, me, key);
         if !others.is_empty() {
             self.events.push_back(Event::AlsoOurs {
                 subnet: key,
                 others,
             });
         }
-        // The lease now holding our IPv4 subnet: the same key, or (the network just became dual-stack, or
-        // the IPv6 half no longer fits) our lease under its old key, whose etcd lease is revoked once the
-        // new key is written, so the old key goes with it.
+        // The lease now holding the subnet that names us: the same key, or (the network just became
+        // dual-stack, or the IPv6 half no longer fits) our lease under its old key, whose etcd lease is
+        // revoked once the new key is written, so the old key goes with it.
+        let primary = |k: &SubnetKey| match key.v4 {
+            Some(v4) => k.v4 == Some(v4),
+            None => k.v4.is_none() && k.v6 == key.v6,
+        };
         let old = leases
             .iter()
             .find(|l| l.subnet == key)
-            .or_else(|| leases.iter().find(|l| l.subnet.v4 == key.v4));
+            .or_else(|| leases.iter().find(|l| primary(&l.subnet)));
         let same_key = old.is_some_and(|l| l.subnet == key);
         // Keep our VTEP MACs across restarts so peers' neighbour entries stay right.
         let old_attrs = old.and_then(|l| l.attrs.as_ref().ok());
-        let previous_here = p.previous.is_some_and(|k| k.v4 == key.v4);
+        let previous_here = p.previous.as_ref().is_some_and(primary);
         let mac = old_attrs
             .and_then(|a| a.vxlan_data())
             .map(|d| d.vtep_mac)
@@ -492,7 +546,11 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
         if let (Some(_), Some(ip6)) = (&p.config.ipv6, p.public_ipv6) {
             attrs = attrs.with_ipv6(ip6, Some(mac6));
         }
+        if p.config.ipv6_only() {
+            attrs = attrs.without_ipv4();
+        }
         Ok(Claim {
+            exclusive: expect_rev == 0 && old.is_none(),
             reserved,
             choice,
             key,
@@ -516,7 +574,7 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
     }
 
     /// Starts holding `lease`, acquired at `now`.
-    fn hold(&mut self, now: Instant, lease: HeldLease, choice: Choice) -> State {
+    fn hold(&mut self, now: Instant, lease: HeldLease, choice: Choice<IpNet>) -> State {
         self.events.push_back(Event::Acquired {
             choice,
             key: lease.subnet,
@@ -536,10 +594,10 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
         let step = std::mem::replace(&mut h.step, HoldStep::Idle);
         match (step, outcome) {
             (HoldStep::Reading, Outcome::OwnKey(Ok(Some(current)))) => {
-                if !Store::is_ours(&current.attrs, self.params.public_ip) {
+                if !Store::is_ours(&current.attrs, self.params.me()) {
                     return self.fail(Fatal::Stolen {
                         subnet: h.lease.subnet,
-                        holder: current.attrs.as_ref().ok().map(|a| a.public_ip),
+                        holder: current.attrs.as_ref().ok().map(|a| a.owner()),
                     });
                 }
                 h.lease.etcd_lease = current.etcd_lease;
@@ -574,6 +632,7 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
                     attrs: h.lease.attrs.clone(),
                     lease_id: id,
                     expect_rev,
+                    exclusive: false,
                 });
                 h.step = HoldStep::Writing { lease_id: id };
             }

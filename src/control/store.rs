@@ -5,7 +5,7 @@
 //! several costs nothing, and a request fails only when no member answers.
 
 use std::future::Future;
-use std::net::Ipv4Addr;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -333,16 +333,25 @@ impl Store {
     }
 
     /// Writes the lease for `subnet` attached to etcd lease `id`, but only if the key does not exist
-    /// (`expect_rev == 0`) or was last modified at `expect_rev`. Returns false if another host won.
+    /// (`expect_rev == 0`) or was last modified at `expect_rev`; `exclusive`: only if no key at all starts
+    /// with the subnet that names the host (`10.5.60.0-24`, which a dual-stack key with another IPv6 half
+    /// also starts with). Returns false if another host won.
     pub async fn put_lease_if(
         &self,
         subnet: &SubnetKey,
         attrs: &LeaseAttrs,
         id: i64,
         expect_rev: i64,
+        exclusive: bool,
     ) -> Result<bool, StoreError> {
         let key = self.lease_key(subnet);
-        let cmp = if expect_rev == 0 {
+        let cmp = if exclusive && subnet.v4.is_some() {
+            let v4_only = self.lease_key(&SubnetKey {
+                v6: None,
+                ..*subnet
+            });
+            Compare::version(v4_only, CompareOp::Equal, 0).with_prefix()
+        } else if expect_rev == 0 {
             Compare::version(key.clone(), CompareOp::Equal, 0)
         } else {
             Compare::mod_revision(key.clone(), CompareOp::Equal, expect_rev)
@@ -402,9 +411,9 @@ impl Store {
         .await
     }
 
-    /// Whether `attrs` names this host (`public_ip`).
-    pub fn is_ours(attrs: &Result<LeaseAttrs, LeaseValueError>, public_ip: Ipv4Addr) -> bool {
-        matches!(attrs, Ok(a) if a.public_ip == public_ip)
+    /// Whether `attrs` names this host (`me`: `LeaseAttrs::owner` of our lease).
+    pub fn is_ours(attrs: &Result<LeaseAttrs, LeaseValueError>, me: std::net::IpAddr) -> bool {
+        matches!(attrs, Ok(a) if a.owner() == me)
     }
 }
 

@@ -21,10 +21,10 @@ pub enum SubnetEnvError {
 /// The contents of subnet.env.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
-    pub network: Ipv4Net,
-    /// The leased subnet (network address form, e.g. 10.5.72.0/24).
-    pub subnet: Ipv4Net,
-    /// The IPv6 half of a dual-stack network: (IPv6Network, leased IPv6 subnet in network form).
+    /// (Network, the leased subnet in network address form, e.g. 10.5.72.0/24); None on an IPv6-only
+    /// network.
+    pub ipv4: Option<(Ipv4Net, Ipv4Net)>,
+    /// The IPv6 half of a dual-stack or IPv6-only network: (IPv6Network, leased IPv6 subnet in network form).
     pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
     pub mtu: u32,
     pub ipmasq: bool,
@@ -33,13 +33,15 @@ pub struct SubnetEnv {
 impl SubnetEnv {
     /// The file's text, in flannel's order and form (`FLANNEL_SUBNET` is the subnet's .1 address).
     /// IPv6: `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET` (the subnet's ::1) after the IPv4 pair, as flanneld
-    /// writes them.
+    /// writes them; an IPv6-only network has no IPv4 pair.
     pub fn render(&self) -> String {
-        let mut out = format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\n",
-            self.network,
-            bridge_address(&self.subnet)
-        );
+        let mut out = String::new();
+        if let Some((network, subnet)) = self.ipv4 {
+            out.push_str(&format!(
+                "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={}\n",
+                bridge_address(&subnet)
+            ));
+        }
         if let Some((network6, subnet6)) = self.ipv6 {
             out.push_str(&format!(
                 "FLANNEL_IPV6_NETWORK={network6}\nFLANNEL_IPV6_SUBNET={}\n",
@@ -61,12 +63,19 @@ impl SubnetEnv {
                 .map(String::as_str)
                 .ok_or(SubnetEnvError::Missing(k))
         };
-        let network: Ipv4Net = get("FLANNEL_NETWORK")?
-            .parse()
-            .map_err(bad("FLANNEL_NETWORK", "an IPv4 network"))?;
-        let subnet: Ipv4Net = get("FLANNEL_SUBNET")?
-            .parse()
-            .map_err(bad("FLANNEL_SUBNET", "an IPv4 address/length"))?;
+        let ipv4 = match (vars.get("FLANNEL_NETWORK"), vars.get("FLANNEL_SUBNET")) {
+            // An IPv6-only network's file (checked below: it must have the IPv6 pair).
+            (None, None) => None,
+            _ => {
+                let network: Ipv4Net = get("FLANNEL_NETWORK")?
+                    .parse()
+                    .map_err(bad("FLANNEL_NETWORK", "an IPv4 network"))?;
+                let subnet: Ipv4Net = get("FLANNEL_SUBNET")?
+                    .parse()
+                    .map_err(bad("FLANNEL_SUBNET", "an IPv4 address/length"))?;
+                Some((network, subnet.trunc()))
+            }
+        };
         let ipv6 = match (
             vars.get("FLANNEL_IPV6_NETWORK"),
             vars.get("FLANNEL_IPV6_SUBNET"),
@@ -84,6 +93,9 @@ impl SubnetEnv {
             (Some(_), None) => return Err(SubnetEnvError::Missing("FLANNEL_IPV6_SUBNET")),
             (None, Some(_)) => return Err(SubnetEnvError::Missing("FLANNEL_IPV6_NETWORK")),
         };
+        if ipv4.is_none() && ipv6.is_none() {
+            return Err(SubnetEnvError::Missing("FLANNEL_SUBNET"));
+        }
         let mtu: u32 = get("FLANNEL_MTU")?
             .parse()
             .map_err(bad("FLANNEL_MTU", "a number"))?;
@@ -98,8 +110,7 @@ impl SubnetEnv {
             }
         };
         Ok(SubnetEnv {
-            network,
-            subnet: subnet.trunc(),
+            ipv4,
             ipv6,
             mtu,
             ipmasq,
@@ -247,10 +258,14 @@ pub fn docker_opts(
     style: &DockerOptsStyle,
     dockerd: Option<DockerVersion>,
 ) -> String {
-    let mut opts = vec![(
-        "DOCKER_OPT_BIP",
-        format!("--bip={}", bridge_address(&env.subnet)),
-    )];
+    let mut opts = Vec::new();
+    // An IPv6-only network leaves dockerd's IPv4 bridge at its default (host-local) range.
+    if let Some((_, subnet)) = env.ipv4 {
+        opts.push((
+            "DOCKER_OPT_BIP",
+            format!("--bip={}", bridge_address(&subnet)),
+        ));
+    }
     if !style.no_ipmasq {
         opts.push(("DOCKER_OPT_IPMASQ", format!("--ip-masq={}", !env.ipmasq)));
     }
@@ -294,8 +309,10 @@ mod tests {
 
     fn env() -> SubnetEnv {
         SubnetEnv {
-            network: "10.5.0.0/16".parse().unwrap(),
-            subnet: "10.5.72.0/24".parse().unwrap(),
+            ipv4: Some((
+                "10.5.0.0/16".parse().unwrap(),
+                "10.5.72.0/24".parse().unwrap(),
+            )),
             ipv6: None,
             mtu: 1450,
             ipmasq: false,

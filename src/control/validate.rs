@@ -51,19 +51,30 @@ impl InvalidLease {
     pub fn describe(self, cfg: &NetworkConfig) -> String {
         match self {
             InvalidLease::Malformed => "its value is not flannel's lease JSON".into(),
-            InvalidLease::OutsideNetwork => match cfg.ipv6 {
-                None => format!("it lies outside the Network {}", cfg.network),
-                Some(c6) => format!(
+            InvalidLease::OutsideNetwork => match (cfg.ipv4, cfg.ipv6) {
+                (Some(c4), None) => format!("it lies outside the Network {}", c4.network),
+                (Some(c4), Some(c6)) => format!(
                     "it lies outside the Network {} or the IPv6Network {}",
-                    cfg.network, c6.network
+                    c4.network, c6.network
                 ),
+                (None, Some(c6)) => format!(
+                    "it has no IPv6 subnet inside the IPv6Network {} (this network is IPv6-only)",
+                    c6.network
+                ),
+                (None, None) => "this network has no address family".into(),
             },
-            InvalidLease::WrongLength => match cfg.ipv6 {
-                None => format!("it is not a /{} (the network's SubnetLen)", cfg.subnet_len),
-                Some(c6) => format!(
+            InvalidLease::WrongLength => match (cfg.ipv4, cfg.ipv6) {
+                (Some(c4), None) => {
+                    format!("it is not a /{} (the network's SubnetLen)", c4.subnet_len)
+                }
+                (Some(c4), Some(c6)) => format!(
                     "it is not a /{} (SubnetLen) or its IPv6 half not a /{} (IPv6SubnetLen)",
-                    cfg.subnet_len, c6.subnet_len
+                    c4.subnet_len, c6.subnet_len
                 ),
+                (None, Some(c6)) => {
+                    format!("it is not a /{} (the network's IPv6SubnetLen)", c6.subnet_len)
+                }
+                (None, None) => "this network has no address family".into(),
             },
             InvalidLease::OverlapsOwn => "it overlaps this host's own subnet".into(),
             InvalidLease::NoPublicIp => {
@@ -83,8 +94,9 @@ impl InvalidLease {
 
 /// Checks a peer's lease `key` against the network config and this host's own lease key `own`. On a
 /// dual-stack network the IPv6 half, when the lease has one, must fit IPv6Network and carry a usable
-/// PublicIPv6 (and, for vxlan, BackendV6Data); a lease without one is routed over IPv4 only. On an IPv4
-/// network, `key.v6` is expected to be None (the watch drops it: flannel ignores it there).
+/// PublicIPv6 (and, for vxlan, BackendV6Data); a lease without one is routed over IPv4 only. On an
+/// IPv6-only network only the IPv6 half is checked and required. A half of a family the network does not
+/// have is not routed (`NetworkConfig::routed_key`), as flannel ignores it.
 pub fn check_peer_lease(
     cfg: &NetworkConfig,
     own: SubnetKey,
@@ -94,18 +106,31 @@ pub fn check_peer_lease(
     let Ok(a) = attrs else {
         return Err(InvalidLease::Malformed);
     };
-    let subnet = key.v4;
-    if !cfg.network.contains(&subnet) {
+    if let Some(c4) = &cfg.ipv4 {
+        // The IPv4 half names the host on an IPv4 or dual-stack network: a key without one is not ours to
+        // route (flannel's empty 0.0.0.0-0 is outside any Network).
+        let Some(subnet) = key.v4 else {
+            return Err(InvalidLease::OutsideNetwork);
+        };
+        if !c4.network.contains(&subnet) {
+            return Err(InvalidLease::OutsideNetwork);
+        }
+        if subnet.prefix_len() != c4.subnet_len {
+            return Err(InvalidLease::WrongLength);
+        }
+        if own
+            .v4
+            .is_some_and(|o| subnet.contains(&o) || o.contains(&subnet))
+        {
+            return Err(InvalidLease::OverlapsOwn);
+        }
+        if a.public_ip.is_unspecified() || a.public_ip.is_broadcast() || a.public_ip.is_multicast()
+        {
+            return Err(InvalidLease::NoPublicIp);
+        }
+    } else if key.v6.is_none() {
+        // An IPv6-only network routes IPv6 halves only.
         return Err(InvalidLease::OutsideNetwork);
-    }
-    if subnet.prefix_len() != cfg.subnet_len {
-        return Err(InvalidLease::WrongLength);
-    }
-    if subnet.contains(&own.v4) || own.v4.contains(&subnet) {
-        return Err(InvalidLease::OverlapsOwn);
-    }
-    if a.public_ip.is_unspecified() || a.public_ip.is_broadcast() || a.public_ip.is_multicast() {
-        return Err(InvalidLease::NoPublicIp);
     }
     if let (Some(c6), Some(v6)) = (cfg.ipv6, key.v6) {
         if !c6.network.contains(&v6) {
@@ -137,6 +162,8 @@ pub fn check_peer_lease(
             }
             match a.vxlan_data() {
                 Some(d) if d.vni == v.vni => Ok(()),
+                // An IPv6-only network's lease has only BackendV6Data (checked above).
+                _ if cfg.ipv6_only() => Ok(()),
                 _ => Err(InvalidLease::BadBackendData),
             }
         }

@@ -41,7 +41,17 @@ pub(super) async fn start_dataplane(
     if opts.dataplane != DataPlaneMode::None {
         if let Backend::HostGw = cfg.backend {
             // host-gw is routes only, whichever data plane was asked for.
-            let d = start_direct(DirectMode::HostGw, underlay, &shared).await?;
+            let mut d = start_direct(DirectMode::HostGw, underlay, &shared).await?;
+            if cfg.ipv6.is_some() {
+                // The IPv6 halves via each peer's PublicIPv6, as flannel's host-gw does.
+                d.start_v6(
+                    DirectMode::HostGw,
+                    underlay_index(underlay)?,
+                    shared.routes.clone(),
+                )
+                .await
+                .map_err(|e| DaemonError::Direct(e.to_string()))?;
+            }
             return Ok(Some(ActiveDataPlane::Routes(d)));
         }
         if let Backend::Vxlan(v) = &cfg.backend {
@@ -50,7 +60,8 @@ pub(super) async fn start_dataplane(
                     start_direct(DirectMode::VxlanDirect { vni: v.vni }, underlay, &shared).await?;
                 if cfg.ipv6.is_some() {
                     // The IPv6 halves of same-segment peers too, via their PublicIPv6, as flannel.
-                    d.start_v6(v.vni, underlay_index(underlay)?, shared.routes.clone())
+                    let mode = DirectMode::VxlanDirect { vni: v.vni };
+                    d.start_v6(mode, underlay_index(underlay)?, shared.routes.clone())
                         .await
                         .map_err(|e| DaemonError::Direct(e.to_string()))?;
                 }
@@ -122,7 +133,9 @@ pub(super) async fn start_kernel(
     underlay: &Underlay,
     shared: Arc<Shared>,
 ) -> Result<KernelVxlan, DaemonError> {
-    let (Backend::Vxlan(v), Some(d)) = (&cfg.backend, own.attrs.vxlan_data()) else {
+    // An IPv6-only network's lease has only the IPv6 VTEP (there is no flannel.<VNI> then).
+    let vtep = own.attrs.vxlan_data().or(own.attrs.vxlan_v6_data());
+    let (Backend::Vxlan(v), Some(d)) = (&cfg.backend, vtep) else {
         return Err(DaemonError::KernelNeedsVxlan {
             backend: cfg.backend.type_name(),
         });
@@ -166,7 +179,8 @@ pub(super) async fn start_userspace(
     underlay: &Underlay,
     shared: Arc<Shared>,
 ) -> Result<DataPlane, DaemonError> {
-    let encap = match (&cfg.backend, own.attrs.vxlan_data()) {
+    let vtep = own.attrs.vxlan_data().or(own.attrs.vxlan_v6_data());
+    let encap = match (&cfg.backend, vtep) {
         (Backend::Vxlan(v), Some(d)) => Encap::Vxlan {
             vni: v.vni,
             mac: d.vtep_mac,
@@ -180,7 +194,7 @@ pub(super) async fn start_userspace(
         port: cfg.backend.port(),
         local_ip: underlay.local_ip,
         own_subnet: own.subnet,
-        network: cfg.network,
+        network: cfg.ipv4.map(|c| c.network),
         local_ip6: own.subnet6.map(|_| underlay.local_ip6),
         own_subnet6: own.subnet6,
         network6: own.network6,

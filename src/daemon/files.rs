@@ -12,7 +12,7 @@ pub(super) fn read_previous_subnet(path: &Path) -> Option<SubnetKey> {
     let text = std::fs::read_to_string(path).ok()?;
     match SubnetEnv::parse(&text) {
         Ok(env) => Some(SubnetKey {
-            v4: env.subnet,
+            v4: env.ipv4.map(|(_, subnet)| subnet),
             v6: env.ipv6.map(|(_, subnet6)| subnet6),
         }),
         Err(e) => {

@@ -79,7 +79,7 @@ impl<'a> LeaseKeeper<'a> {
             if let Some(held) = self.lifecycle.held() {
                 return Ok(OwnLease {
                     subnet: held.subnet.v4,
-                    network: self.cfg.network,
+                    network: self.cfg.ipv4.map(|c| c.network),
                     subnet6: held.subnet.v6,
                     network6: self.cfg.ipv6.map(|c| c.network),
                     public_ip: self.underlay.public_ip,
@@ -117,9 +117,10 @@ impl<'a> LeaseKeeper<'a> {
                     attrs,
                     lease_id,
                     expect_rev,
+                    exclusive,
                 } => Outcome::Written(
                     store
-                        .put_lease_if(&subnet, &attrs, lease_id, expect_rev)
+                        .put_lease_if(&subnet, &attrs, lease_id, expect_rev, exclusive)
                         .await,
                 ),
                 Action::ReadOwnKey { subnet } => Outcome::OwnKey(store.get_lease(&subnet).await),
@@ -179,16 +180,19 @@ impl<'a> LeaseKeeper<'a> {
                         Choice::Previous(_) => "reclaiming the subnet from the previous subnet.env",
                         Choice::Fresh(_) => "leased a new subnet",
                     };
-                    match (key.v6, self.underlay.public_ipv6) {
-                        (Some(subnet6), Some(ip6)) => {
-                            info!(subnet = %key.v4, %subnet6, public_ip = %self.underlay.public_ip, public_ipv6 = %ip6, "{how}")
+                    match (key.v4, key.v6, self.underlay.public_ipv6) {
+                        (Some(subnet), Some(subnet6), Some(ip6)) => {
+                            info!(%subnet, %subnet6, public_ip = %self.underlay.public_ip, public_ipv6 = %ip6, "{how}")
                         }
-                        _ => info!(subnet = %key.v4, public_ip = %self.underlay.public_ip, "{how}"),
+                        (None, Some(subnet6), Some(ip6)) => {
+                            info!(%subnet6, public_ipv6 = %ip6, "{how} (IPv6-only network)")
+                        }
+                        _ => info!(subnet = %key, public_ip = %self.underlay.public_ip, "{how}"),
                     }
                 }
                 Event::AlsoOurs { subnet, others } => {
                     let others: Vec<String> = others.iter().map(|n| n.to_string()).collect();
-                    warn!(subnet = %subnet, public_ip = %self.underlay.public_ip,
+                    warn!(subnet = %subnet, public_ip = %self.lifecycle.me(),
                         "other leases carry our public IP too: {}; keeping {subnet} (the subnet dockerd uses) and leaving them alone. If they are stale, delete them (weft leases shows them)",
                         others.join(", "));
                 }

@@ -78,7 +78,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let result = tokio::select! {
         r = main => r,
         _ = shutdown_signal() => {
-            let subnet = shared.own.lock().expect("own lock").as_ref().map(|o| o.subnet);
+            let subnet = shared.own.lock().expect("own lock").as_ref().map(|o| o.key());
             match subnet {
                 Some(s) => info!(subnet = %s, "stopping; keeping the lease so a restart gets the same subnet"),
                 None => info!("stopping"),
@@ -142,7 +142,7 @@ async fn control_plane(
     renew_every: Duration,
 ) -> Result<(), DaemonError> {
     let state_file = SavedState::path_for(&opts.subnet_file);
-    let saved = SavedState::load(&state_file, underlay.public_ip);
+    let saved = SavedState::load(&state_file, underlay.public_ip, underlay.public_ipv6);
     // With a saved state, an unreachable etcd does not keep the host off the overlay: come up from what
     // we last knew, then reconcile with etcd when it answers.
     let offline = match &saved {
@@ -152,7 +152,7 @@ async fn control_plane(
                 warn!(
                     "etcd is unreachable ({e}); starting from the state saved at {}: subnet {}, {} peers. Reconciling with etcd when it answers",
                     state_file.display(),
-                    s.subnet,
+                    s.key(),
                     s.peers.len()
                 );
                 true
@@ -165,7 +165,7 @@ async fn control_plane(
         let (s, cfg) = saved.clone().expect("offline only with a saved state");
         let own = OwnLease {
             subnet: s.subnet,
-            network: cfg.network,
+            network: cfg.ipv4.map(|c| c.network),
             subnet6: s.subnet6,
             network6: cfg.ipv6.map(|c| c.network),
             public_ip: underlay.public_ip,
@@ -213,7 +213,7 @@ async fn control_plane(
             own
         }
     };
-    info!(network = %cfg.network, backend = cfg.backend.type_name(), "network config read");
+    info!(network = %cfg.ipv4.map(|c| c.network.to_string()).unwrap_or_else(|| "none (IPv6-only)".into()), ipv6_network = %cfg.ipv6.map(|c| c.network.to_string()).unwrap_or_else(|| "none".into()), backend = cfg.backend.type_name(), "network config read");
     for option in cfg.backend.unsupported_options() {
         warn!("the network config sets {option}, which weft does not support yet; it is ignored");
     }
@@ -227,10 +227,10 @@ async fn control_plane(
         Some(ActiveDataPlane::Routes(_)) => "host-gw",
         None => "none",
     };
-    if opts.blackhole_route {
-        match crate::host::netlink::add_blackhole(own.subnet) {
-            Ok(()) => info!(subnet = %own.subnet, "blackhole route for our subnet in place (--ip-blackhole-route)"),
-            Err(e) => warn!("cannot add the blackhole route for {} ({e}); traffic to unused addresses of our subnet follows the other routes", own.subnet),
+    if let (true, Some(subnet)) = (opts.blackhole_route, own.subnet) {
+        match crate::host::netlink::add_blackhole(subnet) {
+            Ok(()) => info!(subnet = %subnet, "blackhole route for our subnet in place (--ip-blackhole-route)"),
+            Err(e) => warn!("cannot add the blackhole route for {subnet} ({e}); traffic to unused addresses of our subnet follows the other routes"),
         }
     }
     if opts.ip_masq || opts.forward_rules {
@@ -239,7 +239,10 @@ async fn control_plane(
             forward: opts.forward_rules,
             random_fully: opts.masq_random_fully,
         };
-        let mut nets = vec![(cfg.network.into(), own.subnet.into())];
+        let mut nets = Vec::new();
+        if let (Some(n4), Some(s4)) = (own.network, own.subnet) {
+            nets.push((n4.into(), s4.into()));
+        }
         if let (Some(n6), Some(s6)) = (own.network6, own.subnet6) {
             nets.push((n6.into(), s6.into()));
         }
@@ -247,8 +250,7 @@ async fn control_plane(
         *shared.masq.lock().expect("masq lock") = Some(m);
     }
     let env = SubnetEnv {
-        network: cfg.network,
-        subnet: own.subnet,
+        ipv4: own.network.zip(own.subnet),
         ipv6: own.network6.zip(own.subnet6),
         mtu: own.mtu,
         ipmasq: opts.ip_masq,
@@ -259,7 +261,7 @@ async fn control_plane(
             source,
         }
     })?;
-    info!(file = %opts.subnet_file.display(), subnet = %own.subnet, mtu = own.mtu, "wrote subnet.env");
+    info!(file = %opts.subnet_file.display(), subnet = %own.key(), mtu = own.mtu, "wrote subnet.env");
     *shared.own.lock().expect("own lock") = Some(own.clone());
     shared.ready.store(true, Ordering::Relaxed);
     notify_systemd_ready();
@@ -294,7 +296,7 @@ async fn control_plane(
                     file: opts.subnet_file.display().to_string(),
                 });
             }
-            info!(subnet = %own.subnet, "etcd answers again; holding the same subnet there");
+            info!(subnet = %own.key(), "etcd answers again; holding the same subnet there");
             *shared.own.lock().expect("own lock") = Some(held);
             k
         }
@@ -311,7 +313,7 @@ async fn control_plane(
         shared.clone(),
         cfg.clone(),
         own.key(),
-        own.public_ip,
+        own.attrs.owner(),
         saver,
     ));
     tokio::select! {

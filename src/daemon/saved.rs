@@ -1,7 +1,7 @@
 //! What weft last knew, saved next to subnet.env so that a restart during an etcd outage comes up forwarding:
 //! the network config, our lease and the peers of the route table.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -19,7 +19,9 @@ use super::files::write_atomically;
 pub struct SavedState {
     /// The network config's JSON text as etcd held it.
     pub config: String,
-    pub subnet: Ipv4Net,
+    /// Our IPv4 subnet (None on an IPv6-only network).
+    #[serde(default)]
+    pub subnet: Option<Ipv4Net>,
     /// Our IPv6 subnet, on a dual-stack network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<ipnet::Ipv6Net>,
@@ -34,8 +36,21 @@ impl SavedState {
         subnet_file.with_extension("weft-state.json")
     }
 
-    /// Reads the saved state if it is there, readable, and ours (`public_ip`); says why when it is not used.
-    pub fn load(path: &Path, public_ip: Ipv4Addr) -> Option<(SavedState, NetworkConfig)> {
+    /// Our lease key.
+    pub fn key(&self) -> crate::control::lease::SubnetKey {
+        crate::control::lease::SubnetKey {
+            v4: self.subnet,
+            v6: self.subnet6,
+        }
+    }
+
+    /// Reads the saved state if it is there, readable, and ours (its lease names `public_ip`, or on an
+    /// IPv6-only network `public_ipv6`); says why when it is not used.
+    pub fn load(
+        path: &Path,
+        public_ip: Ipv4Addr,
+        public_ipv6: Option<Ipv6Addr>,
+    ) -> Option<(SavedState, NetworkConfig)> {
         let text = std::fs::read_to_string(path).ok()?;
         let parsed = serde_json::from_str::<SavedState>(&text)
             .map_err(|e| e.to_string())
@@ -44,8 +59,11 @@ impl SavedState {
                 Ok((s, cfg))
             });
         match parsed {
-            Ok((s, _)) if s.lease.public_ip != public_ip => {
-                warn!(file = %path.display(), "ignoring the saved state: it belongs to public IP {}", s.lease.public_ip);
+            Ok((s, _))
+                if s.lease.owner() != IpAddr::V4(public_ip)
+                    && public_ipv6.map(IpAddr::V6) != Some(s.lease.owner()) =>
+            {
+                warn!(file = %path.display(), "ignoring the saved state: it belongs to public IP {}", s.lease.owner());
                 None
             }
             Ok(x) => Some(x),
@@ -78,12 +96,12 @@ mod tests {
         let me = Ipv4Addr::new(192, 0, 2, 1);
         let s = SavedState {
             config: r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#.into(),
-            subnet: "10.5.7.0/24".parse().unwrap(),
+            subnet: Some("10.5.7.0/24".parse().unwrap()),
             subnet6: None,
             lease: LeaseAttrs::vxlan(me, 1, "02:00:00:00:00:07".parse().unwrap()),
             peers: vec![Peer {
                 v6: None,
-                subnet: "10.5.8.0/24".parse().unwrap(),
+                subnet: Some("10.5.8.0/24".parse().unwrap()),
                 public_ip: Ipv4Addr::new(192, 0, 2, 2),
                 backend: PeerBackend::Vxlan {
                     vni: 1,
@@ -92,11 +110,14 @@ mod tests {
             }],
         };
         s.save(&path);
-        let (back, cfg) = SavedState::load(&path, me).unwrap();
+        let (back, cfg) = SavedState::load(&path, me, None).unwrap();
         assert_eq!(back, s);
-        assert_eq!(cfg.network, "10.5.0.0/16".parse::<Ipv4Net>().unwrap());
-        assert!(SavedState::load(&path, Ipv4Addr::new(192, 0, 2, 9)).is_none());
+        assert_eq!(
+            cfg.ipv4.unwrap().network,
+            "10.5.0.0/16".parse::<Ipv4Net>().unwrap()
+        );
+        assert!(SavedState::load(&path, Ipv4Addr::new(192, 0, 2, 9), None).is_none());
         std::fs::write(&path, "{").unwrap();
-        assert!(SavedState::load(&path, me).is_none());
+        assert!(SavedState::load(&path, me, None).is_none());
     }
 }

@@ -19,8 +19,9 @@ use crate::routes::RouteTable;
 /// This host's lease as held by the running daemon.
 #[derive(Debug, Clone)]
 pub struct OwnLease {
-    pub subnet: Ipv4Net,
-    pub network: Ipv4Net,
+    /// The IPv4 subnet and Network; None on an IPv6-only network.
+    pub subnet: Option<Ipv4Net>,
+    pub network: Option<Ipv4Net>,
     /// The IPv6 subnet and IPv6Network of a dual-stack network.
     pub subnet6: Option<Ipv6Net>,
     pub network6: Option<Ipv6Net>,

@@ -1,6 +1,6 @@
 //! The peer watch: mirrors the other hosts' leases in etcd into the route table.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ pub(super) async fn watch_peers(
     shared: Arc<Shared>,
     cfg: NetworkConfig,
     own_subnet: SubnetKey,
-    own_ip: Ipv4Addr,
+    own_ip: IpAddr,
     saver: StateSaver,
 ) {
     let mut cursor = WatchCursor::new();
@@ -204,11 +204,9 @@ impl Invalid {
         match check_peer_lease(cfg, own, l.subnet, &l.attrs) {
             Ok(()) => {
                 self.keys.remove(&l.subnet);
-                // On an IPv4-only network the IPv6 half of a key is not routed (as flannel ignores it).
-                l.attrs
-                    .as_ref()
-                    .ok()
-                    .map(|a| Peer::from_lease(cfg.routed_key(l.subnet), a))
+                // A half of a family the network does not have is not routed (as flannel ignores it).
+                let key = cfg.routed_key(l.subnet)?;
+                l.attrs.as_ref().ok().map(|a| Peer::from_lease(key, a))
             }
             Err(why) => {
                 let known = self.previous.get(&l.subnet) == Some(&why);

@@ -36,10 +36,10 @@ pub struct DataPlaneConfig {
     pub port: u16,
     /// The underlay address to bind (the interface's address, which may differ from a NAT public IP).
     pub local_ip: Ipv4Addr,
-    /// This host's leased subnet.
-    pub own_subnet: Ipv4Net,
-    /// The whole overlay network, routed to the tun device.
-    pub network: Ipv4Net,
+    /// This host's leased subnet (None on an IPv6-only network).
+    pub own_subnet: Option<Ipv4Net>,
+    /// The whole overlay network, routed to the tun device (None on an IPv6-only network).
+    pub network: Option<Ipv4Net>,
     /// On a dual-stack network: the IPv6 underlay address to bind, our IPv6 subnet and the IPv6Network
     /// (routed to the tun device too).
     pub local_ip6: Option<std::net::Ipv6Addr>,
@@ -104,7 +104,7 @@ pub enum DataPlaneError {
     },
     #[error("cannot route {network} to {name}: {reason}")]
     Route {
-        network: Ipv4Net,
+        network: ipnet::IpNet,
         name: String,
         reason: String,
     },
@@ -318,17 +318,19 @@ impl DataPlane {
 fn wg_leases(
     snap: &crate::routes::RouteSnapshot,
 ) -> impl Iterator<Item = crate::wireguard::node::PeerLease> + '_ {
-    snap.peers().iter().filter_map(|p| match p.backend {
-        crate::routes::PeerBackend::WireGuard { public_key, port } => {
-            Some(crate::wireguard::node::PeerLease {
-                subnet: p.subnet,
-                public_ip: p.public_ip,
-                key: public_key,
-                port,
-            })
-        }
-        _ => None,
-    })
+    snap.peers()
+        .iter()
+        .filter_map(|p| match (p.backend, p.subnet) {
+            (crate::routes::PeerBackend::WireGuard { public_key, port }, Some(subnet)) => {
+                Some(crate::wireguard::node::PeerLease {
+                    subnet,
+                    public_ip: p.public_ip,
+                    key: public_key,
+                    port,
+                })
+            }
+            _ => None,
+        })
 }
 
 /// Makes the WireGuard node's peers those of the route table, and says what changed.

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
@@ -21,10 +21,13 @@ pub fn create(cfg: &DataPlaneConfig, queues: usize) -> Result<Vec<SyncDevice>, D
     };
     let mtu = u16::try_from(cfg.mtu).unwrap_or(u16::MAX);
     let build = |offload: bool| {
-        DeviceBuilder::new()
-            .name(&cfg.tun_name)
-            .ipv4(cfg.own_subnet.network(), 32u8, None)
-            .mtu(mtu)
+        let b = DeviceBuilder::new().name(&cfg.tun_name);
+        // An IPv6-only network's tun has only its IPv6 address (given after creation).
+        let b = match cfg.own_subnet {
+            Some(own) => b.ipv4(own.network(), 32u8, None),
+            None => b,
+        };
+        b.mtu(mtu)
             .multi_queue(queues > 1)
             .offload(offload)
             .build_sync()
@@ -74,12 +77,25 @@ pub fn create(cfg: &DataPlaneConfig, queues: usize) -> Result<Vec<SyncDevice>, D
 /// Routes the whole overlay network to the tun device (the host's own subnet stays on the container
 /// bridge, whose /len route is more specific); returns the device's index.
 pub async fn route_network(cfg: &DataPlaneConfig) -> Result<u32, DataPlaneError> {
-    let err = |reason: String| DataPlaneError::Route {
-        network: cfg.network,
-        name: cfg.tun_name.clone(),
-        reason,
+    let err = |network: IpNet| {
+        let name = cfg.tun_name.clone();
+        move |reason: String| DataPlaneError::Route {
+            network,
+            name,
+            reason,
+        }
     };
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| err(e.to_string()))?;
+    // The first family's network names a failure to reach the device at all.
+    let first: IpNet = match (cfg.network, cfg.network6) {
+        (Some(n), _) => n.into(),
+        (None, Some(n6)) => n6.into(),
+        (None, None) => {
+            return Err(err(IpNet::V4(Ipv4Net::default()))(
+                "no network to route".into(),
+            ))
+        }
+    };
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| err(first)(e.to_string()))?;
     let task = tokio::spawn(conn);
     let result = async {
         let link = handle
@@ -89,24 +105,26 @@ pub async fn route_network(cfg: &DataPlaneConfig) -> Result<u32, DataPlaneError>
             .execute()
             .try_next()
             .await
-            .map_err(|e| err(e.to_string()))?
-            .ok_or_else(|| err("the device vanished".into()))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(cfg.network.network(), cfg.network.prefix_len())
-            .output_interface(link.header.index)
-            .pref_source(cfg.own_subnet.network())
-            .build();
-        handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(first)(e.to_string()))?
+            .ok_or_else(|| err(first)("the device vanished".into()))?;
+        if let (Some(net), Some(own)) = (cfg.network, cfg.own_subnet) {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.network(), net.prefix_len())
+                .output_interface(link.header.index)
+                .pref_source(own.network())
+                .build();
+            handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| err(net.into())(e.to_string()))?;
+        }
         if let (Some(net6), Some(own6)) = (cfg.network6, cfg.own_subnet6) {
             add_ipv6(&handle, link.header.index, own6.network())
                 .await
-                .map_err(err)?;
+                .map_err(err(net6.into()))?;
             let route = RouteMessageBuilder::<Ipv6Addr>::new()
                 .destination_prefix(net6.network(), net6.prefix_len())
                 .output_interface(link.header.index)
@@ -118,7 +136,7 @@ pub async fn route_network(cfg: &DataPlaneConfig) -> Result<u32, DataPlaneError>
                 .replace()
                 .execute()
                 .await
-                .map_err(|e| err(format!("routing {net6} to the tun device: {e}")))?;
+                .map_err(|e| err(net6.into())(e.to_string()))?;
         }
         Ok(link.header.index)
     }
@@ -225,7 +243,31 @@ async fn reconcile_on(
             state.repaired.push("MTU");
         }
     }
-    let ip = cfg.own_subnet.network();
+    if let (Some(net), Some(own)) = (cfg.network, cfg.own_subnet) {
+        repair_ipv4(handle, index, cfg, net, own.network(), &mut state).await?;
+    }
+    if let (Some(net6), Some(own6)) = (cfg.network6, cfg.own_subnet6) {
+        if add_ipv6(handle, index, own6.network()).await? {
+            state.repaired.push("IPv6 address");
+        }
+        let has_route6 = routed_to(handle, index, net6.into()).await?;
+        if !has_route6 {
+            route_network(cfg).await.map_err(|e| e.to_string())?;
+            state.repaired.push("IPv6 route");
+        }
+    }
+    Ok(state)
+}
+
+/// Puts back the tun device's `<subnet>.0/32` and the Network's route, if gone.
+async fn repair_ipv4(
+    handle: &Handle,
+    index: u32,
+    cfg: &DataPlaneConfig,
+    net: Ipv4Net,
+    ip: Ipv4Addr,
+    state: &mut TunState,
+) -> Result<(), String> {
     let mut addrs = handle
         .address()
         .get()
@@ -251,22 +293,12 @@ async fn reconcile_on(
             .map_err(|e| format!("adding {ip}/32 to the tun device: {e}"))?;
         state.repaired.push("address");
     }
-    let has_route = routed_to(handle, index, cfg.network.into()).await?;
+    let has_route = routed_to(handle, index, net.into()).await?;
     if !has_route {
         route_network(cfg).await.map_err(|e| e.to_string())?;
         state.repaired.push("route");
     }
-    if let (Some(net6), Some(own6)) = (cfg.network6, cfg.own_subnet6) {
-        if add_ipv6(handle, index, own6.network()).await? {
-            state.repaired.push("IPv6 address");
-        }
-        let has_route6 = routed_to(handle, index, net6.into()).await?;
-        if !has_route6 {
-            route_network(cfg).await.map_err(|e| e.to_string())?;
-            state.repaired.push("IPv6 route");
-        }
-    }
-    Ok(state)
+    Ok(())
 }
 
 /// Whether the main table routes `net` (either family) to device `index`.

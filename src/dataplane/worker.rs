@@ -612,7 +612,7 @@ impl DatagramSink for TunSink<'_> {
                     |to, m| replies.push((to, m.to_vec())),
                     |packet| {
                         let ip = crate::wire::ipv4::parse(packet).ok_or(DropReason::Truncated)?;
-                        if !own.contains(&ip.dst) {
+                        if !own.is_some_and(|o| o.contains(&ip.dst)) {
                             return Err(DropReason::NotForUs);
                         }
                         let packet = &mut packet[..ip.total_len];

@@ -96,11 +96,11 @@ impl DirectRoutes {
         Ok(DirectRoutes { task, task6: None })
     }
 
-    /// Adds vxlan DirectRouting for the IPv6 halves of dual-stack peers of `vni`: applies their direct
-    /// routes now and keeps reconciling them.
+    /// Adds the IPv6 halves of dual-stack (or IPv6-only) peers in `mode` (host-gw, or vxlan DirectRouting):
+    /// applies their direct routes now and keeps reconciling them.
     pub async fn start_v6(
         &mut self,
-        vni: u32,
+        mode: DirectMode,
         underlay_index: u32,
         routes: Arc<RouteTable>,
     ) -> Result<(), ReconcileError> {
@@ -108,11 +108,11 @@ impl DirectRoutes {
         let conn_task = tokio::spawn(conn);
         let mut r = Reconciler6 {
             handle,
-            vni,
+            mode,
             underlay_index,
         };
         r.reconcile(&routes).await?;
-        info!(vni, "IPv6 direct routes up");
+        info!(?mode, "IPv6 direct routes up");
         self.task6 = Some(super::keep_reconciling(r, routes, conn_task));
         Ok(())
     }
@@ -157,10 +157,11 @@ impl Reconciler {
     }
 }
 
-/// The IPv6 twin of [`Reconciler`] for vxlan's DirectRouting.
+/// The IPv6 twin of [`Reconciler`]. Peers whose IPv6 address is off our segment keep no IPv6 route (the
+/// IPv4 reconciler reports a host-gw peer off the segment).
 struct Reconciler6 {
     handle: Handle,
-    vni: u32,
+    mode: DirectMode,
     underlay_index: u32,
 }
 
@@ -176,8 +177,8 @@ impl super::Reconcile for Reconciler6 {
 impl Reconciler6 {
     async fn reconcile(&mut self, routes: &RouteTable) -> Result<(), ReconcileError> {
         let peers = routes.load().peers().to_vec();
-        let (vni, index) = (self.vni, self.underlay_index);
-        let want = tokio::task::spawn_blocking(move || plan6(&peers, vni, |ip| reach6(ip, index)))
+        let (mode, index) = (self.mode, self.underlay_index);
+        let want = tokio::task::spawn_blocking(move || plan6(&peers, mode, |ip| reach6(ip, index)))
             .await
             .map_err(|e| ReconcileError::Socket(std::io::Error::other(e)))?;
         apply(&self.handle, index, &want).await

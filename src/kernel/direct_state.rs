@@ -56,14 +56,14 @@ pub fn plan(
             (DirectMode::VxlanDirect { vni }, PeerBackend::Vxlan { vni: v, .. }) => v == vni,
             _ => false,
         };
-        if !wanted {
+        let Some(subnet) = peer.subnet.filter(|_| wanted) else {
             continue;
-        }
+        };
         match reach(peer.public_ip) {
             Reach::OnLink => {
-                p.routes.insert((peer.subnet, peer.public_ip));
+                p.routes.insert((subnet, peer.public_ip));
             }
-            r if mode == DirectMode::HostGw => p.unroutable.push((peer.subnet, peer.public_ip, r)),
+            r if mode == DirectMode::HostGw => p.unroutable.push((subnet, peer.public_ip, r)),
             _ => {}
         }
     }
@@ -74,18 +74,20 @@ pub fn plan(
 /// is on our segment (`on_link` says so) get `<IPv6 subnet> via <PublicIPv6>`; the others keep VXLAN.
 pub fn plan6(
     peers: &[Peer],
-    vni: u32,
+    mode: DirectMode,
     mut on_link: impl FnMut(Ipv6Addr) -> bool,
 ) -> BTreeSet<Route6> {
     let mut routes = BTreeSet::new();
     for p in peers {
-        let (PeerBackend::Vxlan { vni: v, .. }, Some(v6)) = (p.backend, p.v6) else {
+        let wanted = match (mode, p.backend) {
+            (DirectMode::HostGw, PeerBackend::HostGw) => true,
+            (DirectMode::VxlanDirect { vni }, PeerBackend::Vxlan { vni: v, .. }) => v == vni,
+            _ => false,
+        };
+        let Some((v6, ip)) = p.v6.and_then(|v6| Some((v6, v6.public_ip?))) else {
             continue;
         };
-        let Some(ip) = v6.public_ip else {
-            continue;
-        };
-        if v == vni && on_link(ip) {
+        if wanted && on_link(ip) {
             routes.insert((v6.subnet, ip));
         }
     }
@@ -112,7 +114,7 @@ mod tests {
     fn peer(subnet: &str, ip: [u8; 4], backend: PeerBackend) -> Peer {
         Peer {
             v6: None,
-            subnet: subnet.parse().unwrap(),
+            subnet: Some(subnet.parse().unwrap()),
             public_ip: Ipv4Addr::from(ip),
             backend,
         }
@@ -216,9 +218,35 @@ mod tests {
         ];
         let on_link = |ip: Ipv6Addr| ip.segments()[0] == 0xfd00;
         assert_eq!(
-            plan6(&peers, 1, on_link).into_iter().collect::<Vec<_>>(),
+            plan6(&peers, DirectMode::VxlanDirect { vni: 1 }, on_link)
+                .into_iter()
+                .collect::<Vec<_>>(),
             vec![("fc00::1:0/112".parse().unwrap(), "fd00::1".parse().unwrap())]
         );
+        // host-gw takes host-gw peers only, IPv6-only ones (no IPv4 subnet) too.
+        let hg = |s6: &str, ip6: &str| Peer {
+            subnet: None,
+            v6: Some(crate::routes::PeerV6 {
+                subnet: s6.parse().unwrap(),
+                public_ip: Some(ip6.parse().unwrap()),
+                vtep_mac: None,
+            }),
+            ..peer("10.5.9.0/24", [0, 0, 0, 0], PeerBackend::HostGw)
+        };
+        let peers = [
+            hg("fc00::7:0/112", "fd00::7"),
+            hg("fc00::8:0/112", "2001:db8::8"),
+            peers[0],
+        ];
+        assert_eq!(
+            plan6(&peers, DirectMode::HostGw, on_link)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![("fc00::7:0/112".parse().unwrap(), "fd00::7".parse().unwrap())]
+        );
+        assert!(plan(&peers, DirectMode::HostGw, |_| Reach::OnLink)
+            .routes
+            .is_empty());
     }
 
     #[test]

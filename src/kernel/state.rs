@@ -48,7 +48,7 @@ impl Family for Ipv4Addr {
         desired(peers, vni)
     }
     fn subnet_of(p: &Peer) -> Option<Ipv4Net> {
-        Some(p.subnet)
+        p.subnet
     }
 }
 
@@ -106,13 +106,14 @@ pub fn desired(peers: &[Peer], vni: u32) -> VxlanEntries {
     let mut d = VxlanEntries::default();
     for p in peers {
         if let PeerBackend::Vxlan { vni: v, vtep_mac } = p.backend {
-            if v != vni {
+            // IPv6-only peers have no IPv4 half.
+            let Some(subnet) = p.subnet.filter(|_| v == vni) else {
                 continue;
-            }
-            let gw = p.subnet.network();
+            };
+            let gw = subnet.network();
             d.neighbours.insert((gw, vtep_mac));
             d.fdb.insert((vtep_mac, p.public_ip));
-            d.routes.insert((p.subnet, gw));
+            d.routes.insert((subnet, gw));
         }
     }
     d
@@ -255,7 +256,7 @@ mod tests {
     fn peer(s: &str, ip: [u8; 4], mac: u8, vni: u32) -> Peer {
         Peer {
             v6: None,
-            subnet: s.parse().unwrap(),
+            subnet: Some(s.parse().unwrap()),
             public_ip: Ipv4Addr::from(ip),
             backend: PeerBackend::Vxlan {
                 vni,
@@ -272,7 +273,7 @@ mod tests {
                 peer("10.5.3.0/24", [192, 0, 2, 3], 3, 7),
                 Peer {
                     v6: None,
-                    subnet: "10.5.4.0/24".parse().unwrap(),
+                    subnet: Some("10.5.4.0/24".parse().unwrap()),
                     public_ip: Ipv4Addr::new(192, 0, 2, 4),
                     backend: PeerBackend::Udp,
                 },

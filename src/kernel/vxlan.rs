@@ -37,7 +37,8 @@ pub struct KernelVxlanConfig {
     pub underlay_iface: String,
     pub mac: MacAddr,
     pub mtu: u32,
-    pub own_subnet: Ipv4Net,
+    /// Our IPv4 subnet; None on an IPv6-only network, which has no `flannel.<VNI>`.
+    pub own_subnet: Option<Ipv4Net>,
     /// DirectRouting: peers on our layer-2 segment are left to the direct routes (`kernel::direct`).
     pub direct_routing: bool,
     /// A dual-stack network: the IPv6 device too.
@@ -143,14 +144,16 @@ impl KernelVxlan {
         routes: Arc<RouteTable>,
     ) -> Result<KernelVxlan, KernelVxlanError> {
         let mut k = KernelVxlan { tasks: Vec::new() };
-        let v4 = Device {
-            name: cfg.device_name(),
-            local: cfg.local_ip.into(),
-            mac: cfg.mac,
-            own: cfg.own_subnet.network(),
-            direct_routing: cfg.direct_routing,
-        };
-        k.tasks.push(start_device(v4, &cfg, &routes).await?);
+        if let Some(own) = cfg.own_subnet {
+            let v4 = Device {
+                name: cfg.device_name(),
+                local: cfg.local_ip.into(),
+                mac: cfg.mac,
+                own: own.network(),
+                direct_routing: cfg.direct_routing,
+            };
+            k.tasks.push(start_device(v4, &cfg, &routes).await?);
+        }
         if let Some(c6) = cfg.ipv6 {
             let v6 = Device {
                 name: cfg.device_name6(),
@@ -550,7 +553,8 @@ impl NetlinkFamily for Ipv6Addr {
             .build()
     }
     fn direct_subnets(peers: &[Peer], vni: u32, underlay_index: u32) -> BTreeSet<Ipv6Net> {
-        direct_state::plan6(peers, vni, |ip| direct::reach6(ip, underlay_index))
+        let mode = direct_state::DirectMode::VxlanDirect { vni };
+        direct_state::plan6(peers, mode, |ip| direct::reach6(ip, underlay_index))
             .into_iter()
             .map(|(net, _)| net)
             .collect()

@@ -19,8 +19,11 @@ pub trait StatusSource: Send + Sync + 'static {
 /// This host's lease as `/status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaseStatus {
-    pub subnet: Ipv4Net,
-    pub network: Ipv4Net,
+    /// The IPv4 subnet and Network (absent on an IPv6-only network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Ipv4Net>,
     pub public_ip: Ipv4Addr,
     /// The IPv6 half of a dual-stack network.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -45,7 +45,8 @@ impl Encap {
 #[derive(Debug, Clone, Copy)]
 pub struct Inbound {
     /// Our leased subnet: inner destinations must lie in it.
-    pub own: Ipv4Net,
+    /// Our IPv4 subnet (None on an IPv6-only network: inner IPv4 is then not for us).
+    pub own: Option<Ipv4Net>,
     /// Our leased IPv6 subnet: inner IPv6 destinations must lie in it. None where IPv6 is not enabled
     /// (inner IPv6 is then dropped as `NotIpv4`).
     pub own6: Option<Ipv6Net>,
@@ -121,7 +122,10 @@ impl Inbound {
         };
         let inner = &payload[start..];
         let len = match family {
-            InnerFamily::V4 => check_inner_from(routes, self.own, src, peer_subnet, inner)?,
+            InnerFamily::V4 => {
+                let own = self.own.ok_or(DropReason::NotForUs)?;
+                check_inner_from(routes, own, src, peer_subnet, inner)?
+            }
             InnerFamily::V6 => {
                 let own6 = self.own6.ok_or(DropReason::NotIpv4)?;
                 if peer_subnet.is_some() {
@@ -172,7 +176,7 @@ mod tests {
         let mut got = Vec::new();
         let mut scratch = [0u8; 1450];
         let rx = Inbound {
-            own: "10.5.1.0/24".parse().unwrap(),
+            own: Some("10.5.1.0/24".parse().unwrap()),
             own6: None,
             encap: Encap::Vxlan {
                 vni: 1,
@@ -231,7 +235,7 @@ mod tests {
     #[test]
     fn random_input_never_panics() {
         let r = routes();
-        let own = "10.5.1.0/24".parse().unwrap();
+        let own = Some("10.5.1.0/24".parse().unwrap());
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
         let seed = {
             let mut p = vec![0u8; VXLAN_ENCAP];
@@ -283,7 +287,7 @@ mod tests {
 
     fn dual(encap: Encap) -> Inbound {
         Inbound {
-            own: "10.5.1.0/24".parse().unwrap(),
+            own: Some("10.5.1.0/24".parse().unwrap()),
             own6: Some("fc00:0:0:1::/64".parse().unwrap()),
             encap,
             mtu: 1450,

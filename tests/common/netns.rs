@@ -317,9 +317,30 @@ impl Bed {
 
     /// Waits until container `from` reaches IPv6 address `to` by ping.
     pub fn wait_ping6(&self, from: usize, to: Ipv6Addr, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.ping6_once(from, to) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut why = String::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            let r = exec(&h.ns.name, "ip", &["-6", "route"]);
+            let n = exec(&h.ns.name, "ip", &["-6", "neigh"]);
+            why.push_str(&format!(
+                "--- host {}: routes\n{}neigh\n{}",
+                i + 1,
+                String::from_utf8_lossy(&r.stdout),
+                String::from_utf8_lossy(&n.stdout)
+            ));
+            if let Some(w) = &h.weft {
+                why.push_str(&format!("status\n{}\nlog\n{}\n", w.status_text(), w.log()));
+            }
+        }
         wait_for(
-            &format!("container {} to ping {to}", from + 1),
-            timeout,
+            &format!("container {} to ping {to}\n{why}", from + 1),
+            Duration::ZERO,
             || {
                 exec(
                     &self.container_ns(from),

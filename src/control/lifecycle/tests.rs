@@ -77,6 +77,7 @@ fn put_if(m: &mut LeaseLifecycle<StdRng>) -> (SubnetKey, LeaseAttrs, i64, i64) {
             attrs,
             lease_id,
             expect_rev,
+            ..
         } => (subnet, attrs, lease_id, expect_rev),
         other => panic!("expected PutIf, got {other:?}"),
     }
@@ -138,7 +139,7 @@ fn fresh_subnet_is_created_only_if_absent() {
     m.handle(t, Outcome::Granted(Ok(7)));
     let (subnet, attrs, id, expect) = put_if(&mut m);
     assert_eq!((id, expect), (7, 0));
-    assert_eq!(subnet.v4.prefix_len(), 24);
+    assert_eq!(subnet.v4.unwrap().prefix_len(), 24);
     assert_ne!(subnet, net("10.5.0.0/24"), "the first subnet is skipped");
     assert_eq!(attrs.public_ip, ME);
     assert!(attrs.vxlan_data().is_some());
@@ -146,7 +147,9 @@ fn fresh_subnet_is_created_only_if_absent() {
     assert_eq!(m.poll_action(), None);
     let ev = events(&mut m);
     assert!(matches!(ev[0], Event::EtcdUp));
-    assert!(matches!(ev[1], Event::Acquired { choice: Choice::Fresh(s), .. } if s == subnet.v4));
+    assert!(
+        matches!(ev[1], Event::Acquired { choice: Choice::Fresh(s), .. } if s == ipnet::IpNet::V4(subnet.v4.unwrap()))
+    );
     assert_eq!(
         m.held(),
         Some(&HeldLease {
@@ -541,7 +544,8 @@ fn a_vanished_key_is_re_created_with_the_same_subnet_and_value() {
             subnet,
             attrs: attrs.clone(),
             lease_id: 200,
-            expect_rev: 0
+            expect_rev: 0,
+            exclusive: false
         }
     );
     m.handle(now, Outcome::Written(Ok(true)));
@@ -616,7 +620,7 @@ fn a_re_create_beaten_by_another_writer_revokes_and_looks_again_at_once() {
         action(&mut m),
         Action::Fail(Fatal::Stolen {
             subnet,
-            holder: Some(OTHER)
+            holder: Some(OTHER.into())
         })
     );
 }
@@ -636,7 +640,7 @@ fn a_key_naming_another_host_is_fatal() {
         action(&mut m),
         Action::Fail(Fatal::Stolen {
             subnet,
-            holder: Some(OTHER)
+            holder: Some(OTHER.into())
         })
     );
     assert!(m.held().is_none());
