@@ -257,3 +257,35 @@ fn bad_ipv6_configs_are_refused_by_weft_config_set() {
         assert!(err.contains(words), "{config}: {err}");
     }
 }
+
+/// Hosts that start together on a small dual-stack network never share a subnet of either family: a lease
+/// key names both halves, so two hosts could otherwise each write their own key with one IPv4 subnet and
+/// different IPv6 ones (or the reverse), and both create-if transactions would succeed.
+#[test]
+fn hosts_starting_together_never_share_a_subnet_of_either_family() {
+    let etcd = Etcd::start();
+    // 15 leasable subnets per family: twelve hosts picking at random collide almost surely.
+    etcd.set_config(
+        r#"{"Network":"10.5.0.0/22","SubnetLen":26,"EnableIPv6":true,"IPv6Network":"fc00:5::/60","Backend":{"Type":"udp"}}"#,
+    );
+    let hosts: Vec<Weft> = (1..=12).map(|i| start(&etcd, i)).collect();
+    let v4: Vec<String> = hosts.iter().map(|h| h.wait_subnet()).collect();
+    let v6: Vec<String> = hosts.iter().map(|h| h.wait_subnet6()).collect();
+    assert_eq!(v4.iter().collect::<HashSet<_>>().len(), 12, "{v4:?}");
+    assert_eq!(v6.iter().collect::<HashSet<_>>().len(), 12, "{v6:?}");
+    let out = etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/coreos.com/network/subnets/",
+    ]);
+    let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(keys.len(), 12, "one key per host: {keys:?}");
+    for (a, b) in v4.iter().zip(&v6) {
+        assert!(keys.contains(&key_of(a, b)), "{a} + {b} in {keys:?}");
+    }
+}

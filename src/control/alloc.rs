@@ -506,4 +506,36 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn the_paired_ipv6_subnet_follows_the_ipv4_position_one_to_one() {
+        let c = NetworkConfig::parse(
+            r#"{"Network":"10.5.0.0/22","SubnetLen":26,"EnableIPv6":true,"IPv6Network":"fc00:5::/60"}"#,
+        )
+        .unwrap();
+        let (c4, c6) = (c.ipv4.unwrap(), c.ipv6.unwrap());
+        let p = |s: &str| paired_subnet6(&c4, &c6, s.parse().unwrap()).map(|n| n.to_string());
+        // SubnetMin pairs IPv6SubnetMin, and so on.
+        assert_eq!(p("10.5.0.64/26").as_deref(), Some("fc00:5:0:1::/64"));
+        assert_eq!(p("10.5.0.128/26").as_deref(), Some("fc00:5:0:2::/64"));
+        assert_eq!(p("10.5.3.192/26").as_deref(), Some("fc00:5:0:f::/64"));
+        // Outside the IPv4 range, or past the IPv6 one: no pairing.
+        assert_eq!(p("10.5.0.0/26"), None);
+        let small6 = NetworkConfig::parse(
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/62"}"#,
+        )
+        .unwrap();
+        let (c4, c6) = (small6.ipv4.unwrap(), small6.ipv6.unwrap());
+        assert!(paired_subnet6(&c4, &c6, "10.5.200.0/24".parse().unwrap()).is_none());
+        // The pick takes the pair when it is free, else another free one.
+        let me = IpAddr::from([2, 2, 2, 2]);
+        let v4: Ipv4Net = "10.5.0.128/26".parse().unwrap();
+        let paired = paired_subnet6(&c.ipv4.unwrap(), &c.ipv6.unwrap(), v4);
+        let got = choose_subnet6(&c.ipv6.unwrap(), &[], me, v4, None, paired, &mut rng());
+        assert_eq!(got.unwrap().to_string(), "fc00:5:0:2::/64");
+        let mut other = lease("10.5.1.0/26", [1, 1, 1, 1]);
+        other.subnet6 = paired;
+        let got = choose_subnet6(&c.ipv6.unwrap(), &[other], me, v4, None, paired, &mut rng());
+        assert_ne!(got.unwrap(), paired.unwrap());
+    }
 }
