@@ -673,7 +673,8 @@ fn main() -> ExitCode {
                 | DaemonError::KernelNoWireGuard { .. }
                 | DaemonError::KernelWireGuardUnsupported
                 | DaemonError::AfXdpNoWireGuard
-                | DaemonError::NoIpv6Underlay { .. },
+                | DaemonError::NoIpv6Underlay { .. }
+                | DaemonError::NoIpv4Underlay { .. },
             )),
         ) => {
             eprintln!("weft: error: {e}");

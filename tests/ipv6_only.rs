@@ -188,3 +188,47 @@ fn foreign_leases_on_an_ipv6_only_network() {
     let status = bed.weft(0).status_text();
     assert!(status.contains("IPv6-only network"), "{status}");
 }
+
+/// A host whose underlay has no IPv4 address at all takes part in an IPv6-only network (named by its IPv6
+/// address, picked from the IPv6 default route as flannel picks it there); a network with IPv4 on such a
+/// host is one plain line and exit status 2.
+#[test]
+fn a_host_with_only_an_ipv6_underlay() {
+    let ns = common::netns::Netns::new(format!("{}-v6", common::netns::unique_id()));
+    let ip = |args: &[&str]| common::netns::ip(&[&["-n", ns.name.as_str()], args].concat());
+    // No dummy module here: a veth pair inside the namespace, its far end the "network".
+    ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"]);
+    ip(&["addr", "add", "fd00:99::1/64", "dev", "ul0", "nodad"]);
+    ip(&["link", "set", "ul0p", "up"]);
+    ip(&["link", "set", "ul0", "up"]);
+    ip(&["-6", "route", "add", "default", "dev", "ul0"]);
+    let etcd = common::Etcd::start_in(&ns.name, "127.0.0.1");
+    etcd.set_config(&v6_only("vxlan"));
+    let mut w = common::Weft::start_in(&etcd, &ns.name, "0.0.0.0", &["--dataplane=none"]);
+    let subnet6 = w.wait_subnet6();
+    let key = format!(
+        "/coreos.com/network/subnets/0.0.0.0-0&{}",
+        subnet6.replace('/', "-")
+    );
+    let v: serde_json::Value = serde_json::from_str(&etcd.get(&key).expect("our lease")).unwrap();
+    assert_eq!(v["PublicIP"], "0.0.0.0", "{v}");
+    assert_eq!(v["PublicIPv6"], "fd00:99::1", "{v}");
+    assert!(
+        w.log().contains("IPv6 only: it has no IPv4 address"),
+        "{}",
+        w.log()
+    );
+    w.stop();
+    etcd.set_config(
+        r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:7::/48","Backend":{"Type":"vxlan"}}"#,
+    );
+    let mut w = common::Weft::start_in(&etcd, &ns.name, "0.0.0.0", &["--dataplane=none"]);
+    assert_eq!(w.wait_exit(T), Some(2));
+    let log = w.log();
+    assert!(
+        log.contains(
+            "has IPv4 (Network 10.5.0.0/16) but the underlay interface ul0 has no IPv4 address"
+        ),
+        "{log}"
+    );
+}

@@ -19,6 +19,11 @@ pub enum DaemonError {
     Exhausted6(#[from] Exhausted6),
     #[error("the network config enables IPv6 (EnableIPv6) but {iface} has no global IPv6 address for the IPv6 underlay; give it one, pick another interface (--iface), or pass --public-ipv6")]
     NoIpv6Underlay { iface: String },
+    #[error("the network config has IPv4 (Network {network}) but the underlay interface {iface} has no IPv4 address; give it one, pick another interface (--iface or --public-ip), or make the network IPv6-only (\"EnableIPv4\": false)")]
+    NoIpv4Underlay {
+        network: ipnet::Ipv4Net,
+        iface: String,
+    },
     #[error(transparent)]
     Instance(#[from] crate::host::instance::InstanceError),
     #[error("the network config in etcd changed while etcd was unreachable and weft ran from its saved state; restart weft (and then dockerd) to follow the new config")]

@@ -61,10 +61,16 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         &about,
     )?;
     let underlay = iface::detect(&opts.iface, opts.public_ip, opts.public_ipv6)?;
-    info!(
-        iface = %underlay.iface, public_ip = %underlay.public_ip, mtu = underlay.mtu,
-        "using underlay interface"
-    );
+    match (underlay.public_ip.is_unspecified(), underlay.public_ipv6) {
+        (true, Some(ip6)) => info!(
+            iface = %underlay.iface, public_ipv6 = %ip6, mtu = underlay.mtu,
+            "using underlay interface (IPv6 only: it has no IPv4 address)"
+        ),
+        _ => info!(
+            iface = %underlay.iface, public_ip = %underlay.public_ip, mtu = underlay.mtu,
+            "using underlay interface"
+        ),
+    }
     let shared = Arc::new(Shared::default());
     if let Some(addr) = opts.healthz {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -184,6 +190,12 @@ async fn control_plane(
     };
     if cfg.ipv6.is_some() && underlay.public_ipv6.is_none() {
         return Err(DaemonError::NoIpv6Underlay {
+            iface: underlay.iface.clone(),
+        });
+    }
+    if let (Some(c4), true) = (cfg.ipv4, underlay.public_ip.is_unspecified()) {
+        return Err(DaemonError::NoIpv4Underlay {
+            network: c4.network,
             iface: underlay.iface.clone(),
         });
     }

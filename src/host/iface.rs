@@ -26,11 +26,13 @@ pub struct Underlay {
     pub mtu: u32,
 }
 
-/// An interface with its IPv4 addresses, as seen in this network namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An interface with its IPv4 addresses (and its global IPv6 ones), as seen in this network namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IfaceInfo {
     pub name: String,
     pub addrs: Vec<Ipv4Addr>,
+    /// Its IPv6 addresses a peer could reach (`is_usable_ipv6`), for hosts without IPv4 underlay.
+    pub addrs6: Vec<Ipv6Addr>,
 }
 
 /// Why no underlay could be picked; each says what to pass instead.
@@ -136,6 +138,62 @@ pub fn pick(
         .ok_or_else(|| IfaceError::NoAddress(def.to_string()))
 }
 
+/// The IPv6 twin of [`pick`], for a host whose underlay has no IPv4 address (IPv6-only networks, as flannel
+/// picks by IPv6 there): each `--iface` value is a name or an IPv6 address, each `--iface-regex` matches an
+/// address or a name; with none given, the interface holding `public_ipv6`, else `default_iface` (the IPv6
+/// default route's). Only interfaces with a global IPv6 address count.
+pub fn pick6(
+    ifaces: &[IfaceInfo],
+    wanted: &IfaceWanted,
+    public_ipv6: Option<Ipv6Addr>,
+    default_iface: Option<&str>,
+) -> Option<(String, Ipv6Addr)> {
+    let first = |i: &IfaceInfo| i.addrs6.first().map(|a| (i.name.clone(), *a));
+    let holding = |a: Ipv6Addr| {
+        ifaces
+            .iter()
+            .find(|i| i.addrs6.contains(&a))
+            .map(|i| (i.name.clone(), a))
+    };
+    if !wanted.is_empty() {
+        for w in &wanted.iface {
+            let found = match w.parse::<Ipv6Addr>() {
+                Ok(a) => holding(a),
+                Err(_) => ifaces.iter().find(|i| &i.name == w).and_then(first),
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        for r in &wanted.regex {
+            let Ok(re) = Regex::new(&format!("^(?:{r})$")) else {
+                continue;
+            };
+            let by_addr = ifaces.iter().find_map(|i| {
+                let a = i.addrs6.iter().find(|a| re.is_match(&a.to_string()))?;
+                Some((i.name.clone(), *a))
+            });
+            let found = by_addr.or_else(|| {
+                ifaces
+                    .iter()
+                    .filter(|i| re.is_match(&i.name))
+                    .find_map(first)
+            });
+            if found.is_some() {
+                return found;
+            }
+        }
+        return None;
+    }
+    if let Some(found) = public_ipv6.and_then(holding) {
+        return Some(found);
+    }
+    ifaces
+        .iter()
+        .find(|i| Some(i.name.as_str()) == default_iface)
+        .and_then(first)
+}
+
 /// The first `--iface` value that names an interface with an address, holds an address, or (weft's
 /// extension) is a regex matching an interface's name.
 fn pick_by_iface(
@@ -171,8 +229,8 @@ fn pick_by_iface(
     Ok(None)
 }
 
-/// The output interface of the IPv4 default route of the main table, among dumped routes (pure).
-pub fn default_route_oif(routes: &[RouteMessage]) -> Option<u32> {
+/// The output interface of the default route of `family` in the main table, among dumped routes (pure).
+pub fn default_route_oif(routes: &[RouteMessage], family: AddressFamily) -> Option<u32> {
     routes.iter().find_map(|r| {
         let table = r
             .attributes
@@ -182,7 +240,7 @@ pub fn default_route_oif(routes: &[RouteMessage]) -> Option<u32> {
                 _ => None,
             })
             .unwrap_or(u32::from(r.header.table));
-        let is_default = r.header.address_family == AddressFamily::Inet
+        let is_default = r.header.address_family == family
             && r.header.destination_prefix_length == 0
             && table == u32::from(RouteHeader::RT_TABLE_MAIN);
         is_default
@@ -196,11 +254,11 @@ pub fn default_route_oif(routes: &[RouteMessage]) -> Option<u32> {
     })
 }
 
-/// The interface of the IPv4 default route (main table), read over netlink.
-fn default_route_iface() -> Result<Option<String>, IfaceError> {
+/// The interface of the default route of `family` (main table), read over netlink.
+fn default_route_iface(family: AddressFamily) -> Result<Option<String>, IfaceError> {
     let mut nl = Rtnl::open().map_err(|e| IfaceError::List(e.to_string()))?;
     let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet;
+    msg.header.address_family = family;
     let routes: Vec<RouteMessage> = nl
         .request(
             RouteNetlinkMessage::GetRoute(msg),
@@ -213,7 +271,7 @@ fn default_route_iface() -> Result<Option<String>, IfaceError> {
             _ => None,
         })
         .collect();
-    let Some(index) = default_route_oif(&routes) else {
+    let Some(index) = default_route_oif(&routes, family) else {
         return Ok(None);
     };
     let mut msg = LinkMessage::default();
@@ -251,18 +309,27 @@ pub fn list_interfaces() -> Result<Vec<IfaceInfo>, IfaceError> {
             .as_ref()
             .and_then(|a| a.as_sockaddr_in())
             .map(|s| s.ip());
+        let addr6 = ifa
+            .address
+            .as_ref()
+            .and_then(|a| a.as_sockaddr_in6())
+            .map(|s| s.ip())
+            .filter(crate::control::lease::is_usable_ipv6);
         let entry = match out.iter_mut().position(|i| i.name == ifa.interface_name) {
             Some(p) => &mut out[p],
             None => {
                 out.push(IfaceInfo {
                     name: ifa.interface_name.clone(),
-                    addrs: Vec::new(),
+                    ..Default::default()
                 });
                 out.last_mut().expect("just pushed")
             }
         };
         if let Some(a) = addr {
             entry.addrs.push(a);
+        }
+        if let Some(a) = addr6 {
+            entry.addrs6.push(a);
         }
     }
     Ok(out)
@@ -324,8 +391,27 @@ pub fn detect(
     public_ipv6: Option<Ipv6Addr>,
 ) -> Result<Underlay, IfaceError> {
     let ifaces = list_interfaces()?;
-    let def = default_route_iface()?;
-    let (iface, local_ip) = pick(&ifaces, wanted, route_to, public_ip, def.as_deref())?;
+    let def = default_route_iface(AddressFamily::Inet)?;
+    let (iface, local_ip) = match pick(&ifaces, wanted, route_to, public_ip, def.as_deref()) {
+        Ok(found) => found,
+        // No IPv4 underlay: an IPv6-only host, fine for an IPv6-only network (checked once the network
+        // config is known); with no IPv6 one either, the IPv4 reason is the one to give.
+        Err(e) if public_ip.is_none() => {
+            let def6 = default_route_iface(AddressFamily::Inet6)?;
+            let Some((iface, ip6)) = pick6(&ifaces, wanted, public_ipv6, def6.as_deref()) else {
+                return Err(e);
+            };
+            return Ok(Underlay {
+                mtu: mtu_of(&iface)?,
+                iface,
+                local_ip: Ipv4Addr::UNSPECIFIED,
+                public_ip: Ipv4Addr::UNSPECIFIED,
+                public_ipv6: public_ipv6.or(Some(ip6)),
+                local_ip6: ip6,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let mtu = mtu_of(&iface)?;
     let local_ip6 = global_ipv6_of(&iface);
     Ok(Underlay {
@@ -347,20 +433,84 @@ mod tests {
             IfaceInfo {
                 name: "lo".into(),
                 addrs: vec![Ipv4Addr::LOCALHOST],
+                addrs6: vec![],
             },
             IfaceInfo {
                 name: "eth0".into(),
                 addrs: vec![Ipv4Addr::new(192, 0, 2, 10)],
+                addrs6: vec![],
             },
             IfaceInfo {
                 name: "ens5".into(),
                 addrs: vec![Ipv4Addr::new(198, 51, 100, 7)],
+                addrs6: vec![],
             },
             IfaceInfo {
                 name: "dummy0".into(),
                 addrs: vec![],
+                addrs6: vec![],
             },
         ]
+    }
+
+    #[test]
+    fn an_ipv6_only_underlay_is_picked_by_name_address_regex_or_default_route() {
+        let a6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let ifs = vec![
+            IfaceInfo {
+                name: "lo".into(),
+                ..Default::default()
+            },
+            IfaceInfo {
+                name: "eth0".into(),
+                addrs6: vec![a6("2001:db8::10")],
+                ..Default::default()
+            },
+            IfaceInfo {
+                name: "ens5".into(),
+                addrs6: vec![a6("fd00::7"), a6("fd00::8")],
+                ..Default::default()
+            },
+        ];
+        let w = |iface: &[&str], regex: &[&str]| IfaceWanted {
+            iface: iface.iter().map(|x| x.to_string()).collect(),
+            regex: regex.iter().map(|x| x.to_string()).collect(),
+            can_reach: None,
+        };
+        let got = |wanted: &IfaceWanted, p6: Option<Ipv6Addr>, def: Option<&str>| {
+            pick6(&ifs, wanted, p6, def).map(|(n, a)| format!("{n} {a}"))
+        };
+        let none = IfaceWanted::default();
+        assert_eq!(got(&w(&["ens5"], &[]), None, None).unwrap(), "ens5 fd00::7");
+        assert_eq!(
+            got(&w(&["fd00::8"], &[]), None, None).unwrap(),
+            "ens5 fd00::8"
+        );
+        assert_eq!(
+            got(&w(&["lo", "eth0"], &[]), None, None).unwrap(),
+            "eth0 2001:db8::10"
+        );
+        assert_eq!(
+            got(&w(&[], &["2001:.*"]), None, None).unwrap(),
+            "eth0 2001:db8::10"
+        );
+        assert_eq!(got(&w(&[], &["en.*"]), None, None).unwrap(), "ens5 fd00::7");
+        assert_eq!(
+            got(&w(&["nope"], &[]), None, Some("eth0")),
+            None,
+            "asked for, not found"
+        );
+        assert_eq!(
+            got(&none, Some(a6("fd00::8")), Some("eth0")).unwrap(),
+            "ens5 fd00::8"
+        );
+        assert_eq!(got(&none, None, Some("eth0")).unwrap(), "eth0 2001:db8::10");
+        assert_eq!(
+            got(&none, None, Some("lo")),
+            None,
+            "no global IPv6 address there"
+        );
+        assert_eq!(got(&none, None, None), None);
     }
 
     #[test]
@@ -476,8 +626,8 @@ mod tests {
         let local = 255; // RT_TABLE_LOCAL
                          // A /24 on eth1, a default route in another table, then the main table's default on eth0.
         let routes = [route(24, main, 3), route(0, local, 4), route(0, main, 2)];
-        assert_eq!(default_route_oif(&routes), Some(2));
-        assert_eq!(default_route_oif(&routes[..2]), None);
-        assert_eq!(default_route_oif(&[]), None);
+        assert_eq!(default_route_oif(&routes, AddressFamily::Inet), Some(2));
+        assert_eq!(default_route_oif(&routes[..2], AddressFamily::Inet), None);
+        assert_eq!(default_route_oif(&[], AddressFamily::Inet), None);
     }
 }
