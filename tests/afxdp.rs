@@ -280,8 +280,13 @@ fn somebody_elses_xdp_program_is_left_alone_and_reported() {
     let mut bed = Bed::new(1, &config("vxlan"));
     let ns = bed.hosts[0].ns.name.clone();
     // Another tool's XDP program on the underlay (a pass-everything program under another name).
-    let prog =
-        weft::wire::xdp_filter::redirect_program(std::net::Ipv4Addr::new(0, 0, 0, 0), None, 1, -1);
+    let prog = weft::wire::xdp_filter::redirect_program(
+        std::net::Ipv4Addr::new(0, 0, 0, 0),
+        None,
+        1,
+        -1,
+        3840,
+    );
     let pass_all = &prog[prog.len() - 2..];
     let other =
         weft::dataplane::xdp::bpf::load_xdp_named("other_tool", pass_all).expect("load a program");
@@ -372,5 +377,40 @@ fn next_hop_mac_follows_a_peer_whose_mac_changed() {
             "traffic after the change never left through AF_XDP again (last transfer: {before} -> {after})"
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A host on the plain UDP underlay sends bulk traffic as UDP GSO trains, which cross a veth whole; a
+/// generic-mode AF_XDP host sees each train as one frame, larger than an XDP socket's frame. Those go to
+/// the kernel's UDP socket instead of being dropped, so the transfer completes (it stalled before).
+#[test]
+fn bulk_from_a_udp_socket_host_reaches_a_generic_mode_af_xdp_host() {
+    for backend in ["vxlan", "udp"] {
+        let mut bed = Bed::with_queues(2, &config(backend), 2);
+        bed.start_weft(0, &["--workers=2"]);
+        bed.start_weft(
+            1,
+            &["--workers=2", "--underlay=af-xdp", "--xdp-mode=generic"],
+        );
+        let ips: Vec<_> = (0..2).map(|i| bed.attach_container(i)).collect();
+        bed.wait_ping(0, ips[1], T);
+        bed.wait_ping(1, ips[0], T);
+        for (from, to) in [(0, 1), (1, 0)] {
+            let (sent, got) = bed.transfer(from, to, 20 << 20);
+            assert_eq!(
+                got.1,
+                20 << 20,
+                "{backend}: all bytes arrived {from} -> {to}"
+            );
+            assert_eq!(sent, got, "{backend}: byte-identical {from} -> {to}");
+        }
+        let rx = bed
+            .weft(1)
+            .metric("weft_xdp_frames_total{direction=\"rx\"}")
+            .unwrap();
+        assert!(
+            rx > 0,
+            "{backend}: small frames still come through the XDP sockets"
+        );
     }
 }

@@ -137,7 +137,17 @@ impl Asm {
 /// IPv6 frames qualify when the UDP header directly follows the fixed header (next header 17: no extension
 /// headers, and so no fragment header) and the destination address is `ip6`; ICMPv6 (neighbour discovery
 /// included) and everything else pass.
-pub fn redirect_program(ip: Ipv4Addr, ip6: Option<Ipv6Addr>, port: u16, map_fd: i32) -> Vec<Insn> {
+///
+/// A qualifying frame longer than `max_frame` (what an XDP socket's frame holds) passes to the kernel's UDP
+/// socket: in generic mode a UDP GSO train from a peer on the same veth arrives as one frame of up to 64 KB,
+/// which no XDP socket could take (it would be dropped).
+pub fn redirect_program(
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+    port: u16,
+    map_fd: i32,
+    max_frame: usize,
+) -> Vec<Insn> {
     let ethertype = u16::from_ne_bytes(ethernet::ETHERTYPE_IPV4.to_be_bytes());
     // Flags/fragment-offset word: the MF bit and the 13 offset bits must be zero (DF may be set).
     let frag_mask = u16::from_ne_bytes([0x3f, 0xff]);
@@ -200,6 +210,9 @@ pub fn redirect_program(ip: Ipv4Addr, ip6: Option<Ipv6Addr>, port: u16, map_fd: 
         a.jump(insn(JNE_X, 7, 4, 0, 0), Label::Pass);
     }
     a.label(Label::Redirect);
+    a.op(insn(MOV64_X, 4, 2, 0, 0)); // r4 = data
+    a.op(insn(ADD64_K, 4, 0, 0, max_frame as i32)); // r4 += max_frame
+    a.jump(insn(JGT_X, 3, 4, 0, 0), Label::Pass); // if data_end > r4 goto pass (too long)
     a.op(insn(LDX_W, 2, 6, MD_RX_QUEUE, 0)); // r2 = rx_queue_index
     a.op(insn(LD_DW_IMM, 1, PSEUDO_MAP_FD, 0, map_fd)); // r1 = &xsks
     a.op(insn(0, 0, 0, 0, 0));
@@ -334,12 +347,14 @@ mod tests {
 
     const OURS: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
     const OURS6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 1);
+    /// What an XDP socket's frame holds (`xsk::MAX_FRAME`).
+    const MAX: usize = 3840;
 
     /// The program without and with an IPv6 address: IPv4 frames fare the same under both.
     fn programs(ip: Ipv4Addr, port: u16) -> [Vec<Insn>; 2] {
         [
-            redirect_program(ip, None, port, 7),
-            redirect_program(ip, Some(OURS6), port, 7),
+            redirect_program(ip, None, port, 7, MAX),
+            redirect_program(ip, Some(OURS6), port, 7, MAX),
         ]
     }
 
@@ -415,7 +430,7 @@ mod tests {
             );
         }
         let ip6 = Ipv6Addr::new(0xffff, 0xfffe, 0x8000, 0, 0xffff, 0xff00, 0x80, 0xffff);
-        let p = redirect_program(OURS, Some(ip6), 65000, 7);
+        let p = redirect_program(OURS, Some(ip6), 65000, 7, MAX);
         assert_eq!(
             interpret(&p, &frame6(ip6, 65000, 17), 1),
             Verdict::Redirect(1)
@@ -424,7 +439,7 @@ mod tests {
 
     #[test]
     fn ipv6_overlay_udp_to_us_is_redirected_to_its_queue() {
-        let p = redirect_program(OURS, Some(OURS6), 8472, 7);
+        let p = redirect_program(OURS, Some(OURS6), 8472, 7, MAX);
         assert_eq!(
             interpret(&p, &frame6(OURS6, 8472, 17), 2),
             Verdict::Redirect(2)
@@ -448,7 +463,7 @@ mod tests {
 
     #[test]
     fn other_ipv6_traffic_passes() {
-        let p = redirect_program(OURS, Some(OURS6), 8472, 7);
+        let p = redirect_program(OURS, Some(OURS6), 8472, 7, MAX);
         let pass = |f: &[u8]| assert_eq!(interpret(&p, f, 0), Verdict::Pass, "{f:02x?}");
         // Another address, differing in each of the four words the program compares.
         for word in 0..4 {
@@ -485,14 +500,14 @@ mod tests {
             pass(&f[..n]);
         }
         // Without an IPv6 address the program passes IPv6 as before.
-        let v4_only = redirect_program(OURS, None, 8472, 7);
+        let v4_only = redirect_program(OURS, None, 8472, 7, MAX);
         assert_eq!(interpret(&v4_only, &f, 0), Verdict::Pass);
     }
 
     #[test]
     fn an_ipv6_frame_to_our_ipv4_words_is_not_taken_for_ipv4() {
         // The IPv4 address and port at the IPv4 offsets of an IPv6 frame: the Ethernet type decides.
-        let p = redirect_program(OURS, Some(OURS6), 8472, 7);
+        let p = redirect_program(OURS, Some(OURS6), 8472, 7, MAX);
         let mut f = frame6(Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 9), 9, 17);
         f[14] = 0x45;
         f[23] = 17;
@@ -509,7 +524,7 @@ mod tests {
     fn the_interpreter_refuses_loads_beyond_the_proven_bounds() {
         // The IPv6 branch without its own 62-byte check reads the address on the strength of the 42 bytes
         // proved for IPv4: the verifier would refuse it, and so does the interpreter, whatever the length.
-        let mut p = redirect_program(OURS, Some(OURS6), 8472, 7);
+        let mut p = redirect_program(OURS, Some(OURS6), 8472, 7, MAX);
         let at = p
             .iter()
             .position(|i| i.code == ADD64_K && i.imm == OUTER_HEADERS6 as i32)
@@ -544,10 +559,12 @@ mod tests {
             let pass = p.len() - 2;
             assert_eq!(p[pass], insn(MOV64_K, 0, 0, 0, XDP_PASS as i32));
             assert_eq!(p[pass + 1].code, EXIT);
+            // The redirect starts with the three-instruction length check before reading the queue.
             let redirect = p
                 .iter()
                 .position(|i| i.code == LDX_W && i.off == MD_RX_QUEUE)
-                .unwrap();
+                .unwrap()
+                - 3;
             for (i, ins) in p.iter().enumerate() {
                 if matches!(ins.code, JA | JGT_X | JNE_K | JNE_X) {
                     assert!(ins.off >= 0, "forward only");
@@ -559,6 +576,27 @@ mod tests {
                 }
             }
             assert_eq!(to_bytes(&p).len(), p.len() * 8);
+        }
+    }
+
+    #[test]
+    fn frames_longer_than_a_socket_frame_go_to_the_kernel() {
+        for p in programs(OURS, 8472) {
+            let mut f = frame(OURS, 8472, ipv4::PROTO_UDP, [0, 0]);
+            f.resize(MAX, 0);
+            assert_eq!(
+                interpret(&p, &f, 1),
+                Verdict::Redirect(1),
+                "a full frame fits"
+            );
+            f.push(0);
+            assert_eq!(
+                interpret(&p, &f, 1),
+                Verdict::Pass,
+                "one byte more does not"
+            );
+            f.resize(65_000, 0);
+            assert_eq!(interpret(&p, &f, 1), Verdict::Pass, "a GSO train");
         }
     }
 }

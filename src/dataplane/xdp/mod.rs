@@ -102,8 +102,14 @@ pub fn setup(
     remove_stale(iface, ifindex)?;
     let queues = neigh::rx_queues(ifindex).unwrap_or(1).max(1);
     let map = bpf::create_xskmap(queues).map_err(err("create the socket map"))?;
-    let prog = bpf::load_xdp(&redirect_program(ip, ip6, port, map.as_raw_fd()))
-        .map_err(err("load the XDP program"))?;
+    let prog = bpf::load_xdp(&redirect_program(
+        ip,
+        ip6,
+        port,
+        map.as_raw_fd(),
+        xsk::MAX_FRAME,
+    ))
+    .map_err(err("load the XDP program"))?;
     let (prog_id, _) =
         bpf::prog_id_and_name(prog.as_raw_fd()).map_err(err("inspect the XDP program"))?;
     let mode = match choice {
