@@ -232,3 +232,50 @@ fn a_host_with_only_an_ipv6_underlay() {
         "{log}"
     );
 }
+
+/// A flannel host on an IPv6-only vxlan network, as flanneld sets it up (only `flannel-v6.1`, its lease
+/// `0.0.0.0-0&<subnet6>` with PublicIP 0.0.0.0 and only BackendV6Data, written by hand here), and weft on the
+/// userspace data plane and on the kernel backend: containers reach each other both ways, byte-identical.
+#[test]
+fn weft_and_a_flannel_host_on_an_ipv6_only_network() {
+    let mut bed = Bed::new(3, &v6_only("vxlan"));
+    bed.start_weft(0, &[]);
+    bed.start_weft(1, &["--dataplane=kernel"]);
+    let c0 = attach(&mut bed, 0);
+    let c1 = attach(&mut bed, 1);
+    // The flannel host.
+    let (subnet6, mac6) = (
+        "fc00:7:0:c8::/64".parse::<ipnet::Ipv6Net>().unwrap(),
+        "0e:00:00:00:06:03",
+    );
+    let lease = format!(
+        r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#,
+        bed.hosts[2].ip6
+    );
+    let key = "/coreos.com/network/subnets/0.0.0.0-0&fc00:7:0:c8::-64";
+    assert!(bed.etcd.etcdctl(&["put", key, &lease]).status.success());
+    bed.make_flannel_v6_device(2, subnet6, mac6);
+    bed.add_container(2, Ipv4Addr::new(172, 17, 0, 0), 16);
+    let c2 = bed.add_container6(2, subnet6);
+    // What flanneld does for each weft lease.
+    for (key, v) in leases(&bed) {
+        if v["PublicIPv6"] == bed.hosts[2].ip6.to_string() {
+            continue;
+        }
+        let s6 = key.split('&').nth(1).unwrap().replace("-", "/");
+        let ip6: std::net::Ipv6Addr = v["PublicIPv6"].as_str().unwrap().parse().unwrap();
+        bed.kernel_add_peer6(2, &s6, ip6, v["BackendV6Data"]["VtepMAC"].as_str().unwrap());
+    }
+    let ips = [c0, c1, c2];
+    for from in 0..3 {
+        for (to, ip6) in ips.iter().enumerate() {
+            if from != to {
+                bed.wait_ping6(from, *ip6, T);
+            }
+        }
+    }
+    for (from, to) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
+        let (sent, got) = bed.transfer6(from, to, 10 << 20);
+        assert_eq!(sent, got, "byte-identical over IPv6 {from} -> {to}");
+    }
+}

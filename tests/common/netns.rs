@@ -759,7 +759,6 @@ impl Bed {
         vtep_mac6: &str,
     ) -> Ipv6Addr {
         self.make_kernel_vxlan_host(i, subnet_base, vtep_mac);
-        let h = self.hosts[i].ns.name.clone();
         let (hip, hip6) = (self.hosts[i].ip, self.hosts[i].ip6);
         // The lease in its dual-stack form: the new key first, then the IPv4-only one goes (as when a lease
         // gains its IPv6 half), so the IPv4 subnet is never without a lease.
@@ -783,6 +782,15 @@ impl Bed {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        self.make_flannel_v6_device(i, subnet6, vtep_mac6);
+        self.add_container6(i, subnet6)
+    }
+
+    /// `flannel-v6.1` on host `i` as flanneld's vxlan backend creates it: VNI 1, `local` = the host's IPv6
+    /// underlay address, port 8472, MAC `vtep_mac6`, `<subnet6 network>/128`, up.
+    pub fn make_flannel_v6_device(&self, i: usize, subnet6: ipnet::Ipv6Net, vtep_mac6: &str) {
+        let h = self.hosts[i].ns.name.clone();
+        let hip6 = self.hosts[i].ip6;
         // flanneld asks for the IPv4 device's MTU (underlay - 50); the kernel clamps an IPv6 VXLAN device to
         // underlay - 70 at creation (and would refuse 1450 later).
         ip(&[
@@ -824,7 +832,6 @@ impl Bed {
             "flannel-v6.1",
         ]);
         ip(&["-n", &h, "link", "set", "flannel-v6.1", "up"]);
-        self.add_container6(i, subnet6)
     }
 
     /// Gives host `i`'s bridge `cbr0` the ::1 of `subnet6` and its container (from `add_container`) the ::2
