@@ -107,42 +107,40 @@ pub async fn route_network(cfg: &DataPlaneConfig) -> Result<u32, DataPlaneError>
             .await
             .map_err(|e| err(first)(e.to_string()))?
             .ok_or_else(|| err(first)("the device vanished".into()))?;
+        let index = link.header.index;
         if let (Some(net), Some(own)) = (cfg.network, cfg.own_subnet) {
             let route = RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(net.network(), net.prefix_len())
-                .output_interface(link.header.index)
-                .pref_source(own.network())
-                .build();
-            handle
-                .route()
-                .add(route)
-                .replace()
-                .execute()
+                .pref_source(own.network());
+            replace_route(&handle, route.output_interface(index).build())
                 .await
-                .map_err(|e| err(net.into())(e.to_string()))?;
+                .map_err(err(net.into()))?;
         }
         if let (Some(net6), Some(own6)) = (cfg.network6, cfg.own_subnet6) {
-            add_ipv6(&handle, link.header.index, own6.network())
+            add_ipv6(&handle, index, own6.network())
                 .await
                 .map_err(err(net6.into()))?;
             let route = RouteMessageBuilder::<Ipv6Addr>::new()
                 .destination_prefix(net6.network(), net6.prefix_len())
-                .output_interface(link.header.index)
-                .pref_source(own6.network())
-                .build();
-            handle
-                .route()
-                .add(route)
-                .replace()
-                .execute()
+                .pref_source(own6.network());
+            replace_route(&handle, route.output_interface(index).build())
                 .await
-                .map_err(|e| err(net6.into())(e.to_string()))?;
+                .map_err(err(net6.into()))?;
         }
         Ok(link.header.index)
     }
     .await;
     task.abort();
     result
+}
+
+/// Adds `route`, replacing one to the same destination.
+async fn replace_route(
+    handle: &Handle,
+    route: netlink_packet_route::route::RouteMessage,
+) -> Result<(), String> {
+    let add = handle.route().add(route).replace();
+    add.execute().await.map_err(|e| e.to_string())
 }
 
 /// Gives the tun device `<IPv6 subnet>::/128` (the IPv6 twin of `<subnet>.0/32`, as flannel-v6.<VNI> has),
