@@ -33,7 +33,10 @@ fn seal_open(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("WireGuard {name}"));
         g.throughput(Throughput::Bytes(plain.len() as u64));
         g.bench_function("seal (encrypt)", |bench| {
-            bench.iter(|| a.seal(B_IP, &plain, total, &mut out, |_, _| {}).unwrap())
+            bench.iter(|| {
+                a.seal(B_IP.into(), &plain, total, &mut out, |_, _| {})
+                    .unwrap()
+            })
         });
         let mut opened = vec![0u8; 65536];
         g.bench_function(
@@ -43,13 +46,16 @@ fn seal_open(c: &mut Criterion) {
                     || {
                         let mut o =
                             vec![0u8; plain.len() + count * DATA_OVERHEAD + HANDSHAKE_INIT_LEN];
-                        let n = a.seal(B_IP, &plain, total, &mut o, |_, _| {}).unwrap();
+                        let n = a
+                            .seal(B_IP.into(), &plain, total, &mut o, |_, _| {})
+                            .unwrap();
                         o.truncate(n);
                         o
                     },
                     |sealed| {
                         for m in sealed.chunks(total + DATA_OVERHEAD) {
-                            b.open(A_IP, m, &mut opened, |_, _| {}, |_| Ok(())).unwrap();
+                            b.open(A_IP.into(), m, &mut opened, |_, _| {}, |_| Ok(()))
+                                .unwrap();
                         }
                     },
                     BatchSize::SmallInput,

@@ -55,6 +55,9 @@ pub struct PeerV6 {
     pub public_ip: Option<Ipv6Addr>,
     /// The MAC of its IPv6 VTEP (vxlan, `BackendV6Data`).
     pub vtep_mac: Option<MacAddr>,
+    /// Its IPv6 WireGuard device's key and port (wireguard, `BackendV6Data`; flannel's `flannel-wg-v6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<crate::control::lease::WireGuardLeaseData>,
 }
 
 impl Peer {
@@ -96,7 +99,8 @@ impl Peer {
             // flannel's own udp backend writes no BackendType.
             "udp" | "" => PeerBackend::Udp,
             "host-gw" => PeerBackend::HostGw,
-            "wireguard" => match attrs.wireguard_data() {
+            // An IPv6-only network's wireguard lease has only BackendV6Data (the same key).
+            "wireguard" => match attrs.wireguard_data().or(attrs.wireguard_v6_data()) {
                 Some(d) => PeerBackend::WireGuard {
                     public_key: d.public_key,
                     port: d.port,
@@ -113,6 +117,7 @@ impl Peer {
                 subnet,
                 public_ip: attrs.public_ipv6,
                 vtep_mac: attrs.vxlan_v6_data().map(|d| d.vtep_mac),
+                wireguard: attrs.wireguard_v6_data(),
             }),
         }
     }
@@ -315,6 +320,9 @@ impl PeerTable for RouteSnapshot {
             encap: match (p.backend, v6.vtep_mac) {
                 (PeerBackend::Vxlan { .. }, Some(vtep_mac)) => PeerEncap::Vxlan { vtep_mac },
                 (PeerBackend::Udp, _) => PeerEncap::Udp,
+                (PeerBackend::WireGuard { .. }, _) if v6.wireguard.is_some() => {
+                    PeerEncap::WireGuard
+                }
                 _ => PeerEncap::Other,
             },
         })
@@ -450,6 +458,7 @@ mod tests6 {
                 subnet: s.parse().unwrap(),
                 public_ip: Some(a.parse().unwrap()),
                 vtep_mac: None,
+                wireguard: None,
             }),
         };
         let t = RouteSnapshot::new([

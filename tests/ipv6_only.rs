@@ -83,6 +83,15 @@ fn three_hosts(backend: &str, kernel_host: bool) {
         if backend == "vxlan" {
             assert_eq!(v["BackendV6Data"]["VNI"], 1, "{v}");
         }
+        if backend == "wireguard" {
+            // flannel-wg-v6's port and the host's key.
+            assert_eq!(v["BackendV6Data"]["Port"], 51821, "{v}");
+            assert_eq!(
+                v["BackendV6Data"]["PublicKey"].as_str().map(str::len),
+                Some(44),
+                "{v}"
+            );
+        }
     }
     // subnet.env has only the IPv6 pair; dockerd gets --ipv6 and no --bip.
     let env = std::fs::read_to_string(bed.weft(0).subnet_file()).unwrap();
@@ -144,6 +153,12 @@ fn vxlan_ipv6_only_userspace_and_kernel_hosts() {
 #[test]
 fn udp_ipv6_only_three_hosts() {
     three_hosts("udp", false);
+}
+
+/// wireguard in flannel's default mode "separate": only the IPv6 device's sessions, on ListenPortV6.
+#[test]
+fn wireguard_ipv6_only_three_hosts() {
+    three_hosts("wireguard", false);
 }
 
 /// host-gw, one host with the kernel data plane (routes only either way).
@@ -278,4 +293,74 @@ fn weft_and_a_flannel_host_on_an_ipv6_only_network() {
         let (sent, got) = bed.transfer6(from, to, 10 << 20);
         assert_eq!(sent, got, "byte-identical over IPv6 {from} -> {to}");
     }
+}
+
+/// A flannel wireguard host on an IPv6-only network, set up as flanneld's wireguard backend does in its
+/// default mode (only `flannel-wg-v6`: wireguard-go with its key, listen port 51821, `<subnet6>::/128`, the
+/// IPv6Network routed to it, a peer per lease with endpoint `[PublicIPv6]:Port` of BackendV6Data and
+/// allowed-ips its IPv6 subnet; lease `0.0.0.0-0&<subnet6>` with only BackendV6Data), and two weft hosts:
+/// containers reach each other both ways, byte-identical, and the sessions are up on both sides.
+#[test]
+fn weft_and_a_flannel_wireguard_host_on_an_ipv6_only_network() {
+    let mut bed = Bed::new(3, &v6_only("wireguard"));
+    bed.start_weft(0, &[]);
+    bed.start_weft(1, &[]);
+    let c0 = attach(&mut bed, 0);
+    let c1 = attach(&mut bed, 1);
+    let subnet6: ipnet::Ipv6Net = "fc00:7:0:c8::/64".parse().unwrap();
+    let h2 = bed.hosts[2].ns.name.clone();
+    let mtu = common::wggo::link_mtu(&h2, "eth0") - common::wggo::WG_OVERHEAD;
+    let w = common::wggo::WgGo::start(
+        &h2,
+        Ipv4Addr::UNSPECIFIED,
+        &subnet6.to_string(),
+        "fc00:7::/48",
+        51821,
+        mtu,
+    );
+    let lease = format!(
+        r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{}","Port":51821}}}}"#,
+        bed.hosts[2].ip6, w.public_key
+    );
+    let key = "/coreos.com/network/subnets/0.0.0.0-0&fc00:7:0:c8::-64";
+    assert!(bed.etcd.etcdctl(&["put", key, &lease]).status.success());
+    bed.add_container(2, Ipv4Addr::new(172, 17, 0, 0), 16);
+    let c2 = bed.add_container6(2, subnet6);
+    // What flanneld does for each weft lease.
+    let mut weft_keys = Vec::new();
+    for (key, v) in leases(&bed) {
+        if v["PublicIPv6"] == bed.hosts[2].ip6.to_string() {
+            continue;
+        }
+        assert_eq!(v["BackendV6Data"]["Port"], 51821, "{v}");
+        let s6 = key.split('&').nth(1).unwrap().replace('-', "/");
+        let ip6: std::net::Ipv6Addr = v["PublicIPv6"].as_str().unwrap().parse().unwrap();
+        let pk = v["BackendV6Data"]["PublicKey"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        w.add_peer(&pk, (ip6, 51821), &s6, None);
+        weft_keys.push(pk);
+    }
+    assert_eq!(weft_keys.len(), 2);
+    let ips = [c0, c1, c2];
+    for from in 0..3 {
+        for (to, ip6) in ips.iter().enumerate() {
+            if from != to {
+                bed.wait_ping6(from, *ip6, T);
+            }
+        }
+    }
+    for (from, to) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
+        let (sent, got) = bed.transfer6(from, to, 10 << 20);
+        assert_eq!(sent, got, "byte-identical over IPv6 {from} -> {to}");
+    }
+    for pk in &weft_keys {
+        w.wait_handshake(pk, T);
+    }
+    let status = bed.weft(0).status_text();
+    assert!(
+        status.contains(&format!("{}]:51821", bed.hosts[2].ip6)),
+        "{status}"
+    );
 }

@@ -800,3 +800,76 @@ fn a_peer_that_does_not_answer_is_reported_once_and_again_when_it_does() {
     });
     assert_eq!(said("has not answered handshakes"), 1, "said once");
 }
+
+/// Dual stack on the wireguard backend in flannel's default mode "separate": each host publishes its key in
+/// BackendData (ListenPort) and BackendV6Data (ListenPortV6), IPv6 crosses the IPv6 underlay between the
+/// IPv6 devices' ports, sealed (no clear pattern on the underlay), and both families reach every host.
+#[test]
+fn dual_stack_hosts_carry_ipv6_between_their_ipv6_wireguard_ports() {
+    let dual = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"wireguard"}}"#;
+    let mut bed = Bed::new(3, dual);
+    for i in 0..3 {
+        bed.start_weft(i, &["--workers=2"]);
+    }
+    let ips: Vec<_> = (0..3).map(|i| bed.attach_container(i)).collect();
+    let ips6: Vec<_> = (0..3).map(|i| bed.attach_container6(i)).collect();
+    for from in 0..3 {
+        for to in (0..3).filter(|t| *t != from) {
+            bed.wait_ping(from, ips[to], T);
+            bed.wait_ping6(from, ips6[to], T);
+        }
+    }
+    for (from, to) in [(0, 2), (2, 0)] {
+        let (sent, got) = bed.transfer6(from, to, 20 << 20);
+        assert_eq!(got.1, 20 << 20, "all bytes over IPv6 {from} -> {to}");
+        assert_eq!(sent, got, "byte-identical over IPv6 {from} -> {to}");
+    }
+    let (sent, got) = bed.transfer(1, 0, 10 << 20);
+    assert_eq!(sent, got, "byte-identical over IPv4");
+    // flannel's dual-stack wireguard lease: one key, each device's port.
+    let key = format!(
+        "/coreos.com/network/subnets/{}&{}",
+        bed.weft(0).wait_subnet().replace('/', "-"),
+        bed.weft(0).wait_subnet6().replace('/', "-")
+    );
+    let raw = bed.etcd.get(&key).expect("lease");
+    let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["BackendData"]["Port"], 51820, "{v}");
+    assert_eq!(v["BackendV6Data"]["Port"], 51821, "{v}");
+    assert_eq!(
+        v["BackendData"]["PublicKey"], v["BackendV6Data"]["PublicKey"],
+        "{v}"
+    );
+    assert_eq!(v["PublicIPv6"], bed.hosts[0].ip6.to_string(), "{v}");
+    // On the underlay: the IPv6 transfer is WireGuard between the IPv6 ports, none of it in clear.
+    let ul = bed.underlay.name.clone();
+    let (c0, c2) = (bed.container_ns(0), bed.container_ns(2));
+    let cap = Capture::start(&ul, "br0", "ip6 and udp");
+    transfer_pattern(&c0, &c2, ips6[2], 5204, PATTERN, 4 << 20);
+    let seen = cap.finish();
+    let big: Vec<&Vec<u8>> = seen.packets.iter().filter(|p| p.len() > 1000).collect();
+    // weft sends trains with UDP GSO, so the bridge may see them whole: count bytes, not packets.
+    let bytes: usize = big.iter().map(|p| p.len()).sum();
+    assert!(
+        bytes > 3 << 20,
+        "the capture saw the transfer ({bytes} bytes in {} packets)",
+        big.len()
+    );
+    assert_eq!(
+        seen.count_containing(PATTERN),
+        0,
+        "no clear pattern on the underlay"
+    );
+    // Ethernet (14) + IPv6 (40): UDP ports at 54..58, both 51821.
+    let port6 = 51821u16.to_be_bytes();
+    assert!(
+        big.iter().all(|p| p[54..56] == port6 && p[56..58] == port6),
+        "IPv6 WireGuard between the IPv6 devices' ports only"
+    );
+    // Both families' sessions in weft status.
+    let status = bed.weft(0).status_text();
+    assert!(
+        status.contains(&format!("{}]:51821", bed.hosts[2].ip6)),
+        "{status}"
+    );
+}

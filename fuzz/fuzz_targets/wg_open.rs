@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
             let p = packet();
             let mut sealed = vec![0u8; 1024];
             let n = a
-                .seal(B_IP, &p, p.len(), &mut sealed, |_, _| {})
+                .seal(B_IP.into(), &p, p.len(), &mut sealed, |_, _| {})
                 .unwrap_or(0);
             sealed.truncate(n);
             for (x, y) in sealed.iter_mut().zip(rest) {
@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let _ = b.open(
-        A_IP,
+        A_IP.into(),
         &datagram,
         &mut out,
         |_, _| {},

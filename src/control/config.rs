@@ -250,12 +250,7 @@ impl NetworkConfig {
                     "false leaves the network without any address family: set EnableIPv6 to true with an IPv6Network, or remove EnableIPv4",
                 ));
             }
-            if matches!(backend, Backend::WireGuard(_)) {
-                return Err(field(
-                    "EnableIPv4",
-                    "false (an IPv6-only network) needs the vxlan, udp or host-gw backend: weft's wireguard backend carries IPv4 only so far",
-                ));
-            }
+            check_wireguard_mode(&backend)?;
             return Ok(NetworkConfig {
                 ipv4: None,
                 ipv6,
@@ -263,6 +258,9 @@ impl NetworkConfig {
             });
         }
         let ipv4 = parse_ipv4(&raw)?;
+        if ipv6.is_some() {
+            check_wireguard_mode(&backend)?;
+        }
         Ok(NetworkConfig {
             ipv4: Some(ipv4),
             ipv6,
@@ -293,6 +291,18 @@ impl NetworkConfig {
     /// True on an IPv6-only network (`"EnableIPv4": false`).
     pub fn ipv6_only(&self) -> bool {
         self.ipv4.is_none()
+    }
+}
+
+/// With IPv6 on, weft's wireguard backend runs flannel's default `Mode` `separate` (a device per family:
+/// IPv6 on `ListenPortV6`); one device carrying both (`auto`, `ipv4`, `ipv6`) is not implemented.
+fn check_wireguard_mode(backend: &Backend) -> Result<(), ConfigError> {
+    match backend {
+        Backend::WireGuard(w) if w.mode != WireGuardMode::Separate => Err(field(
+            "Backend.Mode",
+            "weft carries IPv6 over WireGuard in flannel's default mode \"separate\" (one device per family) only; remove Mode or set it to \"separate\"",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -896,9 +906,18 @@ mod tests {
         assert!(err(r#"{"EnableIPv4":false,"Network":"10.5.0.0/16"}"#)
             .contains("field EnableIPv4: false leaves the network without any address family"));
         assert!(err(
-            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"wireguard"}}"#
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"wireguard","Mode":"auto"}}"#
         )
-        .contains("field EnableIPv4: false (an IPv6-only network) needs the vxlan, udp or host-gw backend"));
+        .contains("field Backend.Mode: weft carries IPv6 over WireGuard in flannel's default mode \"separate\""));
+        assert!(err(
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"wireguard","Mode":"ipv6"}}"#
+        )
+        .contains("field Backend.Mode"));
+        // IPv4 only: every Mode is accepted, as flannel does (they all behave alike there).
+        ok(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","Mode":"auto"}}"#);
+        ok(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"wireguard"}}"#,
+        );
     }
 
     #[test]

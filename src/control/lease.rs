@@ -103,6 +103,15 @@ impl LeaseAttrs {
         serde_json::from_value(self.backend_data.clone()?).ok()
     }
 
+    /// The IPv6 device's wireguard data (`BackendV6Data`), if this is a well-formed dual-stack or
+    /// IPv6-only wireguard lease.
+    pub fn wireguard_v6_data(&self) -> Option<WireGuardLeaseData> {
+        if self.backend_type != "wireguard" {
+            return None;
+        }
+        serde_json::from_value(self.backend_v6_data.clone()?).ok()
+    }
+
     /// Attributes of a vxlan lease.
     pub fn vxlan(public_ip: Ipv4Addr, vni: u32, vtep_mac: MacAddr) -> Self {
         LeaseAttrs {
@@ -175,8 +184,20 @@ impl LeaseAttrs {
                     .expect("two plain fields always serialise"),
             );
         } else if self.backend_type == "wireguard" {
-            // flannel's wireguard backend publishes the same key for its IPv6 device.
+            // flannel's wireguard backend publishes the same key for its IPv6 device, with that device's
+            // port (`ListenPortV6`), set by `with_wireguard_port6`.
             self.backend_v6_data = self.backend_data.clone();
+        }
+        self
+    }
+
+    /// Sets the port of the IPv6 WireGuard device in `BackendV6Data` (flannel's `ListenPortV6`).
+    pub fn with_wireguard_port6(mut self, port6: u16) -> Self {
+        if let Some(d) = self.wireguard_v6_data() {
+            self.backend_v6_data = Some(
+                serde_json::to_value(WireGuardLeaseData { port: port6, ..d })
+                    .expect("two plain fields always serialise"),
+            );
         }
         self
     }
@@ -370,6 +391,26 @@ mod tests {
                 Some("c6:d2:32:6f:8f:45".parse().unwrap()),
             );
         assert_eq!(built.to_json(), text);
+    }
+
+    #[test]
+    fn dual_stack_wireguard_lease_is_flannels_separate_mode_form() {
+        let key = crate::control::key::WgKey([7; 32]);
+        let a = LeaseAttrs::wireguard(Ipv4Addr::new(192, 0, 2, 1), key, 51820)
+            .with_ipv6("fd00::1".parse().unwrap(), None)
+            .with_wireguard_port6(51821);
+        let k = key.to_string();
+        let v: Value = serde_json::from_str(&a.to_json()).unwrap();
+        let want: Value = serde_json::from_str(&format!(
+            r#"{{"PublicIP":"192.0.2.1","PublicIPv6":"fd00::1","BackendType":"wireguard","BackendData":{{"PublicKey":"{k}","Port":51820}},"BackendV6Data":{{"PublicKey":"{k}","Port":51821}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(v, want);
+        assert_eq!(a.wireguard_v6_data().map(|d| d.port), Some(51821));
+        // IPv6-only: only the IPv6 device's data, PublicIP 0.0.0.0.
+        let only6 = a.without_ipv4();
+        assert!(only6.wireguard_data().is_none());
+        assert_eq!(only6.owner(), "fd00::1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -545,6 +545,9 @@ impl<R: rand::Rng> LeaseLifecycle<R> {
         let mut attrs = lease_attrs(&p.config, p.public_ip, mac, p.wg_public_key);
         if let (Some(_), Some(ip6)) = (&p.config.ipv6, p.public_ipv6) {
             attrs = attrs.with_ipv6(ip6, Some(mac6));
+            if let Backend::WireGuard(w) = &p.config.backend {
+                attrs = attrs.with_wireguard_port6(w.listen_port_v6);
+            }
         }
         if p.config.ipv6_only() {
             attrs = attrs.without_ipv4();

@@ -148,11 +148,16 @@ pub fn check_peer_lease(
             Some(ip6) if crate::control::lease::is_usable_ipv6(&ip6) => {}
             _ => return Err(InvalidLease::NoPublicIp),
         }
-        if let Backend::Vxlan(v) = &cfg.backend {
-            match a.vxlan_v6_data() {
+        match &cfg.backend {
+            Backend::Vxlan(v) => match a.vxlan_v6_data() {
                 Some(d) if d.vni == v.vni => {}
                 _ => return Err(InvalidLease::BadBackendData),
-            }
+            },
+            Backend::WireGuard(_) => match a.wireguard_v6_data() {
+                Some(d) if d.public_key.0 != [0; 32] && d.port != 0 => {}
+                _ => return Err(InvalidLease::BadBackendData),
+            },
+            _ => {}
         }
     }
     match &cfg.backend {
@@ -182,6 +187,8 @@ pub fn check_peer_lease(
             }
             match a.wireguard_data() {
                 Some(d) if d.public_key.0 != [0; 32] && d.port != 0 => Ok(()),
+                // An IPv6-only network's lease has only BackendV6Data (checked above).
+                _ if cfg.ipv6_only() => Ok(()),
                 _ => Err(InvalidLease::BadBackendData),
             }
         }

@@ -192,6 +192,10 @@ pub(super) async fn start_userspace(
     let dp = DataPlaneConfig {
         encap,
         port: cfg.backend.port(),
+        port6: match &cfg.backend {
+            Backend::WireGuard(w) => w.listen_port_v6,
+            _ => cfg.backend.port(),
+        },
         local_ip: underlay.local_ip,
         own_subnet: own.subnet,
         network: cfg.ipv4.map(|c| c.network),
@@ -208,7 +212,13 @@ pub(super) async fn start_userspace(
         iface: underlay.iface.clone(),
         iface_mtu: underlay.mtu,
         cpu_local: opts.cpu_local,
-        wireguard: shared.wireguard.get().cloned(),
+        // Each family's node only where the network has that family.
+        wireguard: shared
+            .wireguard
+            .get()
+            .cloned()
+            .filter(|_| cfg.ipv4.is_some()),
+        wireguard6: shared.wireguard6.get().cloned(),
     };
     let dp = DataPlane::start(dp, shared.routes.clone()).await?;
     shared

@@ -201,6 +201,12 @@ async fn control_plane(
     }
     if let crate::control::config::Backend::WireGuard(w) = &cfg.backend {
         let node = wireguard_node(opts, w)?;
+        if cfg.ipv6.is_some() {
+            // flannel's flannel-wg-v6: the same key, its own sessions, on ListenPortV6.
+            let key = crate::wireguard::keyfile::load_or_create(&opts.wg_key_file)?.0;
+            let node6 = crate::wireguard::Node::new(key, w.listen_port_v6, w.psk, w.keepalive);
+            let _ = shared.wireguard6.set(Arc::new(node6));
+        }
         let _ = shared.wireguard.set(node);
     }
     let mut keeper = None;

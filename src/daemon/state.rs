@@ -68,6 +68,8 @@ pub struct Shared {
     pub invalid_leases: Mutex<Vec<(InvalidLease, usize)>>,
     /// This host's WireGuard identity and peer sessions (wireguard backend), set once at start.
     pub wireguard: std::sync::OnceLock<Arc<crate::wireguard::Node>>,
+    /// The IPv6 device's sessions (same key) on a dual-stack or IPv6-only wireguard network.
+    pub wireguard6: std::sync::OnceLock<Arc<crate::wireguard::Node>>,
     /// vxlan's DirectRouting: the direct-route reconciler running beside the data plane.
     pub direct: Mutex<Option<crate::kernel::direct::DirectRoutes>>,
 }
@@ -142,18 +144,21 @@ impl Shared {
     /// The WireGuard sessions, for `/status` and `/metrics`.
     fn wireguard_view(&self) -> Option<crate::ops::metrics::WireGuardView> {
         let node = self.wireguard.get()?;
+        let node6 = self.wireguard6.get();
         let listen_port = self
             .own
             .lock()
             .expect("own lock")
             .as_ref()
-            .and_then(|o| o.attrs.wireguard_data())
+            .and_then(|o| o.attrs.wireguard_data().or(o.attrs.wireguard_v6_data()))
             .map_or(0, |d| d.port);
+        let mut peers = node.status();
+        peers.extend(node6.map(|n| n.status()).unwrap_or_default());
         Some(crate::ops::metrics::WireGuardView {
             public_key: node.public_key().to_string(),
             listen_port,
-            handshakes: node.handshakes(),
-            peers: node.status(),
+            handshakes: node.handshakes() + node6.map_or(0, |n| n.handshakes()),
+            peers,
         })
     }
 }

@@ -34,6 +34,8 @@ pub struct DataPlaneConfig {
     pub encap: Encap,
     /// The network's UDP port (8472 for vxlan, 8285 for udp by default).
     pub port: u16,
+    /// The IPv6 underlay's port: `port`, except for WireGuard (`ListenPortV6`, flannel's `flannel-wg-v6`).
+    pub port6: u16,
     /// The underlay address to bind (the interface's address, which may differ from a NAT public IP).
     pub local_ip: Ipv4Addr,
     /// This host's leased subnet (None on an IPv6-only network).
@@ -64,6 +66,9 @@ pub struct DataPlaneConfig {
     pub cpu_local: bool,
     /// The WireGuard node when the network's backend is wireguard (`encap` is then `Encap::WireGuard`).
     pub wireguard: Option<Arc<crate::wireguard::Node>>,
+    /// The IPv6 twin of `wireguard` on a dual-stack or IPv6-only network (flannel's `flannel-wg-v6`: the same
+    /// key, its own sessions and port).
+    pub wireguard6: Option<Arc<crate::wireguard::Node>>,
 }
 
 /// The underlay side of the userspace data plane.
@@ -162,9 +167,12 @@ impl DataPlane {
         counters: Vec<Arc<WorkerCounters>>,
     ) -> Result<DataPlane, DataPlaneError> {
         let workers = cfg.workers.max(1);
+        // Peers known before the first packet is read.
         if let Some(node) = &cfg.wireguard {
-            // Peers known before the first packet is read.
-            wg_sync(node, &routes.load());
+            wg_sync(node, &routes.load(), false);
+        }
+        if let Some(node) = &cfg.wireguard6 {
+            wg_sync(node, &routes.load(), true);
         }
         let queues = tun::create(&cfg, workers)?;
         let tun_index = tun::route_network(&cfg).await?;
@@ -247,18 +255,38 @@ impl DataPlane {
             }
         }
         for (i, (queue, xsk)) in queues.into_iter().zip(xsks).enumerate() {
-            let wg = cfg.wireguard.is_some();
+            // WireGuard sends leave from the listening port (peers answer to the port a message came from).
+            let wg = matches!(cfg.encap, Encap::WireGuard);
             let io =
                 sock::WorkerSockets::open(cfg.local_ip.into(), cfg.port, cfg.offload.udp_gro, wg)?;
             let io6 = match cfg.local_ip6 {
                 Some(ip6) => Some(sock::WorkerSockets::open(
                     ip6.into(),
-                    cfg.port,
+                    cfg.port6,
                     cfg.offload.udp_gro,
                     wg,
                 )?),
                 None => None,
             };
+            if let (Some(node), Some(io6), 0) = (&cfg.wireguard6, &io6, i) {
+                let sock =
+                    io6.rx_socket()
+                        .try_clone()
+                        .map_err(|source| DataPlaneError::Socket {
+                            addr: std::net::SocketAddr::from((
+                                cfg.local_ip6.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED),
+                                cfg.port6,
+                            )),
+                            source,
+                        })?;
+                dp.threads.push(wg_timers(
+                    node.clone(),
+                    true,
+                    routes.clone(),
+                    sock,
+                    dp.stop.clone(),
+                ));
+            }
             if let (Some(node), 0) = (&cfg.wireguard, i) {
                 let sock = io
                     .rx_socket()
@@ -269,6 +297,7 @@ impl DataPlane {
                     })?;
                 dp.threads.push(wg_timers(
                     node.clone(),
+                    false,
                     routes.clone(),
                     sock,
                     dp.stop.clone(),
@@ -314,28 +343,42 @@ impl DataPlane {
     }
 }
 
-/// The WireGuard peers of a route snapshot.
+/// The WireGuard peers of a route snapshot for the node of one family (`v6`: the IPv6 halves, reached at
+/// their PublicIPv6 and `BackendV6Data`'s port).
 fn wg_leases(
     snap: &crate::routes::RouteSnapshot,
+    v6: bool,
 ) -> impl Iterator<Item = crate::wireguard::node::PeerLease> + '_ {
+    use crate::routes::PeerBackend;
     snap.peers()
         .iter()
-        .filter_map(|p| match (p.backend, p.subnet) {
-            (crate::routes::PeerBackend::WireGuard { public_key, port }, Some(subnet)) => {
+        .filter_map(move |p| match (p.backend, v6) {
+            (PeerBackend::WireGuard { public_key, port }, false) => {
                 Some(crate::wireguard::node::PeerLease {
-                    subnet,
-                    public_ip: p.public_ip,
+                    subnet: p.subnet?.into(),
+                    public_ip: p.public_ip.into(),
                     key: public_key,
                     port,
+                })
+            }
+            (PeerBackend::WireGuard { .. }, true) => {
+                let h = p.v6?;
+                let wg = h.wireguard?;
+                Some(crate::wireguard::node::PeerLease {
+                    subnet: h.subnet.into(),
+                    public_ip: h.public_ip?.into(),
+                    key: wg.public_key,
+                    port: wg.port,
                 })
             }
             _ => None,
         })
 }
 
-/// Makes the WireGuard node's peers those of the route table, and says what changed.
-fn wg_sync(node: &crate::wireguard::Node, snap: &Arc<crate::routes::RouteSnapshot>) {
-    let r = node.sync_tagged(Arc::as_ptr(snap) as usize, wg_leases(snap));
+/// Makes the WireGuard node's peers (of the IPv6 halves with `v6`) those of the route table, and says
+/// what changed.
+fn wg_sync(node: &crate::wireguard::Node, snap: &Arc<crate::routes::RouteSnapshot>, v6: bool) {
+    let r = node.sync_tagged(Arc::as_ptr(snap) as usize, wg_leases(snap, v6));
     for k in &r.added {
         info!(peer = %k, "WireGuard peer added");
     }
@@ -352,10 +395,11 @@ fn wg_sync(node: &crate::wireguard::Node, snap: &Arc<crate::routes::RouteSnapsho
 pub(crate) fn wg_sync_if_stale(
     node: &crate::wireguard::Node,
     snap: &Arc<crate::routes::RouteSnapshot>,
+    v6: bool,
 ) -> bool {
     let stale = node.stale(Arc::as_ptr(snap) as usize);
     if stale {
-        wg_sync(node, snap);
+        wg_sync(node, snap, v6);
     }
     stale
 }
@@ -364,15 +408,16 @@ pub(crate) fn wg_sync_if_stale(
 /// (handshake retries, rekeying, keepalives) and sends what they ask for from the listening port.
 fn wg_timers(
     node: Arc<crate::wireguard::Node>,
+    v6: bool,
     routes: Arc<RouteTable>,
     sock: std::net::UdpSocket,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
-        .name("weft-wg-timers".into())
+        .name(if v6 { "weft-wg6-timers" } else { "weft-wg-timers" }.into())
         .spawn(move || {
             let mut snap = routes.load();
-            wg_sync(&node, &snap);
+            wg_sync(&node, &snap, v6);
             let mut buf = vec![0u8; 2048];
             let mut last_reset = std::time::Instant::now();
             while !stop.load(Ordering::Relaxed) {
@@ -380,7 +425,7 @@ fn wg_timers(
                 let now = routes.load();
                 if !Arc::ptr_eq(&now, &snap) {
                     snap = now;
-                    wg_sync_if_stale(&node, &snap);
+                    wg_sync_if_stale(&node, &snap, v6);
                 }
                 let reset = last_reset.elapsed() >= std::time::Duration::from_secs(1);
                 if reset {

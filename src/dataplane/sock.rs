@@ -165,8 +165,10 @@ pub struct UdpUnderlay {
     socks: WorkerSockets,
     /// The IPv6 underlay's sockets, on a dual-stack network.
     socks6: Option<WorkerSockets>,
-    /// The network's port, which peers receive on.
+    /// The network's port, which peers receive on (IPv4, and IPv6's: they differ for WireGuard, whose
+    /// IPv6 device listens on `ListenPortV6`).
     port: u16,
+    port6: u16,
     /// UDP GSO sends are in use (turned off at run time if the kernel refuses one).
     gso: bool,
     /// Encapsulation bytes in front of each inner packet (to tell tunnel super-packets from GRO trains).
@@ -186,11 +188,21 @@ impl UdpUnderlay {
             socks,
             socks6,
             port: cfg.port,
+            port6: cfg.port6,
             gso,
             prefix: cfg.encap.prefix(),
             rx_batch: if cfg.batch { RX_BATCH } else { 1 },
             rx_bufs: (0..RX_BATCH).map(|_| vec![0; MAX_PACKET]).collect(),
             rx_meta: vec![RecvMeta::default(); RX_BATCH],
+        }
+    }
+
+    /// `dst` at the network's port of its family.
+    #[inline]
+    fn to(&self, dst: IpAddr) -> SocketAddr {
+        match dst {
+            IpAddr::V4(_) => SocketAddr::new(dst, self.port),
+            IpAddr::V6(_) => SocketAddr::new(dst, self.port6),
         }
     }
 
@@ -341,14 +353,14 @@ impl Underlay for UdpUnderlay {
     #[inline]
     fn send(&mut self, flow: u32, dst: IpAddr, datagram: &[u8]) -> Sent {
         let mut sent = Sent::default();
-        let dst = SocketAddr::new(dst, self.port);
+        let dst = self.to(dst);
         self.send_one(flow, dst, datagram, &mut sent);
         sent
     }
 
     /// One UDP GSO send per `max_gso_segments` datagrams, or one send per datagram.
     fn send_train(&mut self, flow: u32, dst: IpAddr, train: &[u8], stride: usize) -> Sent {
-        let dst = SocketAddr::new(dst, self.port);
+        let dst = self.to(dst);
         let socks = match self.socks_for(&dst) {
             Ok(s) => s,
             Err(e) => return failed(e),
@@ -370,7 +382,7 @@ impl Underlay for UdpUnderlay {
     /// Gathered: the payload goes from the caller's buffer straight to the kernel, all GSO messages of
     /// the split in one `sendmmsg`.
     fn send_split(&mut self, flow: u32, dst: IpAddr, split: &Split<'_>, _: &mut [u8]) -> Sent {
-        let dst = SocketAddr::new(dst, self.port);
+        let dst = self.to(dst);
         let socks = match self.socks_for(&dst) {
             Ok(s) => s,
             Err(e) => return failed(e),
@@ -406,6 +418,7 @@ mod tests {
         DataPlaneConfig {
             encap: Encap::Udp,
             port,
+            port6: port,
             local_ip: LOOPBACK,
             own_subnet: Some("10.5.1.0/24".parse().unwrap()),
             network: Some("10.5.0.0/16".parse().unwrap()),
@@ -423,6 +436,7 @@ mod tests {
             iface_mtu: 65_536,
             cpu_local: false,
             wireguard: None,
+            wireguard6: None,
         }
     }
 

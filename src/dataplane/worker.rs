@@ -2,7 +2,7 @@
 //! with offloads, TSO reads leave as one UDP GSO send and GRO receives enter as one tun write.
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -64,15 +64,23 @@ pub struct Worker<U> {
     icmp_window: (Instant, u32),
     spin: SpinBudget,
     last_error_log: Option<Instant>,
-    /// The WireGuard node (wireguard backend): packets are sealed for, and opened from, its peers.
+    /// The WireGuard nodes (wireguard backend), IPv4's and IPv6's: packets are sealed for, and opened
+    /// from, their peers.
     wg: Option<Arc<Node>>,
+    wg6: Option<Arc<Node>>,
     /// A sealed train (WireGuard).
     sealed: Vec<u8>,
     /// Handshake answers and cookies to send after a receive batch (WireGuard).
-    replies: Vec<(SocketAddrV4, Vec<u8>)>,
+    replies: Vec<(SocketAddr, Vec<u8>)>,
 }
 
 impl<U: Underlay> Worker<U> {
+    /// The network's backend is wireguard.
+    #[inline]
+    fn is_wg(&self) -> bool {
+        matches!(self.cfg.encap, crate::wire::inbound::Encap::WireGuard)
+    }
+
     pub fn new(
         cfg: DataPlaneConfig,
         tun: SyncDevice,
@@ -85,11 +93,11 @@ impl<U: Underlay> Worker<U> {
         let vnet = tun.tcp_gso();
         // A train of up to 64 KiB of packets, each with its 32 bytes of WireGuard, and room for a
         // handshake initiation.
-        let sealed = match cfg.wireguard {
-            Some(_) => vec![0; 2 * TRAIN_BYTES + HANDSHAKE_INIT_LEN],
-            None => Vec::new(),
+        let sealed = match cfg.wireguard.is_some() || cfg.wireguard6.is_some() {
+            true => vec![0; 2 * TRAIN_BYTES + HANDSHAKE_INIT_LEN],
+            false => Vec::new(),
         };
-        let wg = cfg.wireguard.clone();
+        let (wg, wg6) = (cfg.wireguard.clone(), cfg.wireguard6.clone());
         Worker {
             coalescer: Coalescer::new(cfg.mtu as usize),
             outbound: Outbound { encap: cfg.encap },
@@ -112,6 +120,7 @@ impl<U: Underlay> Worker<U> {
             last_error_log: None,
             sealed,
             wg,
+            wg6,
             replies: Vec::new(),
         }
     }
@@ -277,7 +286,7 @@ impl<U: Underlay> Worker<U> {
         };
         let dst = e.dst;
         let (flow, prefix) = (e.flow, e.prefix());
-        if !self.vnet && self.wg.is_some() {
+        if !self.vnet && self.is_wg() {
             let sent = self.seal_and_send(flow, dst, Plain::TxBuf, len, len);
             self.count_sent(sent, dst, DATA_OVERHEAD);
             return;
@@ -345,7 +354,7 @@ impl<U: Underlay> Worker<U> {
                 return;
             }
         };
-        if self.wg.is_some() {
+        if matches!(self.cfg.encap, crate::wire::inbound::Encap::WireGuard) {
             let Some(t) = split.assemble(&mut self.train) else {
                 self.counters.dropped(DropReason::TooBig);
                 return;
@@ -368,14 +377,9 @@ impl<U: Underlay> Worker<U> {
         len: usize,
         stride: usize,
     ) -> Sent {
-        // WireGuard peers are reached over IPv4 (the IPv6 inner packets it does not carry are dropped
-        // before this).
-        let IpAddr::V4(dst4) = dst else {
-            self.counters.dropped(DropReason::UnderlayFamily);
-            return Sent::default();
-        };
         let Worker {
             wg,
+            wg6,
             underlay,
             sealed,
             tx_buf,
@@ -383,7 +387,10 @@ impl<U: Underlay> Worker<U> {
             counters,
             ..
         } = self;
-        let Some(node) = wg.as_deref() else {
+        // Each family's peers belong to that family's node (flannel's flannel-wg and flannel-wg-v6).
+        let v6 = dst.is_ipv6();
+        let Some(node) = (if v6 { wg6 } else { wg }).as_deref() else {
+            counters.dropped(DropReason::UnderlayFamily);
             return Sent::default();
         };
         let plain = match from {
@@ -392,13 +399,13 @@ impl<U: Underlay> Worker<U> {
         };
         // The handshake initiation goes to the peer's address on the network's port, as all sends do.
         let mut seal = |sealed: &mut [u8]| {
-            node.seal(dst4, plain, stride, sealed, |ep, m| {
-                let _ = underlay.send(flow, (*ep.ip()).into(), m);
+            node.seal(dst, plain, stride, sealed, |ep, m| {
+                let _ = underlay.send(flow, ep.ip(), m);
             })
         };
         let mut r = seal(sealed);
         if r == Err(DropReason::UnsupportedPeer)
-            && super::wg_sync_if_stale(node, &self.routes.load())
+            && super::wg_sync_if_stale(node, &self.routes.load(), v6)
         {
             // The peer's lease came after the last sync.
             r = seal(sealed);
@@ -421,7 +428,7 @@ impl<U: Underlay> Worker<U> {
         let Some((dst, flow, train)) = self.batch.take() else {
             return;
         };
-        if self.wg.is_some() {
+        if self.is_wg() {
             let sent = self.seal_and_send(flow, dst, Plain::Train, train.len, train.stride);
             self.count_sent(sent, dst, DATA_OVERHEAD);
             return;
@@ -516,6 +523,7 @@ impl<U: Underlay> Worker<U> {
             coalescer,
             vnet,
             wg,
+            wg6,
             replies,
             ..
         } = self;
@@ -528,12 +536,13 @@ impl<U: Underlay> Worker<U> {
             scratch: seg_buf,
             vnet: *vnet,
             wg: wg.as_deref(),
+            wg6: wg6.as_deref(),
             replies,
             snap: &routes,
         };
         let r = underlay.recv(source, WORK_LIMIT, &mut sink);
         for (to, m) in self.replies.drain(..) {
-            let _ = self.underlay.send(0, (*to.ip()).into(), &m);
+            let _ = self.underlay.send(0, to.ip(), &m);
         }
         match r {
             Ok(more) => more,
@@ -568,7 +577,8 @@ struct TunSink<'a> {
     scratch: &'a mut [u8],
     vnet: bool,
     wg: Option<&'a Node>,
-    replies: &'a mut Vec<(SocketAddrV4, Vec<u8>)>,
+    wg6: Option<&'a Node>,
+    replies: &'a mut Vec<(SocketAddr, Vec<u8>)>,
     /// The route snapshot `routes` is, as the WireGuard node tags its peer syncs.
     snap: &'a Arc<crate::routes::RouteSnapshot>,
 }
@@ -597,13 +607,15 @@ impl DatagramSink for TunSink<'_> {
     fn datagram(&mut self, src: IpAddr, payload: &mut [u8]) {
         let (tun, counters, vnet) = (self.tun, self.counters, self.vnet);
         let coalescer = &mut *self.coalescer;
-        if let Some(node) = self.wg {
-            // WireGuard peers are IPv4 endpoints.
-            let IpAddr::V4(src) = src else {
+        if matches!(self.rx.encap, crate::wire::inbound::Encap::WireGuard) {
+            // Each family's datagrams belong to that family's node (flannel's flannel-wg, flannel-wg-v6).
+            let v6 = src.is_ipv6();
+            let Some(node) = (if v6 { self.wg6 } else { self.wg }) else {
                 counters.dropped(DropReason::UnderlayFamily);
                 return;
             };
-            let (own, mtu, replies) = (self.rx.own, self.rx.mtu, &mut *self.replies);
+            let (own, own6, mtu) = (self.rx.own, self.rx.own6, self.rx.mtu);
+            let replies = &mut *self.replies;
             for attempt in 0..2 {
                 let r = node.open(
                     src,
@@ -611,11 +623,8 @@ impl DatagramSink for TunSink<'_> {
                     self.scratch,
                     |to, m| replies.push((to, m.to_vec())),
                     |packet| {
-                        let ip = crate::wire::ipv4::parse(packet).ok_or(DropReason::Truncated)?;
-                        if !own.is_some_and(|o| o.contains(&ip.dst)) {
-                            return Err(DropReason::NotForUs);
-                        }
-                        let packet = &mut packet[..ip.total_len];
+                        let len = opened_for_us(packet, own, own6)?;
+                        let packet = &mut packet[..len];
                         if !vnet && packet.len() > mtu {
                             return Err(DropReason::TooBig);
                         }
@@ -626,7 +635,7 @@ impl DatagramSink for TunSink<'_> {
                 match r {
                     // A handshake from a peer whose lease came after the last sync.
                     Err(DropReason::WgUnknownKey)
-                        if attempt == 0 && super::wg_sync_if_stale(node, self.snap) => {}
+                        if attempt == 0 && super::wg_sync_if_stale(node, self.snap, v6) => {}
                     Err(reason) => {
                         counters.dropped(reason);
                         return;
@@ -656,6 +665,27 @@ impl DatagramSink for TunSink<'_> {
         self.coalescer
             .flush(&mut |f: &[u8]| write_tun(tun, counters, f));
     }
+}
+
+/// The length of an opened WireGuard packet addressed to this host (its IPv4 destination in `own`, its
+/// IPv6 one in `own6`), without any padding after it.
+fn opened_for_us(
+    packet: &[u8],
+    own: Option<ipnet::Ipv4Net>,
+    own6: Option<ipnet::Ipv6Net>,
+) -> Result<usize, DropReason> {
+    if packet.first().is_some_and(|b| b >> 4 == 6) {
+        let ip = ipv6::parse(packet).ok_or(DropReason::Truncated)?;
+        if !own6.is_some_and(|o| o.contains(&ip.dst)) {
+            return Err(DropReason::NotForUs);
+        }
+        return Ok(ip.total_len);
+    }
+    let ip = crate::wire::ipv4::parse(packet).ok_or(DropReason::Truncated)?;
+    if !own.is_some_and(|o| o.contains(&ip.dst)) {
+        return Err(DropReason::NotForUs);
+    }
+    Ok(ip.total_len)
 }
 
 fn write_tun(tun: &SyncDevice, counters: &WorkerCounters, frame: &[u8]) {

@@ -195,6 +195,7 @@ mod tests {
                 subnet: s6.parse().unwrap(),
                 public_ip: ip6.map(|a| a.parse().unwrap()),
                 vtep_mac: Some(mac),
+                wireguard: None,
             }),
             ..peer(
                 s4,
@@ -230,6 +231,7 @@ mod tests {
                 subnet: s6.parse().unwrap(),
                 public_ip: Some(ip6.parse().unwrap()),
                 vtep_mac: None,
+                wireguard: None,
             }),
             ..peer("10.5.9.0/24", [0, 0, 0, 0], PeerBackend::HostGw)
         };

@@ -315,6 +315,7 @@ mod tests {
                 subnet: s6.parse().unwrap(),
                 public_ip: ip6.map(|a| a.parse().unwrap()),
                 vtep_mac: mac6.map(|m| MacAddr([2, 0, 0, 0, 6, m])),
+                wireguard: None,
             }),
             ..peer(s4, [192, 0, 2, 9], 9, vni)
         }

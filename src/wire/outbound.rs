@@ -101,15 +101,13 @@ impl Outbound {
     }
 
     /// The IPv6 half of `route`: VXLAN frames it with Ethernet type 0x86DD between the IPv6 VTEP MACs,
-    /// flannel's udp backend sends it bare. A host without IPv6 (VXLAN without an IPv6 VTEP MAC) and the
-    /// WireGuard backend drop it as `NotIpv4`.
+    /// flannel's udp backend sends it bare, WireGuard seals it for the peer's IPv6 device. A host without
+    /// IPv6 (VXLAN without an IPv6 VTEP MAC) drops it as `NotIpv4`.
     fn route6<R: PeerTable + ?Sized>(&self, packet: &[u8], routes: &R) -> Action {
         let our_mac6 = match self.encap {
             Encap::Vxlan { mac6: Some(m), .. } => Some(m),
-            Encap::Udp => None,
-            Encap::Vxlan { mac6: None, .. } | Encap::WireGuard => {
-                return Action::Drop(DropReason::NotIpv4)
-            }
+            Encap::Udp | Encap::WireGuard => None,
+            Encap::Vxlan { mac6: None, .. } => return Action::Drop(DropReason::NotIpv4),
         };
         let Some(ip) = ipv6::parse(packet) else {
             return Action::Drop(DropReason::Truncated);
@@ -130,7 +128,7 @@ impl Outbound {
             (Encap::Vxlan { vni, .. }, PeerEncap::Vxlan { vtep_mac }, Some(mac6)) => Some(
                 VxlanTemplate::for_inner(vni, vtep_mac, mac6, InnerFamily::V6),
             ),
-            (Encap::Udp, PeerEncap::Udp, _) => None,
+            (Encap::Udp, PeerEncap::Udp, _) | (Encap::WireGuard, PeerEncap::WireGuard, _) => None,
             _ => return Action::Drop(DropReason::UnsupportedPeer),
         };
         Action::Send(Encapsulation {
@@ -304,7 +302,8 @@ mod tests {
         let mut v6 = vec![0u8; 60];
         v6[0] = 0x60;
         assert_eq!(VXLAN.route(&v6, &r), Action::Drop(DropReason::NotIpv4));
-        assert_eq!(WG.route(&v6, &r), Action::Drop(DropReason::NotIpv4));
+        // WireGuard carries IPv6 (its own device per family): an unspecified source is not routed.
+        assert_eq!(WG.route(&v6, &r), Action::Drop(DropReason::Ipv6Scope));
         let mut v5 = v6.clone();
         v5[0] = 0x50;
         assert_eq!(VXLAN6.route(&v5, &r), Action::Drop(DropReason::NotIp));
@@ -409,9 +408,10 @@ mod tests {
         let drop = Action::Drop(DropReason::UnsupportedPeer);
         assert_eq!(VXLAN6.route(&packet6_to("fc00:0:0:3::9"), &r), drop);
         assert_eq!(UDP.route(&packet6_to("fc00:0:0:2::9"), &r), drop);
-        // Without an IPv6 VTEP (IPv6 not enabled), or over WireGuard: not carried.
+        // Without an IPv6 VTEP (IPv6 not enabled): not carried. WireGuard to a peer without an IPv6
+        // WireGuard device (the table's peers here are udp and vxlan ones): not a peer it can reach.
         let not = Action::Drop(DropReason::NotIpv4);
         assert_eq!(VXLAN.route(&packet6_to("fc00:0:0:2::9"), &r), not);
-        assert_eq!(WG.route(&packet6_to("fc00:0:0:2::9"), &r), not);
+        assert_eq!(WG.route(&packet6_to("fc00:0:0:2::9"), &r), drop);
     }
 }

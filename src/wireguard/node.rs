@@ -3,7 +3,7 @@
 //! No I/O: what must go on the wire is handed to the caller's closures.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::control::key::WgKey;
@@ -35,8 +35,9 @@ const MAX_INDEX: u32 = 1 << 24;
 /// One peer lease as the WireGuard backend sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerLease {
-    pub subnet: Ipv4Net,
-    pub public_ip: Ipv4Addr,
+    /// Its subnet of this node's family (flannel's `flannel-wg` carries IPv4, `flannel-wg-v6` IPv6).
+    pub subnet: IpNet,
+    pub public_ip: IpAddr,
     pub key: WgKey,
     pub port: u16,
 }
@@ -44,8 +45,8 @@ pub struct PeerLease {
 /// A peer's state: its session (boringtun's `Tunn`) and what its lease says.
 struct PeerState {
     tunn: Tunn,
-    subnet: Ipv4Net,
-    endpoint: SocketAddrV4,
+    subnet: IpNet,
+    endpoint: SocketAddr,
     /// When this host first offered a handshake that is still unanswered.
     waiting_since: Option<Instant>,
     /// The peer was reported as not answering (and is not known to answer again yet).
@@ -61,15 +62,9 @@ pub const UNANSWERED_AFTER: Duration = Duration::from_secs(15);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerEvent {
     /// Handshakes offered to the peer have gone unanswered for `UNANSWERED_AFTER`.
-    Unanswered {
-        subnet: Ipv4Net,
-        endpoint: SocketAddrV4,
-    },
+    Unanswered { subnet: IpNet, endpoint: SocketAddr },
     /// A peer reported as unanswered completed a handshake.
-    Answering {
-        subnet: Ipv4Net,
-        endpoint: SocketAddrV4,
-    },
+    Answering { subnet: IpNet, endpoint: SocketAddr },
 }
 
 /// One peer, kept across lease updates for as long as its key stays.
@@ -93,15 +88,15 @@ impl Peer {
 struct PeerSet {
     by_key: HashMap<WgKey, Arc<Peer>>,
     by_index: HashMap<u32, Arc<Peer>>,
-    by_ip: HashMap<Ipv4Addr, Arc<Peer>>,
+    by_ip: HashMap<IpAddr, Arc<Peer>>,
 }
 
 /// What `/status` shows of one peer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerStatus {
     pub public_key: WgKey,
-    pub subnet: Ipv4Net,
-    pub endpoint: SocketAddrV4,
+    pub subnet: IpNet,
+    pub endpoint: SocketAddr,
     /// Seconds since the current session's handshake (none: no session).
     pub last_handshake_secs: Option<f64>,
     /// Plaintext bytes sent to and received from the peer (over all its sessions here).
@@ -117,7 +112,7 @@ pub struct SyncReport {
     pub added: Vec<WgKey>,
     pub removed: Vec<WgKey>,
     /// Leases ignored because another lease already has their key (a copied key file).
-    pub duplicate_keys: Vec<(Ipv4Net, WgKey)>,
+    pub duplicate_keys: Vec<(IpNet, WgKey)>,
 }
 
 /// This host's WireGuard identity and peers.
@@ -222,7 +217,7 @@ impl Node {
                 report.duplicate_keys.push((l.subnet, l.key));
                 continue;
             }
-            let endpoint = SocketAddrV4::new(l.public_ip, l.port);
+            let endpoint = SocketAddr::new(l.public_ip, l.port);
             let peer = match old.by_key.get(&l.key) {
                 Some(p) => {
                     let mut s = p.lock();
@@ -250,7 +245,7 @@ impl Node {
         report
     }
 
-    fn new_peer(&self, key: WgKey, subnet: Ipv4Net, endpoint: SocketAddrV4) -> Arc<Peer> {
+    fn new_peer(&self, key: WgKey, subnet: IpNet, endpoint: SocketAddr) -> Arc<Peer> {
         let index = self.next_index.fetch_add(1, Ordering::Relaxed) % MAX_INDEX;
         let tunn = Tunn::new(
             self.secret.clone(),
@@ -282,11 +277,11 @@ impl Node {
     /// `HANDSHAKE_INIT_LEN` bytes.
     pub fn seal(
         &self,
-        public_ip: Ipv4Addr,
+        public_ip: IpAddr,
         plain: &[u8],
         stride: usize,
         out: &mut [u8],
-        mut send: impl FnMut(SocketAddrV4, &[u8]),
+        mut send: impl FnMut(SocketAddr, &[u8]),
     ) -> Result<usize, DropReason> {
         let peers = self.peers.load();
         let peer = peers
@@ -331,10 +326,10 @@ impl Node {
     /// handshake answers, cookies and packets that waited for a session go to `send`.
     pub fn open(
         &self,
-        src: Ipv4Addr,
+        src: IpAddr,
         datagram: &[u8],
         out: &mut [u8],
-        mut send: impl FnMut(SocketAddrV4, &[u8]),
+        mut send: impl FnMut(SocketAddr, &[u8]),
         deliver: impl FnOnce(&mut [u8]) -> Result<(), DropReason>,
     ) -> Result<(), DropReason> {
         let packet = Tunn::parse_incoming_packet(datagram).map_err(|e| reason(&e))?;
@@ -343,13 +338,10 @@ impl Node {
             Packet::HandshakeInit(init) => {
                 // The MACs first (cheap, and under load the cookie), then the Diffie-Hellman to learn
                 // which key sent it.
-                match self
-                    .rate_limiter
-                    .verify_packet(Some(IpAddr::V4(src)), datagram, out)
-                {
+                match self.rate_limiter.verify_packet(Some(src), datagram, out) {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(cookie)) => {
-                        send(SocketAddrV4::new(src, self.port), cookie);
+                        send(SocketAddr::new(src, self.port), cookie);
                         return Ok(());
                     }
                     Err(TunnResult::Err(e)) => return Err(reason(&e)),
@@ -386,21 +378,15 @@ impl Node {
         };
         let mut s = peer.lock();
         let (subnet, endpoint) = (s.subnet, s.endpoint);
-        match s.tunn.decapsulate(Some(IpAddr::V4(src)), datagram, out) {
-            TunnResult::WriteToTunnelV4(p, from) => {
-                drop(s);
-                if !subnet.contains(&from) {
-                    return Err(DropReason::SpoofedSource);
-                }
-                deliver(p)
-            }
-            TunnResult::WriteToTunnelV6(..) => Err(DropReason::NotIpv4),
-            TunnResult::Done => Ok(()),
-            TunnResult::Err(e) => Err(reason(&e)),
+        let (p, from) = match s.tunn.decapsulate(Some(src), datagram, out) {
+            TunnResult::WriteToTunnelV4(p, from) => (p, IpAddr::V4(from)),
+            TunnResult::WriteToTunnelV6(p, from) => (p, IpAddr::V6(from)),
+            TunnResult::Done => return Ok(()),
+            TunnResult::Err(e) => return Err(reason(&e)),
             TunnResult::WriteToNetwork(m) => {
                 // The answer to a handshake (or a keepalive confirming one) goes back where it came
                 // from; then whatever waited for the session goes to the peer.
-                send(SocketAddrV4::new(src, endpoint.port()), m);
+                send(SocketAddr::new(src, endpoint.port()), m);
                 if handshake {
                     peer.handshakes.fetch_add(1, Ordering::Relaxed);
                     self.handshakes.fetch_add(1, Ordering::Relaxed);
@@ -408,9 +394,15 @@ impl Node {
                 while let TunnResult::WriteToNetwork(m) = s.tunn.decapsulate(None, &[], out) {
                     send(endpoint, m);
                 }
-                Ok(())
+                return Ok(());
             }
+        };
+        drop(s);
+        // Cryptokey routing: the source must lie in the sending peer's subnet (of this node's family).
+        if !subnet.contains(&from) {
+            return Err(DropReason::SpoofedSource);
         }
+        deliver(p)
     }
 
     /// Runs every peer's timers (handshake retries, rekeying, keepalives); what is due goes to `send`.
@@ -420,7 +412,7 @@ impl Node {
         &self,
         reset_rate: bool,
         buf: &mut [u8],
-        mut send: impl FnMut(SocketAddrV4, &[u8]),
+        mut send: impl FnMut(SocketAddr, &[u8]),
     ) -> Vec<PeerEvent> {
         if reset_rate {
             self.rate_limiter.reset_count();
@@ -493,9 +485,9 @@ pub fn connected_pair() -> (Node, Node) {
     let (a_ip, b_ip) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
     let a = Node::new(crate::wireguard::keyfile::generate(), 51820, None, 0);
     let b = Node::new(crate::wireguard::keyfile::generate(), 51820, None, 0);
-    let lease = |n: &Node, subnet: &str, ip| PeerLease {
+    let lease = |n: &Node, subnet: &str, ip: Ipv4Addr| PeerLease {
         subnet: subnet.parse().expect("a literal subnet"),
-        public_ip: ip,
+        public_ip: ip.into(),
         key: n.public_key(),
         port: 51820,
     };
@@ -513,19 +505,19 @@ pub fn connect_in_memory(a: &Node, a_ip: Ipv4Addr, b: &Node, b_ip: Ipv4Addr) {
     let mut probe = [0u8; 20];
     probe[0] = 0x45;
     probe[3] = 20;
-    let mut wire: std::collections::VecDeque<(Ipv4Addr, Vec<u8>)> = Default::default();
+    let mut wire: std::collections::VecDeque<(IpAddr, Vec<u8>)> = Default::default();
     let mut out = vec![0u8; 4096];
-    let _ = a.seal(b_ip, &probe, probe.len(), &mut out, |ep, m| {
-        wire.push_back((*ep.ip(), m.to_vec()))
+    let _ = a.seal(b_ip.into(), &probe, probe.len(), &mut out, |ep, m| {
+        wire.push_back((ep.ip(), m.to_vec()))
     });
     while let Some((to, m)) = wire.pop_front() {
         let (node, from) = if to == b_ip { (b, a_ip) } else { (a, b_ip) };
         let mut next = Vec::new();
         let _ = node.open(
-            from,
+            from.into(),
             &m,
             &mut out,
-            |ep, m| next.push((*ep.ip(), m.to_vec())),
+            |ep, m| next.push((ep.ip(), m.to_vec())),
             |_| Ok(()),
         );
         wire.extend(next);
@@ -556,7 +548,7 @@ mod tests {
     fn lease(n: &Node, subnet: &str, ip: Ipv4Addr) -> PeerLease {
         PeerLease {
             subnet: subnet.parse().unwrap(),
-            public_ip: ip,
+            public_ip: ip.into(),
             key: n.public_key(),
             port: 51820,
         }
@@ -571,7 +563,7 @@ mod tests {
     }
 
     /// Runs datagrams between the two nodes until none are left; returns what each delivered.
-    fn exchange(p: &Pair, wire: Vec<(Ipv4Addr, Vec<u8>)>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    fn exchange(p: &Pair, wire: Vec<(IpAddr, Vec<u8>)>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         let mut wire = std::collections::VecDeque::from(wire);
         let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
         let mut out = vec![0u8; 65536];
@@ -586,10 +578,10 @@ mod tests {
             };
             let mut sent = Vec::new();
             node.open(
-                from,
+                from.into(),
                 &d,
                 &mut out,
-                |ep, m| sent.push((*ep.ip(), m.to_vec())),
+                |ep, m| sent.push((ep.ip(), m.to_vec())),
                 |pkt| {
                     delivered.push(pkt.to_vec());
                     Ok(())
@@ -606,12 +598,12 @@ mod tests {
         to: Ipv4Addr,
         plain: &[u8],
         stride: usize,
-    ) -> (Vec<u8>, Vec<(Ipv4Addr, Vec<u8>)>) {
+    ) -> (Vec<u8>, Vec<(IpAddr, Vec<u8>)>) {
         let mut out = vec![0u8; plain.len() * 2 + HANDSHAKE_INIT_LEN + 64 * DATA_OVERHEAD];
         let mut sent = Vec::new();
         let len = n
-            .seal(to, plain, stride, &mut out, |ep, m| {
-                sent.push((*ep.ip(), m.to_vec()))
+            .seal(to.into(), plain, stride, &mut out, |ep, m| {
+                sent.push((ep.ip(), m.to_vec()))
             })
             .unwrap();
         out.truncate(len);
@@ -640,7 +632,10 @@ mod tests {
             assert!(hs.is_empty());
             let stride = pkts[0].len() + DATA_OVERHEAD;
             assert_eq!(sealed.len(), 3 * stride);
-            let wire = sealed.chunks(stride).map(|d| (B_IP, d.to_vec())).collect();
+            let wire = sealed
+                .chunks(stride)
+                .map(|d| (B_IP.into(), d.to_vec()))
+                .collect();
             assert_eq!(exchange(&p, wire).1, pkts);
             let st = p.b.status();
             assert_eq!(st.len(), 1);
@@ -663,7 +658,7 @@ mod tests {
         let mut out = vec![0u8; 65536];
         let mut got = Vec::new();
         p.b.open(
-            A_IP,
+            A_IP.into(),
             d,
             &mut out,
             |_, _| {},
@@ -714,7 +709,7 @@ mod tests {
         let mut buf = vec![0u8; 2048];
         assert!(p.a.tick(false, &mut buf, |_, _| {}).is_empty());
         // Pretend the offer is 15 s old.
-        let peer = p.a.peers.load().by_ip[&B_IP].clone();
+        let peer = p.a.peers.load().by_ip[&IpAddr::V4(B_IP)].clone();
         peer.lock().waiting_since = Some(Instant::now() - UNANSWERED_AFTER);
         let ev = p.a.tick(false, &mut buf, |_, _| {});
         assert!(

@@ -209,6 +209,8 @@ impl WgGo {
         // Before the process starts, so that nothing can panic between its start and `w` owning it.
         let (private_key, public_key) = wg_keypair(ns);
         let base = subnet.split('/').next().expect("subnet").to_string();
+        // flannel-wg gets `<subnet>.0/32`, flannel-wg-v6 `<IPv6 subnet>::/128`.
+        let host_len = if base.contains(':') { 128 } else { 32 };
         let log = std::fs::File::create(dir.path().join("wireguard-go.log")).expect("log file");
         let child = command_in(Some(ns), "wireguard-go")
             .arg(&dev)
@@ -269,7 +271,7 @@ impl WgGo {
             ns,
             "addr",
             "add",
-            &format!("{base}/32"),
+            &format!("{base}/{host_len}"),
             "dev",
             &w.dev,
         ]);
@@ -298,10 +300,11 @@ impl WgGo {
     pub fn add_peer(
         &self,
         public_key: &str,
-        endpoint: SocketAddrV4,
+        endpoint: impl Into<std::net::SocketAddr>,
         allowed_ips: &str,
         keepalive: Option<u16>,
     ) {
+        let endpoint: std::net::SocketAddr = endpoint.into();
         let ep = endpoint.to_string();
         let ka = keepalive.map(|k| k.to_string());
         let mut args = vec![
@@ -740,12 +743,13 @@ pub fn capture_contains<T>(
 pub fn transfer_pattern(
     tx_ns: &str,
     rx_ns: &str,
-    to_ip: Ipv4Addr,
+    to_ip: impl Into<std::net::IpAddr>,
     port: u16,
     pattern: &[u8],
     bytes: usize,
 ) -> usize {
     assert!(!pattern.is_empty());
+    let to_ip: std::net::IpAddr = to_ip.into();
     let (ready_tx, ready_rx) = mpsc::channel();
     let rx_ns = rx_ns.to_string();
     let expect = pattern.to_vec();
