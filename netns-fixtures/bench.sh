@@ -9,7 +9,7 @@
 #   usage: [WEFT_BIN=path] [WEFT_BIN_B=path] netns-fixtures/bench.sh [--runs N] [--time SECONDS] [--only "rows"]
 #   rows (in this order): underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin
 #                         weft-vxlan-afxdp weft-udp weft-kernel wireguard-go weft-wireguard weft-host-gw
-#                         weft-vxlan-direct underlay6 kernel-vxlan6 weft-vxlan6 weft-kernel6
+#                         weft-vxlan-direct underlay6 kernel-vxlan6 weft-vxlan6 weft-kernel6 weft-wireguard6
 #                         (weft-vxlan-spin: --busy-poll-us 50)
 #   --runs N (default 5): for run in 1..N, every row in turn is set up, measured and torn down (the paths are
 #     interleaved, so slow drift of the machine hits all of them alike); each cell is the median [min-max].
@@ -70,6 +70,8 @@
 #                   "IPv6Network":"fc00:5::/48","Backend":{"Type":"vxlan"}}; the containers' IPv6 subnets are
 #                   FLANNEL_IPV6_SUBNET of each host's subnet.env.
 #   weft-kernel6    the same with --dataplane kernel.
+#   weft-wireguard6 weft's wireguard backend on the dual-stack network: IPv6 between the IPv6 WireGuard
+#                   identities on ListenPortV6 (flannel's Mode "separate"), over the IPv6 underlay.
 # Their ratios (x) are to kernel-vxlan6 and their "extra s/GB" is over underlay6. Columns as above, except:
 #   RTT             examples/pingpong.rs (built with the blaster) in place of sockperf: Debian 12's sockperf 3.7
 #                   takes no IPv6 address. The same measurement (14-byte UDP messages, one in flight, full round
@@ -100,7 +102,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [[ "$SECS" =~ ^[0-9]+$ && "$RUNS" =~ ^[0-9]+$ && "$SECS" -ge 2 && "$RUNS" -ge 1 ]] || usage
-ALL_ROWS="underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin weft-vxlan-afxdp weft-udp weft-kernel wireguard-go weft-wireguard weft-host-gw weft-vxlan-direct underlay6 kernel-vxlan6 weft-vxlan6 weft-kernel6"
+ALL_ROWS="underlay kernel-vxlan weft-vxlan weft-vxlan-plain weft-vxlan-cpu-local weft-vxlan-spin weft-vxlan-afxdp weft-udp weft-kernel wireguard-go weft-wireguard weft-host-gw weft-vxlan-direct underlay6 kernel-vxlan6 weft-vxlan6 weft-kernel6 weft-wireguard6"
 for r in $ONLY; do [[ " $ALL_ROWS " == *" ${r%@B} "* ]] || { echo "bench: unknown row $r" >&2; usage; }; done
 
 . netns-fixtures/lib.sh
@@ -306,6 +308,8 @@ setup_row() {
       VTEP1=0e:00:00:00:06:01; VTEP2=0e:00:00:00:06:02 ;;
     weft-vxlan6) start_weft vxlan userspace ;;
     weft-kernel6) start_weft vxlan kernel ;;
+    weft-wireguard6)
+      start_weft wireguard userspace --wireguard-key-file "$WORK/weft-wg6-{i}.key"; KIND=wireguard ;;
   esac
   [ -z "$ROW_FAILED" ] || return 0
   [[ $base != weft-* ]] || WEFT_NS="$H1,$H2"
