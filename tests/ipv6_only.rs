@@ -26,6 +26,27 @@ fn attach(bed: &mut Bed, i: usize) -> std::net::Ipv6Addr {
     bed.attach_container6(i)
 }
 
+/// Every container pings every other over IPv6, then `bytes` cross byte-identical for each (from, to) pair.
+fn reach_each_other(
+    bed: &Bed,
+    ips6: &[std::net::Ipv6Addr],
+    pairs: &[(usize, usize)],
+    bytes: usize,
+) {
+    for from in 0..ips6.len() {
+        for (to, ip6) in ips6.iter().enumerate() {
+            if from != to {
+                bed.wait_ping6(from, *ip6, T);
+            }
+        }
+    }
+    for &(from, to) in pairs {
+        let (sent, got) = bed.transfer6(from, to, bytes);
+        assert_eq!(got.1, bytes, "all bytes arrived {from} -> {to}");
+        assert_eq!(sent, got, "byte-identical over IPv6 {from} -> {to}");
+    }
+}
+
 /// The lease values in etcd, by key.
 fn leases(bed: &Bed) -> Vec<(String, serde_json::Value)> {
     let out = bed
@@ -57,18 +78,7 @@ fn three_hosts(backend: &str, kernel_host: bool) {
         },
     );
     let ips6: Vec<_> = (0..3).map(|i| attach(&mut bed, i)).collect();
-    for from in 0..3 {
-        for (to, ip6) in ips6.iter().enumerate() {
-            if from != to {
-                bed.wait_ping6(from, *ip6, T);
-            }
-        }
-    }
-    for (from, to) in [(0, 2), (2, 0), (1, 0)] {
-        let (sent, got) = bed.transfer6(from, to, 20 << 20);
-        assert_eq!(got.1, 20 << 20, "all bytes arrived {from} -> {to}");
-        assert_eq!(sent, got, "byte-identical over IPv6 {from} -> {to}");
-    }
+    reach_each_other(&bed, &ips6, &[(0, 2), (2, 0), (1, 0)], 20 << 20);
     // flannel's IPv6-only lease form, one per host, named by its IPv6 underlay address.
     let ls = leases(&bed);
     assert_eq!(ls.len(), 3, "{ls:?}");
@@ -281,18 +291,12 @@ fn weft_and_a_flannel_host_on_an_ipv6_only_network() {
         let ip6: std::net::Ipv6Addr = v["PublicIPv6"].as_str().unwrap().parse().unwrap();
         bed.kernel_add_peer6(2, &s6, ip6, v["BackendV6Data"]["VtepMAC"].as_str().unwrap());
     }
-    let ips = [c0, c1, c2];
-    for from in 0..3 {
-        for (to, ip6) in ips.iter().enumerate() {
-            if from != to {
-                bed.wait_ping6(from, *ip6, T);
-            }
-        }
-    }
-    for (from, to) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
-        let (sent, got) = bed.transfer6(from, to, 10 << 20);
-        assert_eq!(sent, got, "byte-identical over IPv6 {from} -> {to}");
-    }
+    reach_each_other(
+        &bed,
+        &[c0, c1, c2],
+        &[(0, 2), (2, 0), (1, 2), (2, 1)],
+        10 << 20,
+    );
 }
 
 /// A flannel wireguard host on an IPv6-only network, set up as flanneld's wireguard backend does in its
@@ -343,18 +347,12 @@ fn weft_and_a_flannel_wireguard_host_on_an_ipv6_only_network() {
         weft_keys.push(pk);
     }
     assert_eq!(weft_keys.len(), 2);
-    let ips = [c0, c1, c2];
-    for from in 0..3 {
-        for (to, ip6) in ips.iter().enumerate() {
-            if from != to {
-                bed.wait_ping6(from, *ip6, T);
-            }
-        }
-    }
-    for (from, to) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
-        let (sent, got) = bed.transfer6(from, to, 10 << 20);
-        assert_eq!(sent, got, "byte-identical over IPv6 {from} -> {to}");
-    }
+    reach_each_other(
+        &bed,
+        &[c0, c1, c2],
+        &[(0, 2), (2, 0), (1, 2), (2, 1)],
+        10 << 20,
+    );
     for pk in &weft_keys {
         w.wait_handshake(pk, T);
     }
