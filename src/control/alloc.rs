@@ -306,41 +306,20 @@ mod tests {
         ours.subnet6 = Some(n6("fc00:5:0:7::/64"));
         let mut other = lease("10.5.3.0/24", [1, 1, 1, 1]);
         other.subnet6 = Some(n6("fc00:5:0:1::/64"));
+        // Picks with previous subnet.env `prev` and no paired subnet.
+        let pick = |ex: &[ExistingLease], prev: &str| {
+            choose_subnet6(&c6, ex, me, v4, Some(n6(prev)), None, &mut rng())
+        };
         // Our lease's IPv6 subnet is kept.
         let ex = [ours.clone(), other.clone()];
-        let got = choose_subnet6(
-            &c6,
-            &ex,
-            me,
-            v4,
-            Some(n6("fc00:5:0:9::/64")),
-            None,
-            &mut rng(),
-        );
+        let got = pick(&ex, "fc00:5:0:9::/64");
         assert_eq!(got, Ok(n6("fc00:5:0:7::/64")));
         // No IPv6 half yet (the network just became dual-stack): the previous one, if free.
         let ex = [lease("10.5.9.0/24", [2, 2, 2, 2]), other.clone()];
-        let got = choose_subnet6(
-            &c6,
-            &ex,
-            me,
-            v4,
-            Some(n6("fc00:5:0:9::/64")),
-            None,
-            &mut rng(),
-        );
+        let got = pick(&ex, "fc00:5:0:9::/64");
         assert_eq!(got, Ok(n6("fc00:5:0:9::/64")));
         // The previous one is another host's now: a free one, never another host's.
-        let got = choose_subnet6(
-            &c6,
-            &ex,
-            me,
-            v4,
-            Some(n6("fc00:5:0:1::/64")),
-            None,
-            &mut rng(),
-        )
-        .unwrap();
+        let got = pick(&ex, "fc00:5:0:1::/64").unwrap();
         assert!(c6.fits(&got) && got != n6("fc00:5:0:1::/64"));
         // All taken.
         let t6 = cfg6(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/120"}"#);
